@@ -1,0 +1,411 @@
+"""The backup use case: snapshot → pg_dump → streamed multipart upload → verify → manifest.
+
+Invariants kept here (DESIGN.md 1-3):
+- success is reported only after pg_dump exited 0, the upload completed and the store's size
+  and checksum matched what was streamed; the manifest is written last;
+- any failure kills pg_dump, aborts the multipart upload (or records it as orphaned for the
+  next run to abort when the store is unreachable), deletes an unverified object and records
+  the cause in the audit log;
+- one backup per database at a time (an in-process lock plus a PostgreSQL advisory lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from core import __version__
+from core.audit import Actor, AuditLog
+from core.config import Settings
+from core.database import BackupLock, PgTarget, SnapshotSession, server_version
+from core.errors import (
+    AlreadyRunningError,
+    BackupError,
+    DumpError,
+    PreflightError,
+    StorageError,
+    VerificationError,
+)
+from core.keys import BackupKey
+from core.manifest import Manifest, SnapshotStats
+from core.processes import StreamingProcess, find_tool, mask, tool_version
+from core.s3store import CompletedUpload, MiB, MultipartUpload, S3Store
+
+log = logging.getLogger("blnk_backup.backup")
+
+_READ_SIZE = MiB
+
+
+@dataclass(frozen=True)
+class BackupProgress:
+    """A progress event. ``expected_bytes`` is the previous backup's size (for a percentage)."""
+
+    stage: str  # preflight, dumping, verifying, writing_manifest, done
+    key: str | None = None
+    bytes_uploaded: int = 0
+    expected_bytes: int | None = None
+
+
+ProgressCallback = Callable[[BackupProgress], None]
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    run_id: str
+    manifest: Manifest
+
+    @property
+    def key(self) -> str:
+        return self.manifest.key
+
+
+class BackupService:
+    """Runs backups of one database into one store, one at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        target: PgTarget,
+        store: S3Store,
+        audit: AuditLog,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self._running = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._running.locked()
+
+    def run(
+        self, actor: Actor, reason: str | None = None, on_progress: ProgressCallback | None = None
+    ) -> BackupResult:
+        """Run one backup and return its verified manifest.
+
+        Raise AlreadyRunningError if a backup of this database runs, PreflightError/ConfigError
+        if nothing could start, DumpError/StorageError/VerificationError if it failed.
+        Every outcome is in the audit log.
+        """
+        started = self.clock()
+        run = self.audit.record(
+            action="backup",
+            outcome="started",
+            actor=actor,
+            reason=reason,
+            details={"database": self.target.display, "store": self.store.location},
+        )
+        try:
+            if not self._running.acquire(blocking=False):
+                raise AlreadyRunningError(
+                    f"a backup of {self.target.dbname} is already running; try again when it ends"
+                )
+            try:
+                with BackupLock(self.target):
+                    manifest = _BackupRun(self, run.run_id, actor, reason, on_progress).execute()
+            finally:
+                self._running.release()
+        except BaseException as exc:
+            error = exc if isinstance(exc, BackupError) else None
+            cause = error.cause if error else f"{type(exc).__name__}: {exc}"
+            self.audit.record(
+                action="backup",
+                outcome="failed",
+                actor=actor,
+                run_id=run.run_id,
+                reason=reason,
+                error_code=error.code if error else "internal_error",
+                error_cause=mask(cause, [self.target.password])[:4000],
+                duration_seconds=(self.clock() - started).total_seconds(),
+            )
+            raise
+        self.audit.record(
+            action="backup",
+            outcome="succeeded",
+            actor=actor,
+            run_id=run.run_id,
+            reason=reason,
+            key=manifest.key,
+            size=manifest.size,
+            sha256=manifest.sha256,
+            duration_seconds=manifest.duration_seconds,
+        )
+        return BackupResult(run.run_id, manifest)
+
+
+class _BackupRun:
+    """One backup attempt; holds what must be cleaned up if it fails."""
+
+    def __init__(
+        self,
+        service: BackupService,
+        run_id: str,
+        actor: Actor,
+        reason: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.s = service
+        self.settings = service.settings
+        self.store = service.store
+        self.run_id = run_id
+        self.actor = actor
+        self.reason = reason
+        self._progress = on_progress or (lambda _event: None)
+        self.key: BackupKey | None = None
+        self.upload: MultipartUpload | None = None
+        self.completed = False
+        self.local_path: Path | None = None
+        self.expected_bytes: int | None = None
+
+    def emit(self, stage: str, uploaded: int = 0) -> None:
+        key = self.key.key if self.key else None
+        try:
+            self._progress(BackupProgress(stage, key, uploaded, self.expected_bytes))
+        except Exception:  # a broken progress display must never break a backup
+            log.exception("progress callback failed")
+
+    # --- the pipeline -------------------------------------------------------------------------
+    def execute(self) -> Manifest:
+        self.emit("preflight")
+        pg_dump, dump_version = self._preflight()
+        snapshot = SnapshotSession(self.s.target)
+        try:
+            return self._dump_and_upload(pg_dump, dump_version, snapshot)
+        except BaseException:
+            self._clean_up()
+            raise
+        finally:
+            snapshot.close()
+
+    def _preflight(self) -> tuple[str, str]:
+        pg_dump = find_tool("pg_dump", self.settings.pg_bin_dir)
+        dump_major, dump_version = tool_version(pg_dump)
+        with self.s.target.connect(autocommit=True) as conn:
+            server_major, self.server_version = server_version(conn)
+        if dump_major < server_major:
+            raise PreflightError(
+                f"pg_dump {dump_version} cannot dump a PostgreSQL {self.server_version} server: "
+                f"install the PostgreSQL {server_major} client tools or set PG_BIN_DIR"
+            )
+        self.store.check_bucket()
+        self._abort_orphaned_uploads()
+        previous = [b for b in self.store.list_backups() if b.complete]
+        self.expected_bytes = previous[-1].size if previous else None
+        return pg_dump, dump_version
+
+    def _abort_orphaned_uploads(self) -> None:
+        """Abort uploads that an earlier failed run could not abort (the store was down)."""
+        for orphan in self.s.audit.open_orphans():
+            if orphan.key is None or orphan.details is None:
+                continue
+            upload_id = json.loads(orphan.details)["upload_id"]
+            self.store.abort_upload(orphan.key, upload_id)
+            self.s.audit.record(
+                action="orphan_aborted",
+                outcome="recorded",
+                actor=self.actor,
+                run_id=orphan.run_id,
+                key=orphan.key,
+            )
+            log.info("aborted the orphaned upload of %s", orphan.key)
+
+    def _free_key(self) -> BackupKey:
+        """Return a key nobody has used; if this second's key is taken, wait for the next."""
+        for _attempt in range(5):
+            key = BackupKey.at(self.s.clock(), self.store.prefix)
+            if not self.store.exists(key.key) and not self.store.exists(key.manifest_key):
+                return key
+            time.sleep(1.0 - (time.time() % 1.0) + 0.01)
+        raise StorageError("could not find a free backup key: the same keys keep appearing")
+
+    def _dump_and_upload(
+        self, pg_dump: str, dump_version: str, snapshot: SnapshotSession
+    ) -> Manifest:
+        self.key = self._free_key()
+        started = self.key.started_at
+        self.upload = self.store.start_upload(
+            self.key.key,
+            first_part_size=self.settings.backup_part_size_mib * MiB,
+            concurrency=self.settings.backup_upload_concurrency,
+            on_part=lambda _n, uploaded: self.emit("dumping", uploaded),
+        )
+        self.emit("dumping")
+        level = self.settings.backup_compression_level
+        argv = [
+            pg_dump,
+            "--format=custom",
+            f"--compress={level}",
+            "--no-password",
+            f"--snapshot={snapshot.snapshot_id}",
+            f"--dbname={self.s.target.conninfo}",
+        ]
+        env = self.s.target.libpq_env(dict(os.environ))
+        with ThreadPoolExecutor(1, thread_name_prefix="snapshot-stats") as stats_pool:
+            stats: Future[SnapshotStats] = stats_pool.submit(snapshot.stats)
+            try:
+                with StreamingProcess(argv, env, secrets=[self.s.target.password]) as dump:
+                    sha256 = self._stream(dump)
+                completed = self._finish_upload(stats)
+            except BaseException:
+                snapshot.cancel()  # do not wait for row counts of a backup that failed
+                raise
+        self.completed = True
+        self.emit("verifying", completed.size)
+        self._verify(completed)
+        self._keep_local_copy()
+        finished = self.s.clock()
+        manifest = Manifest(
+            key=self.key.key,
+            status="verified",
+            sha256=sha256,
+            size=completed.size,
+            started_at=started,
+            finished_at=finished,
+            duration_seconds=round((finished - started).total_seconds(), 3),
+            database=self.s.target.dbname,
+            server_version=self.server_version,
+            pg_dump_version=dump_version,
+            compression_level=level,
+            storage_class=self.store.storage_class,
+            sse=self.store.sse,
+            store_checksum=completed.checksum_sha256,
+            verification=(
+                "size+sha256-composite" if completed.checksum_sha256 else "size+content-md5-parts"
+            ),
+            part_count=completed.part_count,
+            stats=stats.result(),
+            trigger=self.actor.trigger,
+            actor=self.actor.name,
+            reason=self.reason,
+            tool_version=__version__,
+        )
+        self.emit("writing_manifest", completed.size)
+        self.store.put_manifest(manifest)
+        self.emit("done", completed.size)
+        return manifest
+
+    def _stream(self, dump: StreamingProcess) -> str:
+        """Copy pg_dump's stdout into the upload (and the local copy); return its SHA-256."""
+        assert self.upload is not None
+        hasher = hashlib.sha256()
+        local = self._open_local_copy()
+        timed_out = threading.Event()
+        timer = None
+        if self.settings.backup_timeout_minutes:
+
+            def expire() -> None:
+                timed_out.set()
+                dump.kill()
+
+            timer = threading.Timer(self.settings.backup_timeout_minutes * 60, expire)
+            timer.daemon = True
+            timer.start()
+        try:
+            while chunk := dump.read(_READ_SIZE):
+                hasher.update(chunk)
+                self.upload.write(chunk)
+                if local is not None:
+                    local.write(chunk)
+            returncode = dump.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if local is not None:
+                local.close()
+        if timed_out.is_set():
+            raise DumpError(
+                f"pg_dump did not finish within BACKUP_TIMEOUT_MINUTES="
+                f"{self.settings.backup_timeout_minutes} and was stopped"
+            )
+        if returncode != 0:
+            tail = dump.stderr_tail() or "(no error output)"
+            how = (
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else (f"exited with status {returncode}")
+            )
+            raise DumpError(f"pg_dump {how}: {tail}", cause=f"pg_dump {how}: {tail}")
+        return hasher.hexdigest()
+
+    def _finish_upload(self, stats: Future[SnapshotStats]) -> CompletedUpload:
+        assert self.upload is not None
+        stats.result()  # counts failed → the backup fails before anything is completed
+        return self.upload.complete()
+
+    def _verify(self, completed: CompletedUpload) -> None:
+        assert self.key is not None
+        info = self.store.head(self.key.key)
+        if info is None:
+            raise VerificationError(f"{self.key} is missing from the store after the upload")
+        if info.size != completed.size:
+            raise VerificationError(
+                f"{self.key}: streamed {completed.size} bytes but the store holds {info.size}"
+            )
+        if completed.checksum_sha256 is None:
+            return  # md5 mode: the store checked every part's Content-MD5 on receipt
+        if not info.checksum_sha256:
+            raise VerificationError(
+                f"{self.key}: the store returned no SHA-256 checksum; for stores without S3 "
+                "additional checksums set S3_CHECKSUM=md5"
+            )
+        want, _, want_parts = completed.checksum_sha256.partition("-")
+        got, _, got_parts = info.checksum_sha256.partition("-")
+        if got != want or (got_parts and got_parts != want_parts):
+            raise VerificationError(
+                f"{self.key}: checksum mismatch (streamed {completed.checksum_sha256}, "
+                f"store reports {info.checksum_sha256})"
+            )
+
+    # --- local copy ---------------------------------------------------------------------------
+    def _open_local_copy(self) -> IO[bytes] | None:
+        if not self.settings.backup_keep_local_copy:
+            return None
+        assert self.key is not None
+        directory = self.settings.backup_local_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        self.local_path = directory / (self.key.name + ".partial")
+        return self.local_path.open("wb")
+
+    def _keep_local_copy(self) -> None:
+        if self.local_path is not None:
+            final = self.local_path.with_suffix("")  # drop ".partial"
+            self.local_path.rename(final)
+            self.local_path = None
+
+    # --- failure ------------------------------------------------------------------------------
+    def _clean_up(self) -> None:
+        """Leave nothing behind: abort the upload or delete the unverified object."""
+        if self.local_path is not None:
+            self.local_path.unlink(missing_ok=True)
+        if self.upload is None or self.key is None:
+            return
+        try:
+            if self.completed:
+                self.store.delete(self.key.key)
+            else:
+                self.upload.abort()
+        except StorageError as exc:
+            log.error("could not clean up %s: %s", self.key, exc)
+            if not self.completed:
+                self.s.audit.record(
+                    action="orphaned_upload",
+                    outcome="recorded",
+                    actor=self.actor,
+                    key=self.key.key,
+                    error_code=exc.s3_code,
+                    error_cause=exc.cause,
+                    details={"upload_id": self.upload.upload_id, "backup_run": self.run_id},
+                )

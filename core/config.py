@@ -1,0 +1,295 @@
+"""Configuration from the environment, validated once, with every problem reported together.
+
+Variable names are the contract in DESIGN.md. Blnk's own names are accepted as fallbacks so the
+bot can share Blnk's env file. Secrets are held as ``SecretStr`` and never printed: error
+messages name the variable, never its value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+StorageClass = Literal[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "REDUCED_REDUNDANCY",
+]
+SseMode = Literal["none", "AES256", "aws:kms"]
+ChecksumMode = Literal["sha256", "md5"]
+AddressingStyle = Literal["auto", "path", "virtual"]
+
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+def _default_audit_url() -> str:
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return f"sqlite:///{state / 'blnk-backup' / 'audit.sqlite3'}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the program. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # --- database -------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None, validation_alias=_env("BLNK_DATABASE_URL", "BLNK_DATA_SOURCE_DNS")
+    )
+    restore_test_database_url: SecretStr | None = Field(
+        None, validation_alias=_env("RESTORE_TEST_DATABASE_URL")
+    )
+    pg_bin_dir: str | None = Field(None, validation_alias=_env("PG_BIN_DIR"))
+
+    # --- S3 -------------------------------------------------------------------------------
+    aws_access_key_id: str | None = Field(
+        None, validation_alias=_env("AWS_ACCESS_KEY_ID", "BLNK_AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=_env("AWS_SECRET_ACCESS_KEY", "BLNK_AWS_SECRET_ACCESS_KEY")
+    )
+    aws_region: str = Field(
+        "us-east-1", validation_alias=_env("AWS_REGION", "BLNK_S3_REGION", "AWS_DEFAULT_REGION")
+    )
+    s3_bucket: str | None = Field(
+        None, validation_alias=_env("S3_BACKUP_BUCKET", "BLNK_S3_BUCKET_NAME")
+    )
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=_env("S3_ENDPOINT_URL", "BLNK_S3_ENDPOINT")
+    )
+    s3_prefix: str = Field("", validation_alias=_env("S3_BACKUP_PREFIX"))
+    s3_storage_class: StorageClass = Field("STANDARD", validation_alias=_env("S3_STORAGE_CLASS"))
+    s3_sse: SseMode = Field("none", validation_alias=_env("S3_SSE"))
+    s3_sse_kms_key_id: str | None = Field(None, validation_alias=_env("S3_SSE_KMS_KEY_ID"))
+    s3_addressing_style: AddressingStyle | None = Field(
+        None, validation_alias=_env("S3_ADDRESSING_STYLE")
+    )
+    # sha256: S3 additional checksums (verified composite SHA-256). md5: Content-MD5 per part,
+    # for S3-compatible stores that reject the newer checksum headers.
+    s3_checksum: ChecksumMode = Field("sha256", validation_alias=_env("S3_CHECKSUM"))
+    s3_max_attempts: int = Field(8, ge=1, le=20, validation_alias=_env("S3_MAX_ATTEMPTS"))
+    s3_replica_bucket: str | None = Field(None, validation_alias=_env("S3_REPLICA_BUCKET"))
+    s3_replica_region: str | None = Field(None, validation_alias=_env("S3_REPLICA_REGION"))
+    s3_replica_endpoint_url: str | None = Field(
+        None, validation_alias=_env("S3_REPLICA_ENDPOINT_URL")
+    )
+
+    # --- backup ---------------------------------------------------------------------------
+    backup_compression_level: int = Field(
+        1, ge=0, le=9, validation_alias=_env("BACKUP_COMPRESSION_LEVEL")
+    )
+    backup_keep_local_copy: bool = Field(False, validation_alias=_env("BACKUP_KEEP_LOCAL_COPY"))
+    backup_local_dir: Path = Field(Path("backups"), validation_alias=_env("BACKUP_LOCAL_DIR"))
+    backup_part_size_mib: int = Field(
+        8, ge=5, le=5120, validation_alias=_env("BACKUP_PART_SIZE_MIB")
+    )
+    backup_upload_concurrency: int = Field(
+        3, ge=1, le=16, validation_alias=_env("BACKUP_UPLOAD_CONCURRENCY")
+    )
+    backup_timeout_minutes: int = Field(0, ge=0, validation_alias=_env("BACKUP_TIMEOUT_MINUTES"))
+
+    # --- retention, freshness, schedules ----------------------------------------------------
+    retention_daily_days: int = Field(7, ge=0, validation_alias=_env("RETENTION_DAILY_DAYS"))
+    retention_weekly_days: int = Field(30, ge=0, validation_alias=_env("RETENTION_WEEKLY_DAYS"))
+    retention_monthly_days: int = Field(365, ge=0, validation_alias=_env("RETENTION_MONTHLY_DAYS"))
+    retention_min_keep: int = Field(3, ge=1, validation_alias=_env("RETENTION_MIN_KEEP"))
+    stale_after_hours: float = Field(24, gt=0, validation_alias=_env("STALE_AFTER_HOURS"))
+    backup_schedule: str = Field("0 3 * * *", validation_alias=_env("BACKUP_SCHEDULE"))
+    retention_schedule: str = Field("0 4 * * 0", validation_alias=_env("RETENTION_SCHEDULE"))
+    monitor_schedule: str = Field("0 */6 * * *", validation_alias=_env("MONITOR_SCHEDULE"))
+    restore_test_schedule: str = Field("0 5 1 * *", validation_alias=_env("RESTORE_TEST_SCHEDULE"))
+    schedule_timezone: str = Field("UTC", validation_alias=_env("SCHEDULE_TIMEZONE"))
+
+    # --- audit, HTTP API, Slack -------------------------------------------------------------
+    audit_database_url: str = Field(
+        default_factory=_default_audit_url, validation_alias=_env("AUDIT_DATABASE_URL")
+    )
+    blnk_api_key: SecretStr | None = Field(None, validation_alias=_env("BLNK_API_KEY"))
+    http_host: str = Field("127.0.0.1", validation_alias=_env("HTTP_HOST"))
+    http_port: int = Field(8080, ge=1, le=65535, validation_alias=_env("HTTP_PORT"))
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=_env("SLACK_SIGNING_SECRET")
+    )
+    slack_api_base_url: str = Field(
+        "https://slack.com/api/", validation_alias=_env("SLACK_API_BASE_URL")
+    )
+    slack_alert_channel: str | None = Field(None, validation_alias=_env("SLACK_ALERT_CHANNEL"))
+    slack_operators: str = Field("", validation_alias=_env("SLACK_OPERATORS"))
+    slack_approvers: str = Field("", validation_alias=_env("SLACK_APPROVERS"))
+    approval_ttl_minutes: int = Field(30, ge=1, validation_alias=_env("APPROVAL_TTL_MINUTES"))
+
+    # --- validators -----------------------------------------------------------------------
+    @field_validator(
+        "database_url",
+        "restore_test_database_url",
+        "pg_bin_dir",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "s3_sse_kms_key_id",
+        "s3_addressing_style",
+        "s3_replica_bucket",
+        "s3_replica_region",
+        "s3_replica_endpoint_url",
+        "blnk_api_key",
+        "slack_bot_token",
+        "slack_app_token",
+        "slack_signing_secret",
+        "slack_alert_channel",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("database_url", "restore_test_database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        if "://" in raw and not raw.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must be a postgres:// or postgresql:// URL or a libpq conninfo")
+        return SecretStr(raw)
+
+    @field_validator("s3_bucket", "s3_replica_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", value):
+            raise ValueError("is not a valid S3 bucket name (3-63 lowercase letters, digits, . -)")
+        return value
+
+    @field_validator("s3_endpoint_url", "s3_replica_endpoint_url", "slack_api_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value.startswith("/"):
+            raise ValueError("must not start with '/'")
+        if value and not value.endswith("/") and not value.endswith("_"):
+            # A bare "prod" would make keys like "prodblnk_backup_...": almost never intended.
+            raise ValueError("should end with '/' (for example 'blnk/prod/')")
+        return value
+
+    @field_validator(
+        "backup_schedule", "retention_schedule", "monitor_schedule", "restore_test_schedule"
+    )
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""  # empty schedule = disabled
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError("must be a 5-field cron expression like '0 3 * * *' or empty")
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not a known time zone (for example UTC, Europe/Berlin)") from None
+        return value
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def operators(self) -> list[str]:
+        return _split_ids(self.slack_operators)
+
+    @property
+    def approvers(self) -> list[str]:
+        return _split_ids(self.slack_approvers)
+
+    @property
+    def addressing_style(self) -> AddressingStyle:
+        if self.s3_addressing_style:
+            return self.s3_addressing_style
+        # S3-compatible stores (MinIO, Ceph, moto) rarely serve virtual-hosted buckets.
+        return "path" if self.s3_endpoint_url else "auto"
+
+    def require(self, *needs: str) -> None:
+        """Raise ConfigError naming every variable a use case needs but is not set."""
+        problems = [
+            f"{_ENV_NAMES[need]} is not set (needed for this command)"
+            for need in needs
+            if getattr(self, need) is None
+        ]
+        if problems:
+            raise ConfigError(problems)
+
+
+_ENV_NAMES: dict[str, str] = {
+    "database_url": "BLNK_DATABASE_URL (or BLNK_DATA_SOURCE_DNS)",
+    "restore_test_database_url": "RESTORE_TEST_DATABASE_URL",
+    "s3_bucket": "S3_BACKUP_BUCKET (or BLNK_S3_BUCKET_NAME)",
+    "blnk_api_key": "BLNK_API_KEY",
+    "s3_replica_bucket": "S3_REPLICA_BUCKET",
+}
+
+
+def _split_ids(raw: str) -> list[str]:
+    return [part for part in re.split(r"[\s,]+", raw) if part]
+
+
+def _variable_for(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        names = [str(choice) for choice in alias.choices]
+        return names[0] + (f" (or {', '.join(names[1:])})" if len(names) > 1 else "")
+    return field.upper()
+
+
+def _problems(exc: ValidationError) -> Iterable[str]:
+    by_alias = {
+        str(choice).lower(): name
+        for name, info in Settings.model_fields.items()
+        if isinstance(info.validation_alias, AliasChoices)
+        for choice in info.validation_alias.choices
+    }
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = str(error["loc"][0]) if error["loc"] else "?"
+        field = by_alias.get(loc.lower(), loc)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        yield f"{_variable_for(field)}: {message}"
+
+
+def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the environment (and optionally an env file) into Settings.
+
+    Raise ConfigError listing every invalid variable by name; values are never echoed.
+    """
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(sorted(set(_problems(exc)))) from None

@@ -1,0 +1,152 @@
+"""The one module that runs subprocesses (pg_dump, pg_restore, their --version).
+
+Argument lists only, never a shell. Passwords travel in the child's environment
+(``PGPASSWORD``) with ``--no-password`` on the command line, so ``ps`` never shows them. The
+last lines of stderr are kept, with known secrets masked, for the error a person reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from core.errors import PreflightError
+
+_STDERR_TAIL_LINES = 20
+_F_SETPIPE_SZ = 1031  # Linux: grow the pipe so pg_dump is not woken every 64 KiB.
+_PIPE_SIZE = 1 << 20
+
+
+def mask(text: str, secrets: Iterable[str | None]) -> str:
+    """Given text and secret values, return the text with every secret replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class StreamingProcess:
+    """A child whose stdout is read as a byte stream while its stderr tail is collected."""
+
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str], secrets: Iterable[str | None] = ()
+    ) -> None:
+        self.name = Path(argv[0]).name
+        self._secrets = [s for s in secrets if s]
+        self._tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+        self._proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            bufsize=0,
+        )
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._stdout_fd = self._proc.stdout.fileno()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._stdout_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr, name=f"{self.name}-stderr", daemon=True
+        )
+        self._stderr_thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _drain_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._tail.append(mask(line, self._secrets))
+
+    def read(self, size: int) -> bytes:
+        """Return up to size bytes of stdout; b"" at end of stream."""
+        return os.read(self._stdout_fd, size)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit and its stderr to drain; return its exit status."""
+        returncode = self._proc.wait(timeout)
+        self._stderr_thread.join(timeout=5)
+        return returncode
+
+    def kill(self) -> None:
+        """Kill the child if it still runs (idempotent)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(10)
+
+    def stderr_tail(self, lines: int = 8) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    def close(self) -> None:
+        self.kill()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> StreamingProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def run(
+    argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a short command to completion and return its result (never raises on exit status)."""
+    return subprocess.run(
+        list(argv), env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def tool_version(binary: str) -> tuple[int, str]:
+    """Given a pg_dump/pg_restore path, return (major, full version text)."""
+    try:
+        out = run([binary, "--version"], timeout=10).stdout.strip()
+    except OSError as exc:
+        raise PreflightError(f"cannot run {binary}: {exc.strerror}") from exc
+    match = _VERSION.search(out)
+    if not match:
+        raise PreflightError(f"cannot read the version of {binary} from {out!r}")
+    return int(match[1]), out.split(")")[-1].strip()
+
+
+def find_tool(name: str, bin_dir: str | None) -> str:
+    """Return the path of pg_dump/pg_restore to use.
+
+    With ``PG_BIN_DIR`` set, use that directory. Otherwise take the newest of the one on PATH
+    and Debian's versioned ``/usr/lib/postgresql/N/bin`` (a newer pg_dump reads older servers,
+    never the other way round). Raise PreflightError if none exists.
+    """
+    if bin_dir:
+        path = Path(bin_dir) / name
+        if not path.is_file():
+            raise PreflightError(f"{name} not found in PG_BIN_DIR ({bin_dir})")
+        return str(path)
+    candidates = [p for p in [shutil.which(name)] if p]
+    candidates += [str(p) for p in Path("/usr/lib/postgresql").glob(f"*/bin/{name}")]
+    if not candidates:
+        raise PreflightError(f"{name} not found on PATH; install the PostgreSQL client tools")
+    return max(candidates, key=lambda p: tool_version(p)[0])

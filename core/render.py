@@ -1,0 +1,154 @@
+"""Plain-text and JSON renderings of engine results, shared by the CLI and the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from core.audit import AuditEvent
+from core.catalog import BackupEntry, FreshnessStatus
+from core.manifest import Manifest
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def backup_json(manifest: Manifest, bucket: str) -> dict[str, Any]:
+    return {
+        "message": f"backup uploaded to s3://{bucket}/{manifest.key} and verified",
+        "key": manifest.key,
+        "bucket": bucket,
+        "size": manifest.size,
+        "sha256": manifest.sha256,
+        "store_checksum": manifest.store_checksum,
+        "verification": manifest.verification,
+        "started_at": _iso(manifest.started_at),
+        "finished_at": _iso(manifest.finished_at),
+        "duration_seconds": manifest.duration_seconds,
+        "database": manifest.database,
+        "compression_level": manifest.compression_level,
+    }
+
+
+def backup_text(manifest: Manifest, bucket: str) -> str:
+    return "\n".join(
+        [
+            "✓ backup uploaded and verified",
+            f"  key       s3://{bucket}/{manifest.key}",
+            f"  size      {human_size(manifest.size)} "
+            f"({manifest.size} bytes, {manifest.part_count} parts)",
+            f"  sha256    {manifest.sha256}",
+            f"  verified  {manifest.verification}",
+            f"  duration  {human_duration(manifest.duration_seconds)}",
+            f"  database  {manifest.database} (PostgreSQL {manifest.server_version}), "
+            f"{sum(manifest.stats.row_counts.values())} rows in "
+            f"{len(manifest.stats.row_counts)} tables",
+        ]
+    )
+
+
+def entry_json(entry: BackupEntry) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "key": entry.key.key,
+        "started_at": _iso(entry.started_at),
+        "size": entry.size,
+        "complete": entry.complete,
+    }
+    if entry.manifest is not None:
+        body |= {
+            "sha256": entry.manifest.sha256,
+            "duration_seconds": entry.manifest.duration_seconds,
+            "trigger": entry.manifest.trigger,
+            "actor": entry.manifest.actor,
+            "reason": entry.manifest.reason,
+        }
+    return body
+
+
+def list_text(entries: list[BackupEntry]) -> str:
+    if not entries:
+        return "no backups yet"
+    rows = [f"{'KEY':<44} {'STARTED (UTC)':<20} {'SIZE':>10}  {'BY':<16} REASON"]
+    for e in entries:
+        m = e.manifest
+        by = f"{m.trigger}:{m.actor}" if m else "(incomplete)"
+        rows.append(
+            f"{e.key.key:<44} {e.started_at:%Y-%m-%d %H:%M:%S}  {human_size(e.size):>10}  "
+            f"{by[:16]:<16} {(m.reason or '') if m else ''}"
+        )
+    return "\n".join(rows)
+
+
+def status_json(status: FreshnessStatus) -> dict[str, Any]:
+    return {
+        "healthy": status.healthy,
+        "breaches": status.breaches,
+        "checked_at": _iso(status.checked_at),
+        "stale_after_hours": status.stale_after_hours,
+        "complete_backups": status.complete_count,
+        "incomplete_backups": status.incomplete_count,
+        "total_size": status.total_size,
+        "newest": entry_json(status.newest) if status.newest else None,
+        "newest_age_hours": (
+            round(status.newest_age_hours, 3) if status.newest_age_hours is not None else None
+        ),
+        "oldest": entry_json(status.oldest) if status.oldest else None,
+    }
+
+
+def status_text(status: FreshnessStatus) -> str:
+    head = "✓ healthy" if status.healthy else "✗ " + "; ".join(status.breaches)
+    lines = [head]
+    if status.newest is not None and status.newest_age_hours is not None:
+        lines.append(
+            f"  newest    {status.newest.key.key} ({status.newest_age_hours:.1f} h old, "
+            f"limit {status.stale_after_hours:g} h)"
+        )
+    if status.oldest is not None:
+        lines.append(f"  oldest    {status.oldest.key.key}")
+    lines.append(
+        f"  backups   {status.complete_count} complete, {human_size(status.total_size)} in all"
+        + (f", {status.incomplete_count} without manifest" if status.incomplete_count else "")
+    )
+    return "\n".join(lines)
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    return event.model_dump(mode="json")
+
+
+def audit_text(events: list[AuditEvent]) -> str:
+    if not events:
+        return "the audit log is empty"
+    rows = []
+    for e in events:
+        what = e.key or ""
+        if e.error_code:
+            what = f"{e.error_code}: {(e.error_cause or '').splitlines()[0][:100]}"
+        rows.append(
+            f"{e.at:%Y-%m-%d %H:%M:%S}  {e.action:<16} {e.outcome:<10} "
+            f"{e.trigger}:{e.actor:<12} {what}"
+        )
+    return "\n".join(rows)

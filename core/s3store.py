@@ -1,0 +1,463 @@
+"""The S3 adapter: a streamed multipart upload with per-part SHA-256, verification reads,
+manifests and complete listings. Every botocore error is translated to StorageError (or
+ConfigError for a missing bucket or bad credentials) at this boundary.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from core.config import Settings
+from core.errors import ConfigError, StorageError
+from core.keys import MANIFEST_SUFFIX, BackupKey
+from core.manifest import Manifest
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+else:
+    S3Client = Any
+
+MiB = 1 << 20
+GiB = 1 << 30
+MAX_PARTS = 10_000
+MAX_PART_SIZE = 5 * GiB
+PART_GROWTH_EVERY = 500  # parts; doubling every 500 reaches > 25 TiB from a 5 MiB start
+IN_MEMORY_PART_LIMIT = 16 * MiB  # larger parts spill to a temporary file
+_READ_BLOCK = MiB
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+_MISSING_BUCKET_CODES = {"NoSuchBucket", "404", "NotFound"}
+
+
+def part_size(part_number: int, base: int) -> int:
+    """Given a 1-based part number and the first part size, return that part's size.
+
+    Doubles every PART_GROWTH_EVERY parts (capped at 5 GiB) so a stream of unknown length can
+    reach at least 5 TiB within S3's 10,000 parts while small backups keep small parts.
+    """
+    return min(base << ((part_number - 1) // PART_GROWTH_EVERY), MAX_PART_SIZE)
+
+
+def max_stream_size(base: int) -> int:
+    """Return the largest stream the part schedule can carry within 10,000 parts."""
+    return sum(part_size(n, base) for n in range(1, MAX_PARTS + 1))
+
+
+@contextmanager
+def s3_errors(action: str, bucket: str | None = None) -> Iterator[None]:
+    """Translate botocore errors raised inside the block into the engine's errors."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "Unknown")
+        message = str(error.get("Message") or "").strip()
+        if code in _CREDENTIAL_CODES:
+            raise ConfigError(
+                [
+                    f"AWS credentials were refused by S3 ({code}); check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY"
+                ],
+                cause=f"S3 {code}",
+            ) from None
+        if code in _MISSING_BUCKET_CODES and bucket is not None:
+            raise ConfigError(
+                [f"S3_BACKUP_BUCKET: bucket {bucket!r} does not exist or is not visible"],
+                cause=f"S3 {code}",
+            ) from None
+        detail = f"{code}: {message}" if message else code
+        raise StorageError(f"{action} failed ({detail})", s3_code=code) from None
+    except NoCredentialsError:
+        raise ConfigError(
+            [
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use "
+                "a profile or instance role"
+            ],
+            cause="NoCredentials",
+        ) from None
+    except BotoCoreError as exc:
+        code = type(exc).__name__
+        raise StorageError(f"{action} failed ({exc})", s3_code=code) from None
+
+
+def make_client(
+    settings: Settings, *, region: str | None = None, endpoint_url: str | None = None
+) -> S3Client:
+    """Build a boto3 S3 client from settings (retries, timeouts, addressing, checksums)."""
+    when: Literal["when_supported", "when_required"] = (
+        "when_supported" if settings.s3_checksum == "sha256" else "when_required"
+    )
+    config = Config(
+        region_name=region or settings.aws_region,
+        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=max(10, settings.backup_upload_concurrency * 2),
+        s3={"addressing_style": settings.addressing_style},
+        request_checksum_calculation=when,
+        response_checksum_validation=when,
+    )
+    secret = settings.aws_secret_access_key
+    session = boto3.session.Session(
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+    )
+    return session.client(
+        "s3", endpoint_url=endpoint_url or settings.s3_endpoint_url, config=config
+    )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    checksum_sha256: str | None
+
+
+@dataclass(frozen=True)
+class StoredBackup:
+    """A dump found in the bucket; ``complete`` only if its manifest exists."""
+
+    key: BackupKey
+    size: int
+    last_modified: datetime
+    complete: bool
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
+class CompletedUpload:
+    size: int
+    part_count: int
+    checksum_sha256: str | None  # composite "base64-N", or None in md5 mode
+
+
+class S3Store:
+    """One bucket and prefix holding backups."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        storage_class: str = "STANDARD",
+        sse: str = "none",
+        kms_key_id: str | None = None,
+        checksum: str = "sha256",
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.storage_class = storage_class
+        self.sse = sse
+        self.kms_key_id = kms_key_id
+        self.checksum = checksum
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Store:
+        settings.require("s3_bucket")
+        assert settings.s3_bucket is not None
+        return cls(
+            make_client(settings),
+            settings.s3_bucket,
+            settings.s3_prefix,
+            storage_class=settings.s3_storage_class,
+            sse=settings.s3_sse,
+            kms_key_id=settings.s3_sse_kms_key_id,
+            checksum=settings.s3_checksum,
+        )
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    # --- reads ------------------------------------------------------------------------------
+    def check_bucket(self) -> None:
+        """Raise ConfigError if the bucket is missing, StorageError if unreachable."""
+        with s3_errors("checking the bucket", self.bucket):
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Return size and checksum of key as the store reports them, or None if absent."""
+        try:
+            with s3_errors(f"reading {key}"):
+                response = self.client.head_object(
+                    Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+                )
+        except StorageError as exc:
+            if exc.s3_code in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return ObjectInfo(response["ContentLength"], response.get("ChecksumSHA256"))
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def get_manifest(self, key: BackupKey) -> Manifest | None:
+        """Return the manifest of a backup, or None if it has none."""
+        try:
+            with s3_errors(f"reading the manifest of {key}"):
+                body = self.client.get_object(Bucket=self.bucket, Key=key.manifest_key)["Body"]
+                raw = body.read()
+        except StorageError as exc:
+            if exc.s3_code in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return Manifest.from_json(raw)
+
+    def list_backups(self) -> list[StoredBackup]:
+        """Return every dump matching the naming pattern, oldest first.
+
+        The listing is complete or this raises StorageError: callers that delete rely on it.
+        """
+        dumps: dict[str, tuple[int, datetime]] = {}
+        manifests: set[str] = set()
+        with s3_errors("listing backups", self.bucket):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "blnk_backup_"):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if key.endswith(MANIFEST_SUFFIX):
+                        manifests.add(key.removesuffix(MANIFEST_SUFFIX))
+                    elif BackupKey.parse(key, self.prefix):
+                        dumps[key] = (obj["Size"], obj["LastModified"])
+        found = []
+        for key, (size, modified) in dumps.items():
+            parsed = BackupKey.parse(key, self.prefix)
+            assert parsed is not None
+            found.append(StoredBackup(parsed, size, modified, key in manifests))
+        return sorted(found, key=lambda b: b.key)
+
+    def list_incomplete_uploads(self) -> list[IncompleteUpload]:
+        """Return multipart uploads under the prefix that were started and never finished."""
+        found: list[IncompleteUpload] = []
+        with s3_errors("listing incomplete uploads", self.bucket):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                found += [
+                    IncompleteUpload(u["Key"], u["UploadId"], u["Initiated"])
+                    for u in page.get("Uploads", [])
+                ]
+        return found
+
+    # --- writes -----------------------------------------------------------------------------
+    def _write_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"StorageClass": self.storage_class}
+        if self.sse != "none":
+            args["ServerSideEncryption"] = self.sse
+        if self.sse == "aws:kms" and self.kms_key_id:
+            args["SSEKMSKeyId"] = self.kms_key_id
+        return args
+
+    def start_upload(
+        self,
+        key: str,
+        *,
+        first_part_size: int,
+        concurrency: int,
+        on_part: Callable[[int, int], None] | None = None,
+    ) -> MultipartUpload:
+        """Begin a multipart upload of key. This is also the bucket's write-permission check."""
+        args = self._write_args()
+        if self.checksum == "sha256":
+            args["ChecksumAlgorithm"] = "SHA256"
+        with s3_errors(f"starting the upload of {key}", self.bucket):
+            response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **args)
+        return MultipartUpload(
+            self, key, response["UploadId"], first_part_size, concurrency, on_part
+        )
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        key = manifest.key + MANIFEST_SUFFIX
+        with s3_errors(f"writing the manifest {key}", self.bucket):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=manifest.to_json(),
+                ContentType="application/json",
+                **self._write_args(),
+            )
+
+    def delete(self, key: str) -> None:
+        with s3_errors(f"deleting {key}", self.bucket):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload; an upload that no longer exists counts as aborted."""
+        try:
+            with s3_errors(f"aborting the upload of {key}", self.bucket):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except StorageError as exc:
+            if exc.s3_code != "NoSuchUpload":
+                raise
+
+
+class MultipartUpload:
+    """Writes a stream of unknown length as parts, uploading up to ``concurrency`` parts while
+    the next one fills. Memory stays bounded: the writer blocks when all workers are busy, and
+    parts above IN_MEMORY_PART_LIMIT spill to a temporary file."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        key: str,
+        upload_id: str,
+        first_part_size: int,
+        concurrency: int,
+        on_part: Callable[[int, int], None] | None,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.upload_id = upload_id
+        self._base = first_part_size
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-part")
+        self._futures: list[Future[dict[str, Any]]] = []
+        self._error: BaseException | None = None
+        self._on_part = on_part
+        self._uploaded_bytes = 0
+        self._lock = threading.Lock()
+        self._part_number = 0
+        self._part: IO[bytes] | None = None
+        self._part_filled = 0
+        self.size = 0
+        self.finished = False
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._error
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append data to the stream. Raise the first part failure, if any."""
+        view = memoryview(data)
+        while view:
+            if self._error is not None:
+                raise self._error
+            if self._part is None:
+                self._part_number += 1
+                if self._part_number > MAX_PARTS:
+                    raise StorageError("the dump exceeds what 10,000 parts can hold")
+                self._part = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_PART_LIMIT)  # noqa: SIM115
+                self._part_filled = 0
+            room = part_size(self._part_number, self._base) - self._part_filled
+            chunk = view[:room]
+            self._part.write(chunk)
+            self._part_filled += len(chunk)
+            self.size += len(chunk)
+            view = view[len(chunk) :]
+            if self._part_filled == part_size(self._part_number, self._base):
+                self._submit()
+
+    def _submit(self) -> None:
+        assert self._part is not None
+        part, number, length = self._part, self._part_number, self._part_filled
+        self._part = None
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._upload_part, part, number, length)
+        except BaseException:
+            self._slots.release()
+            part.close()
+            raise
+        self._futures.append(future)
+
+    def _upload_part(self, part: IO[bytes], number: int, length: int) -> dict[str, Any]:
+        try:
+            part.seek(0)
+            sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+            while block := part.read(_READ_BLOCK):
+                sha256.update(block)
+                if self.store.checksum == "md5":
+                    md5.update(block)
+            part.seek(0)
+            args: dict[str, Any] = {}
+            entry: dict[str, Any] = {"PartNumber": number}
+            if self.store.checksum == "sha256":
+                digest = base64.b64encode(sha256.digest()).decode()
+                args = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": digest}
+                entry["ChecksumSHA256"] = digest
+            else:
+                args = {"ContentMD5": base64.b64encode(md5.digest()).decode()}
+            with s3_errors(f"uploading part {number} of {self.key}", self.store.bucket):
+                response = self.store.client.upload_part(
+                    Bucket=self.store.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    PartNumber=number,
+                    Body=part,
+                    ContentLength=length,
+                    **args,
+                )
+            entry["ETag"] = response["ETag"]
+            entry["_sha256"] = sha256.digest()
+            with self._lock:
+                self._uploaded_bytes += length
+                uploaded = self._uploaded_bytes
+            if self._on_part is not None:
+                self._on_part(number, uploaded)
+            return entry
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
+            raise
+        finally:
+            part.close()
+            self._slots.release()
+
+    def complete(self) -> CompletedUpload:
+        """Upload the last part, wait for all parts and complete the upload.
+
+        Call only after the producer succeeded. Raise StorageError if any part failed.
+        """
+        if self.size == 0:
+            raise StorageError("nothing to upload: the stream was empty")
+        if self._part is not None:
+            self._submit()
+        parts = [future.result() for future in self._futures]
+        self._pool.shutdown()
+        if self._error is not None:
+            raise self._error
+        composite: str | None = None
+        if self.store.checksum == "sha256":
+            joined = b"".join(p["_sha256"] for p in parts)
+            composite = f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(parts)}"
+        listed = [{k: v for k, v in p.items() if not k.startswith("_")} for p in parts]
+        with s3_errors(f"completing the upload of {self.key}", self.store.bucket):
+            self.store.client.complete_multipart_upload(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
+                IfNoneMatch="*",  # never overwrite an existing backup
+            )
+        self.finished = True
+        return CompletedUpload(self.size, len(parts), composite)
+
+    def abort(self) -> None:
+        """Stop uploading and abort the multipart upload so no part is left billed."""
+        for future in self._futures:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+        self.store.abort_upload(self.key, self.upload_id)

@@ -1,0 +1,28 @@
+ALTER TABLE blnk.balances ADD FOREIGN KEY (ledger_id) REFERENCES blnk.ledgers (ledger_id);
+ALTER TABLE blnk.balances ADD FOREIGN KEY (identity_id) REFERENCES blnk.identity (identity_id);
+ALTER TABLE blnk.accounts ADD FOREIGN KEY (balance_id) REFERENCES blnk.balances (balance_id);
+ALTER TABLE blnk.accounts ADD FOREIGN KEY (identity_id) REFERENCES blnk.identity (identity_id);
+ALTER TABLE blnk.accounts ADD FOREIGN KEY (ledger_id) REFERENCES blnk.ledgers (ledger_id);
+ALTER TABLE blnk.balance_monitors ADD FOREIGN KEY (balance_id) REFERENCES blnk.balances (balance_id);
+ALTER TABLE blnk.transactions ADD FOREIGN KEY (source) REFERENCES blnk.balances (balance_id);
+ALTER TABLE blnk.transactions ADD FOREIGN KEY (destination) REFERENCES blnk.balances (balance_id);
+ALTER TABLE blnk.transaction_journal ADD FOREIGN KEY (transaction_id) REFERENCES blnk.transactions (transaction_id);
+ALTER TABLE blnk.transaction_journal ADD FOREIGN KEY (balance_id) REFERENCES blnk.balances (balance_id);
+ALTER TABLE blnk.balance_snapshots ADD FOREIGN KEY (balance_id) REFERENCES blnk.balances (balance_id);
+ALTER TABLE blnk.matches ADD FOREIGN KEY (external_transaction_id) REFERENCES blnk.external_transactions (id);
+ALTER TABLE blnk.matches ADD FOREIGN KEY (internal_transaction_id) REFERENCES blnk.transactions (transaction_id);
+ALTER TABLE blnk.matches ADD FOREIGN KEY (reconciliation_id) REFERENCES blnk.reconciliations (reconciliation_id);
+
+CREATE INDEX idx_balances_ledger ON blnk.balances (ledger_id);
+CREATE INDEX idx_balances_identity ON blnk.balances (identity_id);
+CREATE INDEX idx_transactions_source ON blnk.transactions (source);
+CREATE INDEX idx_transactions_destination ON blnk.transactions (destination);
+CREATE INDEX idx_transactions_created_at ON blnk.transactions (created_at);
+CREATE INDEX idx_transactions_meta_data ON blnk.transactions USING gin (meta_data jsonb_path_ops);
+CREATE INDEX idx_transactions_queued ON blnk.transactions (created_at) WHERE status = 'QUEUED';
+CREATE INDEX idx_transactions_inflight ON blnk.transactions (inflight_expiry_date) WHERE status = 'INFLIGHT';
+CREATE INDEX idx_journal_balance ON blnk.transaction_journal (balance_id, created_at);
+CREATE INDEX idx_api_keys_scopes ON blnk.api_keys USING gin (scopes);
+CREATE INDEX idx_outbox_pending ON blnk.lineage_outbox (created_at) WHERE status = 'pending';
+CREATE INDEX idx_external_reference ON blnk.external_transactions (reference);
+REFRESH MATERIALIZED VIEW blnk.daily_volume;

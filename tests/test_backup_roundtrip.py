@@ -1,0 +1,239 @@
+"""A backup restores with stock tools into a database that matches the source exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.audit import Actor
+from core.blnkgen import create_database, drop_database
+from core.database import PgTarget, ledger_totals, object_counts
+from core.services import Services
+from tests.conftest import bucket_keys, incomplete_uploads
+
+ACTOR = Actor("alice", "cli")
+
+
+def _row_counts(target: PgTarget, tables: list[str]) -> dict[str, int]:
+    with target.connect() as conn:
+        counts = {}
+        for table in tables:
+            schema, name = table.split(".")
+            row = conn.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()
+            counts[table] = row[0]
+        return counts
+
+
+@pytest.fixture
+def restored(pg_server: PgTarget) -> Any:
+    names: list[str] = []
+
+    def restore(dump: Path, jobs: int = 1) -> PgTarget:
+        name = f"blnk_restored_{len(names)}_{hashlib.sha256(str(dump).encode()).hexdigest()[:8]}"
+        create_database(pg_server, name, replace=True)
+        names.append(name)
+        subprocess.run(
+            [
+                "pg_restore",
+                "--exit-on-error",
+                f"--jobs={jobs}",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                name,
+                str(dump),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pg_server.with_dbname(name)
+
+    yield restore
+    for name in names:
+        drop_database(pg_server, name)
+
+
+def test_backup_restores_with_stock_tools_and_matches_source_and_manifest(
+    services: Services, s3: Any, bucket: str, blnk_db: PgTarget, tmp_path: Path, restored: Any
+) -> None:
+    result = services.backups.run(ACTOR, reason="before migration 42")
+    manifest = result.manifest
+
+    # The seed's recovery recipe: download with a plain client, pg_restore it.
+    dump = tmp_path / "backup.dump"
+    s3.download_file(bucket, manifest.key, str(dump))
+    data = dump.read_bytes()
+    assert len(data) == manifest.size
+    assert hashlib.sha256(data).hexdigest() == manifest.sha256
+    assert data[:5] == b"PGDMP"  # a stock custom-format archive, no wrapping
+
+    source_tables = sorted(manifest.stats.row_counts)
+    assert "blnk.transactions" in source_tables and "blnk.transaction_journal" in source_tables
+    for jobs in (1, 2):
+        target = restored(dump, jobs)
+        assert _row_counts(target, source_tables) == manifest.stats.row_counts
+        assert _row_counts(blnk_db, source_tables) == manifest.stats.row_counts
+        with target.connect() as conn, blnk_db.connect() as source:
+            assert ledger_totals(conn) == ledger_totals(source)
+            assert ledger_totals(conn) == manifest.stats.ledger
+            assert object_counts(conn) == object_counts(source) == manifest.stats.objects
+            # Double entry still holds after the round trip.
+            assert conn.execute("SELECT count(*) FROM blnk.ledger_imbalance()").fetchone()[0] == 0
+
+    for totals in manifest.stats.ledger.values():
+        assert Decimal(totals.balance_sum) == 0
+        assert totals.transaction_count > 0
+    assert manifest.stats.objects["functions"] >= 2 and manifest.stats.objects["triggers"] >= 1
+
+
+def test_manifest_is_written_last_next_to_the_dump(
+    services: Services, s3: Any, bucket: str
+) -> None:
+    result = services.backups.run(ACTOR)
+    key = result.manifest.key
+    assert sorted(bucket_keys(s3, bucket)) == [key, key + ".manifest.json"]
+    body = json.loads(s3.get_object(Bucket=bucket, Key=key + ".manifest.json")["Body"].read())
+    for field in (
+        "key",
+        "status",
+        "sha256",
+        "size",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+        "pg_dump_version",
+        "server_version",
+        "database",
+        "compression_level",
+        "stats",
+    ):
+        assert field in body, field
+    assert body["status"] == "verified"
+    assert body["stats"]["row_counts"]["blnk.transactions"] == 2_000
+    assert incomplete_uploads(s3, bucket) == []
+
+
+def test_key_follows_the_pattern_in_utc_and_two_backups_never_share_a_key(
+    services: Services, s3: Any, bucket: str
+) -> None:
+    first = services.backups.run(ACTOR).manifest
+    second = services.backups.run(ACTOR).manifest
+    pattern = re.compile(r"^blnk_backup_\d{8}_\d{6}\.dump$")
+    assert pattern.match(first.key) and pattern.match(second.key)
+    assert first.key != second.key
+    assert first.started_at.utcoffset().total_seconds() == 0
+    assert first.key == f"blnk_backup_{first.started_at:%Y%m%d_%H%M%S}.dump"
+    assert len([k for k in bucket_keys(s3, bucket) if k.endswith(".dump")]) == 2
+
+
+def test_backup_in_the_same_second_waits_for_a_free_key(
+    make_settings: Any, s3: Any, bucket: str
+) -> None:
+    from datetime import UTC, datetime
+
+    frozen = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    ticks = iter([frozen] * 5 + [frozen.replace(second=6)] * 20)
+    services = Services(make_settings())
+    services.backups.clock = lambda: next(ticks)
+    try:
+        first = services.backups.run(ACTOR).manifest
+        second = services.backups.run(ACTOR).manifest
+    finally:
+        services.close()
+    assert first.key == "blnk_backup_20260102_030405.dump"
+    assert second.key == "blnk_backup_20260102_030406.dump"
+
+
+def test_unrelated_objects_in_the_bucket_are_never_touched_or_listed(
+    services: Services, s3: Any, bucket: str
+) -> None:
+    unrelated = {
+        "notes.txt": b"keep me",
+        "blnk_backup_latest.dump": b"not ours",
+        "other/blnk_backup_20240101_000000.dump": b"another prefix",
+        "blnk_backup_20240101_000000.dump.bak": b"near miss",
+    }
+    for key, body in unrelated.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    services.backups.run(ACTOR)
+    listed = [e.key.key for e in services.catalog.list(include_incomplete=True)]
+    assert not set(listed) & set(unrelated)
+    for key, body in unrelated.items():
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+
+
+def test_prefix_storage_class_and_encryption_are_applied(
+    make_settings: Any, s3: Any, bucket: str
+) -> None:
+    services = Services(
+        make_settings(s3_prefix="ledger/prod/", s3_storage_class="STANDARD_IA", s3_sse="AES256")
+    )
+    try:
+        manifest = services.backups.run(ACTOR).manifest
+    finally:
+        services.close()
+    assert manifest.key.startswith("ledger/prod/blnk_backup_")
+    head = s3.head_object(Bucket=bucket, Key=manifest.key)
+    assert head["StorageClass"] == "STANDARD_IA"
+    assert head["ServerSideEncryption"] == "AES256"
+
+
+def test_md5_mode_for_stores_without_additional_checksums(
+    make_settings: Any, s3: Any, bucket: str
+) -> None:
+    services = Services(make_settings(s3_checksum="md5"))
+    try:
+        manifest = services.backups.run(ACTOR).manifest
+    finally:
+        services.close()
+    assert manifest.verification == "size+content-md5-parts"
+    assert manifest.store_checksum is None
+    assert s3.head_object(Bucket=bucket, Key=manifest.key)["ContentLength"] == manifest.size
+
+
+def test_local_copy_is_kept_when_asked_and_matches_the_upload(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    services = Services(make_settings(backup_keep_local_copy=True))
+    try:
+        manifest = services.backups.run(ACTOR).manifest
+    finally:
+        services.close()
+    local = tmp_path / "local" / manifest.key
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == manifest.sha256
+    assert list((tmp_path / "local").iterdir()) == [local]
+
+
+def test_multipart_backup_with_many_parts_verifies(
+    make_settings: Any, s3: Any, bucket: str, pg_server: PgTarget
+) -> None:
+    from tests.conftest import make_database
+
+    name = make_database(pg_server, 20_000)
+    try:
+        services = Services(
+            make_settings(
+                database_url=f"postgresql://postgres@127.0.0.1:5432/{name}",
+                backup_compression_level=0,
+                backup_part_size_mib=5,
+            )
+        )
+        manifest = services.backups.run(ACTOR).manifest
+        services.close()
+    finally:
+        drop_database(pg_server, name)
+    assert manifest.part_count >= 3
+    assert manifest.store_checksum is not None and manifest.store_checksum.endswith(
+        f"-{manifest.part_count}"
+    )
+    body = s3.get_object(Bucket=bucket, Key=manifest.key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == manifest.sha256
