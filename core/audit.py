@@ -62,6 +62,14 @@ _APPEND_ONLY_SQLITE = [
 ]
 
 
+_APPEND_ONLY_POSTGRESQL = [
+    """CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger
+       LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$""",
+    """CREATE OR REPLACE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE
+       ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()""",
+]
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -86,10 +94,10 @@ class AuditLog:
         if self._sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         SQLModel.metadata.create_all(self.engine, tables=[AuditEvent.__table__])  # type: ignore[attr-defined]
-        if self._sqlite:
-            with self.engine.begin() as conn:
-                for statement in _APPEND_ONLY_SQLITE:
-                    conn.execute(text(statement))
+        guards = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRESQL}
+        with self.engine.begin() as conn:
+            for statement in guards.get(parsed.get_backend_name(), []):
+                conn.execute(text(statement))
         self._lock = threading.Lock()
 
     def record(

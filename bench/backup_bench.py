@@ -1,0 +1,245 @@
+"""Backup throughput and memory benchmark (not part of the test suite).
+
+For each database size, measured in the same run against the same S3 server process:
+  (a) pg_dump -Fc -Z{level} to /dev/null            — the floor: dumping alone
+  (b) pg_dump -Fc -Z{level} | boto3 upload_fileobj   — the naive pipeline
+  (c) blnk-backup backup                            — this program, with verification
+and prints the wall-time ratios c/a and c/b and this program's peak RSS. With --levels it also
+compares compression levels (time and size of pg_dump alone).
+
+    .venv/bin/python bench/backup_bench.py --transactions 1000000 2000000 --levels 0 1 3 6 9
+
+Databases are generated once as blnk_bench_<transactions> and reused (--fresh to rebuild).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psutil
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.blnkgen import generate  # noqa: E402
+from core.database import PgTarget  # noqa: E402
+from tests.support.s3server import S3ServerProcess  # noqa: E402
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+BIN = Path(sys.executable).parent
+
+
+def ensure_database(transactions: int, fresh: bool) -> tuple[str, int]:
+    server = PgTarget.from_url(SERVER)
+    name = f"blnk_bench_{transactions}"
+    with server.connect(autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if fresh or not exists:
+        print(f"generating {name} …", flush=True)
+        generate(server, name, transactions, replace=True)
+    with server.with_dbname(name).connect() as conn:
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    return name, int(size)
+
+
+class RssSampler:
+    """Samples the peak RSS of one process (not its children) every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak = 0
+        self._proc = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self._proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_a(db: str, level: int) -> tuple[float, int]:
+    """pg_dump alone; returns (seconds, output bytes)."""
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        ["pg_dump", "-Fc", f"-Z{level}", "-h", "127.0.0.1", "-U", "postgres", "-d", db],
+        stdout=subprocess.PIPE,
+    )
+    size = 0
+    assert proc.stdout is not None
+    while chunk := os.read(proc.stdout.fileno(), 1 << 20):
+        size += len(chunk)
+    assert proc.wait() == 0
+    return time.monotonic() - began, size
+
+
+def run_a_devnull(db: str, level: int) -> float:
+    began = time.monotonic()
+    with open(os.devnull, "wb") as sink:
+        subprocess.run(
+            ["pg_dump", "-Fc", f"-Z{level}", "-h", "127.0.0.1", "-U", "postgres", "-d", db],
+            stdout=sink,
+            check=True,
+        )
+    return time.monotonic() - began
+
+
+def run_b(db: str, level: int, env: dict[str, str], key: str) -> float:
+    began = time.monotonic()
+    dump = subprocess.Popen(
+        ["pg_dump", "-Fc", f"-Z{level}", "-h", "127.0.0.1", "-U", "postgres", "-d", db],
+        stdout=subprocess.PIPE,
+    )
+    upload = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "naive_upload.py"), key],
+        stdin=dump.stdout,
+        env=env,
+    )
+    assert dump.stdout is not None
+    dump.stdout.close()
+    assert upload.wait() == 0 and dump.wait() == 0
+    return time.monotonic() - began
+
+
+def run_c(env: dict[str, str]) -> tuple[float, int, int, dict[str, Any]]:
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        [str(BIN / "blnk-backup"), "backup", "--json", "--reason", "benchmark"],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    sampler = RssSampler(proc.pid)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - began
+    peak = sampler.stop()
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return elapsed, peak, usage.ru_maxrss * 1024, json.loads(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transactions", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--level", type=int, default=1, help="compression level for a/b/c")
+    parser.add_argument("--levels", type=int, nargs="*", default=[], help="levels to compare")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+
+    s3_server = S3ServerProcess()
+    s3_server.start()
+    bucket = "blnk-bench"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench-secret",
+        "AWS_REGION": "us-east-1",
+        "S3_ENDPOINT_URL": s3_server.endpoint,
+        "S3_BACKUP_BUCKET": bucket,
+        "BACKUP_COMPRESSION_LEVEL": str(args.level),
+        "AUDIT_DATABASE_URL": f"sqlite:///{args.out / 'bench-audit.sqlite3'}",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",  # noqa: S106
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    client.create_bucket(Bucket=bucket)
+
+    def empty_bucket() -> None:  # moto keeps objects in memory: free them between runs
+        for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
+        "pg_dump": subprocess.run(
+            ["pg_dump", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip(),
+        "level": args.level,
+        "sizes": [],
+        "levels": [],
+    }
+    try:
+        for transactions in args.transactions:
+            db, db_size = ensure_database(transactions, args.fresh)
+            env["BLNK_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{db}"
+            a_times, b_times, c_times, peaks, maxrss = [], [], [], [], []
+            dump_size = 0
+            for i in range(args.repeat):
+                a_times.append(run_a_devnull(db, args.level))
+                b_times.append(run_b(db, args.level, env, f"naive/{db}-{i}.dump"))
+                empty_bucket()
+                c, peak, rss, body = run_c(env)
+                c_times.append(c)
+                peaks.append(peak)
+                maxrss.append(rss)
+                dump_size = body["size"]
+                empty_bucket()
+                print(
+                    f"{db} run {i + 1}: a={a_times[-1]:.2f}s b={b_times[-1]:.2f}s "
+                    f"c={c:.2f}s peak={peak / 2**20:.0f} MiB",
+                    flush=True,
+                )
+            a, b, c = (statistics.median(x) for x in (a_times, b_times, c_times))
+            row = {
+                "database": db,
+                "transactions": transactions,
+                "database_bytes": db_size,
+                "dump_bytes": dump_size,
+                "a_pg_dump_devnull_s": round(a, 2),
+                "b_naive_pipeline_s": round(b, 2),
+                "c_blnk_backup_s": round(c, 2),
+                "c_over_a": round(c / a, 3),
+                "c_over_b": round(c / b, 3),
+                "peak_rss_mib": round(max(peaks) / 2**20, 1),
+                "wait4_maxrss_mib": round(max(maxrss) / 2**20, 1),
+                "runs": args.repeat,
+            }
+            report["sizes"].append(row)
+            print(json.dumps(row, indent=2), flush=True)
+        if args.levels:
+            db = f"blnk_bench_{args.transactions[0]}"
+            for level in args.levels:
+                seconds, size = run_a(db, level)
+                report["levels"].append(
+                    {"level": level, "seconds": round(seconds, 2), "dump_bytes": size}
+                )
+                print(f"-Z{level}: {seconds:.2f}s {size / 2**20:.0f} MiB", flush=True)
+    finally:
+        s3_server.stop()
+    out = args.out / f"backup-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The blnk-backup command line: exit codes, JSON output, clear errors, no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.cli import main
+from core.database import PgTarget
+from tests.conftest import SECRET_KEY, bucket_keys
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    s3_server: Any,
+    bucket: str,
+    blnk_db: PgTarget,
+) -> dict[str, str]:
+    env = {
+        "BLNK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{blnk_db.dbname}",
+        "S3_BACKUP_BUCKET": bucket,
+        "S3_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIATESTTESTTEST",
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+        "AUDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
+        "S3_MAX_ATTEMPTS": "2",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> Any:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_backup_list_status_audit_round_trip_as_json(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], s3: Any, bucket: str
+) -> None:
+    assert main(["status", "--json"]) == 1  # no backups yet: a breach, exit 1
+    status = _json(capsys)
+    assert status["healthy"] is False and status["breaches"][0].startswith("no backups")
+
+    assert main(["--actor", "oncall", "backup", "--reason", "before migration 42", "--json"]) == 0
+    backup = _json(capsys)
+    assert backup["key"] in bucket_keys(s3, bucket)
+    assert len(backup["sha256"]) == 64 and backup["size"] > 0
+
+    assert main(["list", "--json"]) == 0
+    listed = _json(capsys)
+    assert [e["key"] for e in listed] == [backup["key"]]
+    assert listed[0]["reason"] == "before migration 42" and listed[0]["actor"] == "oncall"
+
+    assert main(["status", "--json"]) == 0
+    status = _json(capsys)
+    assert status["healthy"] is True and status["newest"]["key"] == backup["key"]
+    assert status["newest_age_hours"] < 1
+
+    assert main(["audit", "--json"]) == 0
+    events = _json(capsys)
+    assert [e["outcome"] for e in events[:2]] == ["succeeded", "started"]
+    assert events[0]["trigger"] == "cli" and events[0]["actor"] == "oncall"
+
+
+def test_status_reports_stale_when_the_newest_backup_is_too_old(
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    s3: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert main(["backup", "--json"]) == 0
+    capsys.readouterr()
+    # An older complete backup must not be taken for the newest (S3 lists ascending).
+    s3.put_object(Bucket=bucket, Key="blnk_backup_20200101_000000.dump", Body=b"old")
+    s3.put_object(Bucket=bucket, Key="blnk_backup_20200101_000000.dump.manifest.json", Body=b"{}")
+    assert main(["status", "--json"]) == 0
+    assert _json(capsys)["complete_backups"] == 2
+    monkeypatch.setenv("STALE_AFTER_HOURS", "0.0001")
+    assert main(["status"]) == 1
+    assert "stale" in capsys.readouterr().out
+
+
+def test_human_output_is_readable(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["backup", "--reason", "manual"]) == 0
+    captured = capsys.readouterr()
+    assert "✓ backup uploaded and verified" in captured.out
+    assert "sha256" in captured.out
+    assert "dumping" in captured.err  # progress goes to stderr
+    assert main(["list"]) == 0
+    assert "manual" in capsys.readouterr().out
+
+
+def test_missing_configuration_exits_2_naming_the_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "S3_", "BLNK_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AUDIT_DATABASE_URL", f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    assert main(["backup"]) == 2
+    err = capsys.readouterr().err
+    assert "BLNK_DATABASE_URL" in err and "S3_BACKUP_BUCKET" in err
+    assert "Traceback" not in err
+
+
+def test_invalid_values_exit_2_and_never_echo_secrets(
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BACKUP_COMPRESSION_LEVEL", "eleven")
+    monkeypatch.setenv("S3_BACKUP_BUCKET", "UPPER_case")
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert "BACKUP_COMPRESSION_LEVEL" in err and "S3_BACKUP_BUCKET" in err
+    assert SECRET_KEY not in err
+
+
+def test_a_failed_backup_exits_1_with_a_clear_line_and_no_secret(
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(
+        "BLNK_DATABASE_URL", "postgresql://postgres:pw-XYZ@127.0.0.1:5432/no_such_db"
+    )
+    assert main(["backup"]) == 1
+    err = capsys.readouterr().err
+    assert "preflight_failed" in err and "no_such_db" in err
+    assert "pw-XYZ" not in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["list", "--limit", "zero"])
+    assert raised.value.code == 2
+
+
+def test_the_console_script_is_installed_and_answers(tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "AUDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'a.sqlite3'}",
+    }
+    done = subprocess.run(
+        [str(bin_dir / "blnk-backup"), "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "S3_BACKUP_BUCKET" in done.stderr
