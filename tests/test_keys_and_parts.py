@@ -13,9 +13,9 @@ from core.keys import BackupKey
 from core.s3store import MAX_PART_SIZE, MAX_PARTS, MiB, max_stream_size, part_size
 
 TiB = 1 << 40
-times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2999, 12, 31), timezones=st.just(UTC)
-)
+# hypothesis takes naive bounds and attaches the zone itself
+_FIRST, _LAST = datetime(2000, 1, 1), datetime(2999, 12, 31)  # noqa: DTZ001
+times = st.datetimes(min_value=_FIRST, max_value=_LAST, timezones=st.just(UTC))
 
 
 @given(times, st.sampled_from(["", "prod/", "ledger/eu/"]))
