@@ -79,6 +79,12 @@ class RssSampler:
         return self.peak
 
 
+def cpu_busy() -> float:
+    """Seconds of CPU the whole machine has spent busy so far (all cores)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
 def run_a(db: str, level: int) -> tuple[float, int]:
     """pg_dump alone; returns (seconds, output bytes)."""
     began = time.monotonic()
@@ -122,7 +128,7 @@ def run_b(db: str, level: int, env: dict[str, str], key: str) -> float:
     return time.monotonic() - began
 
 
-def run_c(env: dict[str, str]) -> tuple[float, int, int, dict[str, Any]]:
+def run_c(env: dict[str, str]) -> tuple[float, int, int, dict[str, Any], float]:
     began = time.monotonic()
     proc = subprocess.Popen(
         [str(BIN / "blnk-backup"), "backup", "--json", "--reason", "benchmark"],
@@ -136,7 +142,8 @@ def run_c(env: dict[str, str]) -> tuple[float, int, int, dict[str, Any]]:
     assert proc.stdout is not None
     out = proc.stdout.read()
     assert os.waitstatus_to_exitcode(status) == 0, out
-    return elapsed, peak, usage.ru_maxrss * 1024, json.loads(out)
+    own_cpu = usage.ru_utime + usage.ru_stime  # this program and its pg_dump child
+    return elapsed, peak, usage.ru_maxrss * 1024, json.loads(out), own_cpu
 
 
 def main() -> None:
@@ -172,6 +179,11 @@ def main() -> None:
         config=Config(s3={"addressing_style": "path"}),
     )
     client.create_bucket(Bucket=bucket)
+    s3_process = psutil.Process(s3_server.pid)
+
+    def s3_cpu() -> float:
+        times = s3_process.cpu_times()
+        return times.user + times.system
 
     def empty_bucket() -> None:  # moto keeps objects in memory: free them between runs
         for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
@@ -193,12 +205,21 @@ def main() -> None:
             db, db_size = ensure_database(transactions, args.fresh)
             env["BLNK_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{db}"
             a_times, b_times, c_times, peaks, maxrss = [], [], [], [], []
+            a_cpu, c_cpu, c_own_cpu, b_s3_cpu, c_s3_cpu = [], [], [], [], []
             dump_size = 0
             for i in range(args.repeat):
+                before = cpu_busy()
                 a_times.append(run_a_devnull(db, args.level))
+                a_cpu.append(cpu_busy() - before)
+                s3_before = s3_cpu()
                 b_times.append(run_b(db, args.level, env, f"naive/{db}-{i}.dump"))
+                b_s3_cpu.append(s3_cpu() - s3_before)
                 empty_bucket()
-                c, peak, rss, body = run_c(env)
+                before, s3_before = cpu_busy(), s3_cpu()
+                c, peak, rss, body, own = run_c(env)
+                c_cpu.append(cpu_busy() - before)
+                c_s3_cpu.append(s3_cpu() - s3_before)
+                c_own_cpu.append(own)
                 c_times.append(c)
                 peaks.append(peak)
                 maxrss.append(rss)
@@ -222,6 +243,12 @@ def main() -> None:
                 "c_over_b": round(c / b, 3),
                 "peak_rss_mib": round(max(peaks) / 2**20, 1),
                 "wait4_maxrss_mib": round(max(maxrss) / 2**20, 1),
+                "machine_cpu_busy_a_s": round(statistics.median(a_cpu), 2),
+                "machine_cpu_busy_c_s": round(statistics.median(c_cpu), 2),
+                "c_process_and_pg_dump_cpu_s": round(statistics.median(c_own_cpu), 2),
+                "s3_server_cpu_b_s": round(statistics.median(b_s3_cpu), 2),
+                "s3_server_cpu_c_s": round(statistics.median(c_s3_cpu), 2),
+                "cores": os.cpu_count(),
                 "runs": args.repeat,
             }
             report["sizes"].append(row)

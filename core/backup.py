@@ -34,6 +34,7 @@ from core.errors import (
     DumpError,
     PreflightError,
     StorageError,
+    UsageError,
     VerificationError,
 )
 from core.keys import BackupKey
@@ -44,6 +45,7 @@ from core.s3store import CompletedUpload, MiB, MultipartUpload, S3Store
 log = logging.getLogger("blnk_backup.backup")
 
 _READ_SIZE = MiB
+MAX_REASON_LENGTH = 500
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class BackupService:
         if nothing could start, DumpError/StorageError/VerificationError if it failed.
         Every outcome is in the audit log.
         """
+        if reason is not None and len(reason) > MAX_REASON_LENGTH:
+            raise UsageError(f"the reason is longer than {MAX_REASON_LENGTH} characters")
         started = self.clock()
         run = self.audit.record(
             action="backup",
@@ -108,6 +112,7 @@ class BackupService:
             reason=reason,
             details={"database": self.target.display, "store": self.store.location},
         )
+        attempt = _BackupRun(self, run.run_id, actor, reason, on_progress)
         try:
             if not self._running.acquire(blocking=False):
                 raise AlreadyRunningError(
@@ -115,19 +120,25 @@ class BackupService:
                 )
             try:
                 with BackupLock(self.target):
-                    manifest = _BackupRun(self, run.run_id, actor, reason, on_progress).execute()
+                    manifest = attempt.execute()
             finally:
                 self._running.release()
         except BaseException as exc:
             error = exc if isinstance(exc, BackupError) else None
-            cause = error.cause if error else f"{type(exc).__name__}: {exc}"
+            if error is not None:
+                code, cause = error.code, error.cause
+            elif isinstance(exc, Exception):
+                code, cause = "internal_error", f"{type(exc).__name__}: {exc}"
+            else:  # KeyboardInterrupt, SIGTERM
+                code, cause = "interrupted", f"interrupted ({type(exc).__name__})"
             self.audit.record(
                 action="backup",
                 outcome="failed",
                 actor=actor,
                 run_id=run.run_id,
                 reason=reason,
-                error_code=error.code if error else "internal_error",
+                key=attempt.key.key if attempt.key else None,
+                error_code=code,
                 error_cause=mask(cause, [self.target.password])[:4000],
                 duration_seconds=(self.clock() - started).total_seconds(),
             )

@@ -12,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -211,8 +212,18 @@ def _positive(raw: str) -> int:
     return value
 
 
+class Terminated(BaseException):
+    """SIGTERM (a Kubernetes pod stopping, `kill`): unwind so clean-up runs, then exit 143."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -246,8 +257,11 @@ def run_with_error_boundary(action: Callable[[], int]) -> int:
         _err(f"✗ {exc.code}: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
-        _err("interrupted")
+        _err("interrupted: clean-up done")
         return 130
+    except Terminated:
+        _err("terminated: clean-up done")
+        return 143
     except Exception as exc:
         log.debug("internal error", exc_info=True)
         _err(f"✗ internal error ({type(exc).__name__}): run again with -v for details")

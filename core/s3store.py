@@ -106,7 +106,13 @@ def make_client(
         connect_timeout=10,
         read_timeout=120,
         max_pool_connections=max(10, settings.backup_upload_concurrency * 2),
-        s3={"addressing_style": settings.addressing_style},
+        s3={
+            "addressing_style": settings.addressing_style,
+            # Parts carry a signed x-amz-checksum-sha256 header that the store checks, so the
+            # body need not be hashed again for the signature (AWS's own default over HTTPS;
+            # over plain HTTP botocore would otherwise read and hash every part once more).
+            "payload_signing_enabled": settings.s3_checksum != "sha256",
+        },
         request_checksum_calculation=when,
         response_checksum_validation=when,
     )
@@ -311,6 +317,58 @@ class S3Store:
                 raise
 
 
+class _PartBuffer:
+    """One part being filled. Parts up to IN_MEMORY_PART_LIMIT live in memory and are sent as
+    one bytes body (one sendall, no 8 KiB file reads); larger ones spill to a temporary file."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self._memory: bytearray | None = None
+        self._file: IO[bytes] | None = None
+        if capacity <= IN_MEMORY_PART_LIMIT:
+            self._memory = bytearray()
+        else:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+
+    @property
+    def room(self) -> int:
+        return self.capacity - self.length
+
+    def write(self, chunk: memoryview) -> None:
+        if self._memory is not None:
+            self._memory += chunk
+        else:
+            assert self._file is not None
+            self._file.write(chunk)
+        self.length += len(chunk)
+
+    def body_and_digests(self, with_md5: bool) -> tuple[bytes | IO[bytes], bytes, bytes | None]:
+        """Return the body to send, its SHA-256 digest and (if asked) its MD5 digest."""
+        sha256 = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False) if with_md5 else None
+        if self._memory is not None:
+            body = bytes(self._memory)
+            self._memory = None
+            sha256.update(body)
+            if md5 is not None:
+                md5.update(body)
+            return body, sha256.digest(), md5.digest() if md5 else None
+        assert self._file is not None
+        self._file.seek(0)
+        while block := self._file.read(_READ_BLOCK):
+            sha256.update(block)
+            if md5 is not None:
+                md5.update(block)
+        self._file.seek(0)
+        return self._file, sha256.digest(), md5.digest() if md5 else None
+
+    def close(self) -> None:
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+
+
 class MultipartUpload:
     """Writes a stream of unknown length as parts, uploading up to ``concurrency`` parts while
     the next one fills. Memory stays bounded: the writer blocks when all workers are busy, and
@@ -337,8 +395,7 @@ class MultipartUpload:
         self._uploaded_bytes = 0
         self._lock = threading.Lock()
         self._part_number = 0
-        self._part: IO[bytes] | None = None
-        self._part_filled = 0
+        self._part: _PartBuffer | None = None
         self.size = 0
         self.finished = False
 
@@ -356,61 +413,52 @@ class MultipartUpload:
                 self._part_number += 1
                 if self._part_number > MAX_PARTS:
                     raise StorageError("the dump exceeds what 10,000 parts can hold")
-                self._part = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_PART_LIMIT)  # noqa: SIM115
-                self._part_filled = 0
-            room = part_size(self._part_number, self._base) - self._part_filled
-            chunk = view[:room]
+                self._part = _PartBuffer(part_size(self._part_number, self._base))
+            chunk = view[: self._part.room]
             self._part.write(chunk)
-            self._part_filled += len(chunk)
             self.size += len(chunk)
             view = view[len(chunk) :]
-            if self._part_filled == part_size(self._part_number, self._base):
+            if not self._part.room:
                 self._submit()
 
     def _submit(self) -> None:
         assert self._part is not None
-        part, number, length = self._part, self._part_number, self._part_filled
+        part, number = self._part, self._part_number
         self._part = None
         self._slots.acquire()
         try:
-            future = self._pool.submit(self._upload_part, part, number, length)
+            future = self._pool.submit(self._upload_part, part, number)
         except BaseException:
             self._slots.release()
             part.close()
             raise
         self._futures.append(future)
 
-    def _upload_part(self, part: IO[bytes], number: int, length: int) -> dict[str, Any]:
+    def _upload_part(self, part: _PartBuffer, number: int) -> dict[str, Any]:
         try:
-            part.seek(0)
-            sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-            while block := part.read(_READ_BLOCK):
-                sha256.update(block)
-                if self.store.checksum == "md5":
-                    md5.update(block)
-            part.seek(0)
+            body, sha256, md5 = part.body_and_digests(with_md5=self.store.checksum == "md5")
             args: dict[str, Any] = {}
             entry: dict[str, Any] = {"PartNumber": number}
             if self.store.checksum == "sha256":
-                digest = base64.b64encode(sha256.digest()).decode()
+                digest = base64.b64encode(sha256).decode()
                 args = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": digest}
                 entry["ChecksumSHA256"] = digest
             else:
-                args = {"ContentMD5": base64.b64encode(md5.digest()).decode()}
+                args = {"ContentMD5": base64.b64encode(md5 or b"").decode()}
             with s3_errors(f"uploading part {number} of {self.key}", self.store.bucket):
                 response = self.store.client.upload_part(
                     Bucket=self.store.bucket,
                     Key=self.key,
                     UploadId=self.upload_id,
                     PartNumber=number,
-                    Body=part,
-                    ContentLength=length,
+                    Body=body,
+                    ContentLength=part.length,
                     **args,
                 )
             entry["ETag"] = response["ETag"]
-            entry["_sha256"] = sha256.digest()
+            entry["_sha256"] = sha256
             with self._lock:
-                self._uploaded_bytes += length
+                self._uploaded_bytes += part.length
                 uploaded = self._uploaded_bytes
             if self._on_part is not None:
                 self._on_part(number, uploaded)

@@ -164,3 +164,13 @@ def test_the_console_script_is_installed_and_answers(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "S3_BACKUP_BUCKET" in done.stderr
+
+
+def test_an_overlong_reason_is_a_usage_error_and_changes_nothing(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], s3: Any, bucket: str
+) -> None:
+    assert main(["backup", "--reason", "x" * 501]) == 2
+    assert "reason is longer than 500" in capsys.readouterr().err
+    assert bucket_keys(s3, bucket) == []
+    assert main(["audit", "--json"]) == 0
+    assert _json(capsys) == []

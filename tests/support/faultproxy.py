@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,8 @@ class Request:
 class Faults:
     # Answer these requests with (status, S3 error code) instead of forwarding.
     fail: Callable[[Request], tuple[int, str] | None] = lambda _r: None
+    # Seconds to wait before forwarding (a slow store).
+    delay: Callable[[Request], float] = lambda _r: 0.0
     # Called after each forwarded request; may stop the proxy.
     after: Callable[[Request], None] = lambda _r: None
     # Rewrite response headers of forwarded requests.
@@ -80,6 +83,7 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
+                time.sleep(proxy.faults.delay(request))
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 upstream.request(self.command, self.path, body=body, headers=headers)

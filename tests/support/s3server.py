@@ -36,6 +36,11 @@ class S3ServerProcess:
                 time.sleep(0.1)
         raise RuntimeError("moto server did not start")
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
