@@ -27,7 +27,7 @@ from typing import IO
 from core import __version__
 from core.audit import Actor, AuditLog
 from core.config import Settings
-from core.database import BackupLock, PgTarget, SnapshotSession, server_version
+from core.database import PgTarget, SnapshotSession, backup_lock, server_version
 from core.errors import (
     AlreadyRunningError,
     BackupError,
@@ -119,7 +119,7 @@ class BackupService:
                     f"a backup of {self.target.dbname} is already running; try again when it ends"
                 )
             try:
-                with BackupLock(self.target):
+                with backup_lock(self.target):
                     manifest = attempt.execute()
             finally:
                 self._running.release()

@@ -13,9 +13,8 @@ from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from core.database import PgTarget
+from core.database import PgTarget, create_database, database_exists, drop_database
 from core.errors import UsageError
 
 
@@ -31,19 +30,13 @@ def _script(name: str) -> str:
     return resources.files("core").joinpath("sql", name).read_text()
 
 
-def create_database(server: PgTarget, name: str, *, replace: bool = False) -> None:
-    """Create an empty database on the server of ``server``; with replace, drop it first."""
-    if not name or len(name) > 63:
-        raise UsageError("database names must be 1-63 characters")
-    with server.connect(autocommit=True) as conn:
-        if replace:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists:
-            raise UsageError(f"database {name!r} already exists (use --replace to recreate it)")
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+def create_fresh_database(server: PgTarget, name: str, *, replace: bool = False) -> None:
+    """Create an empty database; with replace, drop an existing one of that name first."""
+    if replace:
+        drop_database(server, name)
+    elif database_exists(server, name):
+        raise UsageError(f"database {name!r} already exists (use --replace to recreate it)")
+    create_database(server, name)
 
 
 def populate(target: PgTarget, transactions: int) -> None:
@@ -73,7 +66,7 @@ def generate(
     """Create database ``name`` on the server of ``server`` holding ``transactions`` rows of
     Blnk transactions (plus balances, journal and the rest), and return what was made."""
     began = time.monotonic()
-    create_database(server, name, replace=replace)
+    create_fresh_database(server, name, replace=replace)
     target = server.with_dbname(name)
     try:
         populate(target, transactions)
@@ -85,10 +78,3 @@ def generate(
     return GeneratedDatabase(
         name, transactions, int(row[0]) if row else 0, time.monotonic() - began
     )
-
-
-def drop_database(server: PgTarget, name: str) -> None:
-    with server.connect(autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )

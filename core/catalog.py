@@ -6,8 +6,10 @@ by their UTC start time, so the newest backup is the *last* complete key, never 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from core.keys import BackupKey
 from core.manifest import Manifest
@@ -37,6 +39,7 @@ class FreshnessStatus:
     total_size: int
     newest: BackupEntry | None
     oldest: BackupEntry | None
+    last_restore_test: dict[str, Any] | None = None  # the newest restore-test record
     breaches: list[str] = field(default_factory=list)
 
     @property
@@ -64,6 +67,14 @@ class BackupCatalog:
         manifest = self.store.get_manifest(backup.key) if backup.complete else None
         return BackupEntry(backup.key, backup.size, backup.complete, manifest)
 
+    def _last_restore_test(self, backups: Sequence[StoredBackup]) -> dict[str, Any] | None:
+        tested = [b for b in backups if b.restore_tested_at is not None]
+        if not tested:
+            return None
+        newest = max(tested, key=lambda b: b.restore_tested_at or b.last_modified)
+        record = self.store.get_json(newest.key.restore_test_key)
+        return record if isinstance(record, dict) else None
+
     def status(self, stale_after_hours: float, now: datetime | None = None) -> FreshnessStatus:
         """Return the freshness status: newest complete backup, its age and any breaches."""
         now = now or datetime.now(UTC)
@@ -72,6 +83,12 @@ class BackupCatalog:
         newest = self._entry(complete[-1]) if complete else None
         oldest = BackupEntry(complete[0].key, complete[0].size, True) if complete else None
         breaches = []
+        last_test = self._last_restore_test(backups)
+        if last_test is not None and not last_test.get("passed"):
+            breaches.append(
+                f"last restore test failed: {last_test.get('key')} "
+                f"({last_test.get('error') or 'checks failed'})"
+            )
         if newest is None:
             breaches.append("no backups: no complete backup exists in the bucket")
         else:
@@ -89,5 +106,6 @@ class BackupCatalog:
             total_size=sum(b.size for b in complete),
             newest=newest,
             oldest=oldest,
+            last_restore_test=last_test,
             breaches=breaches,
         )

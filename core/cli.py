@@ -101,6 +101,44 @@ def cmd_status(services: Services, args: argparse.Namespace) -> int:
     return EXIT_OK if status.healthy else EXIT_FAILED
 
 
+def cmd_restore_test(services: Services, args: argparse.Namespace) -> int:
+    report = services.restores.test(_actor(args), args.key, on_stage=None if args.json else _stage)
+    if args.json:
+        _emit_json(render.restore_json(report))
+    else:
+        _out(render.restore_text(report))
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def cmd_restore(services: Services, args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise UsageError(
+            f"restoring creates database {args.into!r} from {args.key}; add --yes to go ahead"
+        )
+    server = PgTarget.from_url(args.server_url) if args.server_url else services.target
+    report = services.restores.restore(
+        _actor(args), args.key, args.into, server, on_stage=None if args.json else _stage
+    )
+    if args.json:
+        _emit_json(render.restore_json(report))
+        return EXIT_OK if report.passed else EXIT_FAILED
+    _out(render.restore_text(report))
+    new = server.with_dbname(args.into)
+    _out(
+        "\nTo switch Blnk over: stop Blnk, point BLNK_DATA_SOURCE_DNS (or data_source.dns in "
+        f"blnk.json) at\n  {new.display}\nkeeping your user and password, then start Blnk. "
+        "Or swap names while Blnk is stopped:\n"
+        f'  ALTER DATABASE "{services.target.dbname}" RENAME TO '
+        f'"{services.target.dbname}_before_restore";\n'
+        f'  ALTER DATABASE "{args.into}" RENAME TO "{services.target.dbname}";'
+    )
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def _stage(stage: str) -> None:
+    _err(f"… {stage}")
+
+
 def cmd_audit(services: Services, args: argparse.Namespace) -> int:
     events = services.audit.events(limit=args.limit, action=args.action)
     if args.json:
@@ -176,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    restore_test = commands.add_parser(
+        "restore-test", help="prove a backup restorable: restore into a scratch database, check"
+    )
+    restore_test.add_argument("key", nargs="?", default="latest", help="KEY or latest")
+    restore_test.add_argument("--json", action="store_true")
+    restore_test.set_defaults(handler=cmd_restore_test)
+
+    restore = commands.add_parser(
+        "restore", help="restore a backup into a NEW database, verified and checked"
+    )
+    restore.add_argument("key", help="KEY or latest")
+    restore.add_argument("--into", required=True, metavar="NEWDB", help="database to create")
+    restore.add_argument("--server-url", help="server to create it on (default: Blnk's)")
+    restore.add_argument("--yes", action="store_true", help="confirm: this creates a database")
+    restore.add_argument("--json", action="store_true")
+    restore.set_defaults(handler=cmd_restore)
 
     audit = commands.add_parser("audit", help="show the audit log, newest first")
     audit.add_argument("--limit", type=_positive, default=50)

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         None, validation_alias=_env("RESTORE_TEST_DATABASE_URL")
     )
     pg_bin_dir: str | None = Field(None, validation_alias=_env("PG_BIN_DIR"))
+    restore_jobs: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        validation_alias=_env("RESTORE_JOBS"),
+    )
 
     # --- S3 -------------------------------------------------------------------------------
     aws_access_key_id: str | None = Field(

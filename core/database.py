@@ -17,11 +17,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from core.errors import AlreadyRunningError, PreflightError
+from core.errors import AlreadyRunningError, PreflightError, UsageError
 from core.manifest import LedgerTotals, SnapshotStats
 
-# Any constant works; it only has to be the same in every process of this program.
-_BACKUP_LOCK_ID = 0x626C6E6B_6261636B  # "blnkback"
+# Any constants work; they only have to be the same in every process of this program.
+BACKUP_LOCK_ID = 0x626C6E6B_6261636B  # "blnkback"
+RESTORE_LOCK_ID = 0x626C6E6B_72657374  # "blnkrest"
 
 _USER_SCHEMAS = """
     n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -101,23 +102,23 @@ def server_version(conn: psycopg.Connection[Any]) -> tuple[int, str]:
     return num // 10000, text
 
 
-class BackupLock:
-    """At most one backup per database, across processes: a session advisory lock held on
-    its own connection for the whole backup. Released when the connection closes, so a crashed
+class AdvisoryLock:
+    """A session advisory lock held on its own connection: one backup per database, one restore
+    test per server, across processes. Released when the connection closes, so a crashed
     process never leaves it behind."""
 
-    def __init__(self, target: PgTarget) -> None:
+    def __init__(self, target: PgTarget, lock_id: int, busy_message: str) -> None:
         self._target = target
+        self._lock_id = lock_id
+        self._busy_message = busy_message
         self._conn: psycopg.Connection[Any] | None = None
 
-    def __enter__(self) -> BackupLock:
+    def __enter__(self) -> AdvisoryLock:
         conn = self._target.connect(autocommit=True, application_name="blnk-backup-lock")
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_BACKUP_LOCK_ID,)).fetchone()
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_id,)).fetchone()
         if not row or not row[0]:
             conn.close()
-            raise AlreadyRunningError(
-                f"a backup of {self._target.dbname} is already running; try again when it ends"
-            )
+            raise AlreadyRunningError(self._busy_message)
         self._conn = conn
         return self
 
@@ -130,6 +131,48 @@ class BackupLock:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def backup_lock(target: PgTarget) -> AdvisoryLock:
+    return AdvisoryLock(
+        target,
+        BACKUP_LOCK_ID,
+        f"a backup of {target.dbname} is already running; try again when it ends",
+    )
+
+
+def database_exists(server: PgTarget, name: str) -> bool:
+    with server.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def create_database(server: PgTarget, name: str) -> None:
+    """Create an empty database on the server of ``server``. Raise UsageError if it exists."""
+    if not name or len(name.encode()) > 63:
+        raise UsageError("database names must be 1-63 bytes long")
+    with server.connect(autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            raise UsageError(f"database {name!r} already exists")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(server: PgTarget, name: str) -> None:
+    """Drop a database (disconnecting its sessions) if it exists."""
+    with server.connect(autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def databases_like(server: PgTarget, prefix: str) -> list[str]:
+    """Return the names of databases on the server that start with prefix."""
+    with server.connect(autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1", (prefix,)
+        ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 class SnapshotSession:
@@ -151,21 +194,7 @@ class SnapshotSession:
         )
 
     def _row_counts(self) -> dict[str, int]:
-        tables = self._conn.execute(
-            f"""SELECT n.nspname, c.relname FROM pg_class c
-                JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.relkind = 'r' AND {_USER_SCHEMAS}
-                AND {_NOT_FROM_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
-                ORDER BY 1, 2"""
-        ).fetchall()
-        counts: dict[str, int] = {}
-        for schema, table in tables:
-            query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)
-            )
-            row = self._conn.execute(query).fetchone()
-            counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-        return counts
+        return row_counts(self._conn)
 
     def _ledger(self) -> dict[str, LedgerTotals]:
         return ledger_totals(self._conn)
@@ -185,6 +214,25 @@ class SnapshotSession:
                 self._conn.rollback()
         finally:
             self._conn.close()
+
+
+def row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Exact row counts of every user table (extension-owned tables excluded)."""
+    tables = conn.execute(
+        f"""SELECT n.nspname, c.relname FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND {_USER_SCHEMAS}
+            AND {_NOT_FROM_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+            ORDER BY 1, 2"""
+    ).fetchall()
+    counts: dict[str, int] = {}
+    for schema, table in tables:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
 
 
 def ledger_totals(conn: psycopg.Connection[Any]) -> dict[str, LedgerTotals]:

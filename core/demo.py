@@ -12,9 +12,9 @@ from pathlib import Path
 
 from core import render
 from core.audit import Actor
-from core.blnkgen import drop_database, generate
+from core.blnkgen import generate
 from core.config import load_settings
-from core.database import PgTarget
+from core.database import PgTarget, drop_database
 from core.errors import ConfigError
 from core.s3store import make_client
 from core.services import Services

@@ -11,7 +11,8 @@ boundary (``raise StorageError(...) from exc``) so front ends only ever see this
     ├── PreflightError         database/server/bucket not usable; nothing was started
     ├── DumpError              pg_dump failed; carries the tail of its stderr
     ├── StorageError           S3 refused or failed; carries the S3 error code
-    └── VerificationError      what the store holds differs from what was streamed
+    ├── VerificationError      what the store holds differs from what was streamed
+    └── RestoreCheckError      a backup is corrupt or did not restore
 """
 
 from __future__ import annotations
@@ -73,3 +74,7 @@ class StorageError(BackupError):
 
 class VerificationError(BackupError):
     code = "verification_failed"
+
+
+class RestoreCheckError(BackupError):
+    code = "restore_failed"

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from core.errors import UsageError
 
 MANIFEST_SUFFIX = ".manifest.json"
+RESTORE_TEST_SUFFIX = ".restore-test.json"
 _NAME = re.compile(r"^blnk_backup_(\d{8})_(\d{6})\.dump$")
 
 
@@ -64,6 +65,11 @@ class BackupKey:
     @property
     def manifest_key(self) -> str:
         return self.key + MANIFEST_SUFFIX
+
+    @property
+    def restore_test_key(self) -> str:
+        """Where the result of the latest restore test of this backup is kept."""
+        return self.key + RESTORE_TEST_SUFFIX
 
     def __str__(self) -> str:
         return self.key

@@ -118,6 +118,16 @@ def run(
     )
 
 
+def run_tool(
+    argv: Sequence[str], env: dict[str, str], secrets: Iterable[str | None] = ()
+) -> tuple[int, str, str]:
+    """Run a tool such as pg_restore to completion (it is killed if this process is
+    interrupted); return (exit status, stdout, the masked last lines of stderr)."""
+    done = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()][-_STDERR_TAIL_LINES:]
+    return done.returncode, done.stdout, mask("\n".join(lines), secrets)
+
+
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from core.audit import AuditEvent
 from core.catalog import BackupEntry, FreshnessStatus
 from core.manifest import Manifest
+from core.restore import RestoreReport
 
 
 def human_size(size: int | None) -> str:
@@ -115,6 +116,7 @@ def status_json(status: FreshnessStatus) -> dict[str, Any]:
             round(status.newest_age_hours, 3) if status.newest_age_hours is not None else None
         ),
         "oldest": entry_json(status.oldest) if status.oldest else None,
+        "last_restore_test": status.last_restore_test,
     }
 
 
@@ -128,6 +130,16 @@ def status_text(status: FreshnessStatus) -> str:
         )
     if status.oldest is not None:
         lines.append(f"  oldest    {status.oldest.key.key}")
+    test = status.last_restore_test
+    if test is None:
+        lines.append("  restore   no restore test yet: run blnk-backup restore-test latest")
+    elif test.get("passed"):
+        lines.append(
+            f"  restore   last backup proven restorable: {test.get('key')}, "
+            f"at {test.get('finished_at')}"
+        )
+    else:
+        lines.append(f"  restore   last restore test FAILED: {test.get('key')}")
     lines.append(
         f"  backups   {status.complete_count} complete, {human_size(status.total_size)} in all"
         + (f", {status.incomplete_count} without manifest" if status.incomplete_count else "")
@@ -152,3 +164,37 @@ def audit_text(events: list[AuditEvent]) -> str:
             f"{e.trigger}:{e.actor:<12} {what}"
         )
     return "\n".join(rows)
+
+
+def restore_json(report: RestoreReport) -> dict[str, Any]:
+    return {
+        "key": report.key,
+        "passed": report.passed,
+        "database": report.database,
+        "kept": report.kept,
+        "durations": report.durations,
+        "amcheck": report.amcheck,
+        "checks": [
+            {"name": c.name, "passed": c.passed, "expected": c.expected, "found": c.found}
+            for c in report.checks
+        ],
+    }
+
+
+def restore_text(report: RestoreReport) -> str:
+    what = "restored into" if report.kept else "restore-tested in scratch database"
+    head = "✓" if report.passed else "✗"
+    verdict = (
+        "all checks passed" if report.passed else f"{len(report.failed_checks)} check(s) FAILED"
+    )
+    d = report.durations
+    lines = [
+        f"{head} {report.key} {what} {report.database}: {verdict}",
+        f"  time      download {human_duration(d.get('download'))}, restore "
+        f"{human_duration(d.get('restore'))}, checks {human_duration(d.get('checks'))}, "
+        f"total {human_duration(d.get('total'))}",
+        f"  checks    {len(report.checks)} ({report.amcheck})",
+    ]
+    for check in report.failed_checks:
+        lines.append(f"  ✗ {check.name}: expected {check.expected}, found {check.found}")
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from core.config import Settings
 from core.errors import ConfigError, StorageError
-from core.keys import MANIFEST_SUFFIX, BackupKey
+from core.keys import MANIFEST_SUFFIX, RESTORE_TEST_SUFFIX, BackupKey
 from core.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class StoredBackup:
     size: int
     last_modified: datetime
     complete: bool
+    restore_tested_at: datetime | None = None  # when its restore-test record was written
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ class S3Store:
         """
         dumps: dict[str, tuple[int, datetime]] = {}
         manifests: set[str] = set()
+        restore_tests: dict[str, datetime] = {}
         with s3_errors("listing backups", self.bucket):
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "blnk_backup_"):
@@ -244,14 +247,55 @@ class S3Store:
                     key = obj["Key"]
                     if key.endswith(MANIFEST_SUFFIX):
                         manifests.add(key.removesuffix(MANIFEST_SUFFIX))
+                    elif key.endswith(RESTORE_TEST_SUFFIX):
+                        restore_tests[key.removesuffix(RESTORE_TEST_SUFFIX)] = obj["LastModified"]
                     elif BackupKey.parse(key, self.prefix):
                         dumps[key] = (obj["Size"], obj["LastModified"])
         found = []
         for key, (size, modified) in dumps.items():
             parsed = BackupKey.parse(key, self.prefix)
             assert parsed is not None
-            found.append(StoredBackup(parsed, size, modified, key in manifests))
+            found.append(
+                StoredBackup(parsed, size, modified, key in manifests, restore_tests.get(key))
+            )
         return sorted(found, key=lambda b: b.key)
+
+    def download(
+        self, key: str, destination: IO[bytes], on_bytes: Callable[[int], None] | None = None
+    ) -> tuple[int, str]:
+        """Stream key into destination; return (size, SHA-256 hex) of the bytes received."""
+        sha256 = hashlib.sha256()
+        size = 0
+        with s3_errors(f"downloading {key}", self.bucket):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            while chunk := body.read(_READ_BLOCK):
+                sha256.update(chunk)
+                destination.write(chunk)
+                size += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(size)
+        return size, sha256.hexdigest()
+
+    def get_json(self, key: str) -> Any | None:
+        """Return the parsed JSON object at key, or None if it does not exist."""
+        try:
+            with s3_errors(f"reading {key}"):
+                raw = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except StorageError as exc:
+            if exc.s3_code in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return json.loads(raw)
+
+    def put_json(self, key: str, body: Any) -> None:
+        with s3_errors(f"writing {key}", self.bucket):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=json.dumps(body, indent=2, sort_keys=True, default=str).encode(),
+                ContentType="application/json",
+                **self._write_args(),
+            )
 
     def list_incomplete_uploads(self) -> list[IncompleteUpload]:
         """Return multipart uploads under the prefix that were started and never finished."""

@@ -13,6 +13,7 @@ from core.backup import BackupService
 from core.catalog import BackupCatalog
 from core.config import Settings
 from core.database import PgTarget
+from core.restore import RestoreService
 from core.s3store import S3Store
 
 
@@ -38,6 +39,14 @@ class Services:
     def backups(self) -> BackupService:
         self.settings.require("database_url", "s3_bucket")
         return BackupService(self.settings, self.target, self.store, self.audit)
+
+    @cached_property
+    def restores(self) -> RestoreService:
+        self.settings.require("s3_bucket")
+        source = self.target if self.settings.database_url is not None else None
+        url = self.settings.restore_test_database_url
+        scratch = PgTarget.from_url(url.get_secret_value()) if url is not None else None
+        return RestoreService(self.settings, self.store, self.audit, source, scratch)
 
     @cached_property
     def catalog(self) -> BackupCatalog:

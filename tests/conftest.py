@@ -13,9 +13,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from core.blnkgen import drop_database, generate
+from core.blnkgen import generate
 from core.config import Settings, load_settings
-from core.database import PgTarget
+from core.database import PgTarget, drop_database
 from core.services import Services
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3ServerProcess

@@ -49,8 +49,7 @@ def test_an_unknown_trigger_is_refused() -> None:
 def test_the_audit_log_can_live_in_postgresql(pg_server: object) -> None:
     import uuid
 
-    from core.blnkgen import create_database, drop_database
-    from core.database import PgTarget
+    from core.database import PgTarget, create_database, drop_database
 
     assert isinstance(pg_server, PgTarget)
     name = f"blnk_audit_{uuid.uuid4().hex[:8]}"

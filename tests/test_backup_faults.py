@@ -11,8 +11,7 @@ import pytest
 
 from core.audit import Actor
 from core.backup import BackupProgress
-from core.blnkgen import drop_database
-from core.database import PgTarget
+from core.database import PgTarget, drop_database
 from core.errors import (
     AlreadyRunningError,
     ConfigError,

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from core.audit import Actor
-from core.blnkgen import create_database, drop_database
-from core.database import PgTarget, ledger_totals, object_counts
+from core.database import PgTarget, create_database, drop_database, ledger_totals, object_counts
 from core.services import Services
 from tests.conftest import bucket_keys, incomplete_uploads
 
@@ -37,7 +36,8 @@ def restored(pg_server: PgTarget) -> Any:
 
     def restore(dump: Path, jobs: int = 1) -> PgTarget:
         name = f"blnk_restored_{len(names)}_{hashlib.sha256(str(dump).encode()).hexdigest()[:8]}"
-        create_database(pg_server, name, replace=True)
+        drop_database(pg_server, name)
+        create_database(pg_server, name)
         names.append(name)
         subprocess.run(
             [

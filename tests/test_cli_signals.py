@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.audit import AuditLog
-from core.blnkgen import drop_database
-from core.database import PgTarget
+from core.database import PgTarget, drop_database
 from tests.conftest import ACCESS_KEY, SECRET_KEY, bucket_keys, incomplete_uploads, make_database
 from tests.support.faultproxy import FaultProxy, Request
 

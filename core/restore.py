@@ -1,0 +1,429 @@
+"""Restore tests and restores: prove a backup restorable and the ledger inside it intact.
+
+A restore test downloads a backup (checking its SHA-256 against the manifest before anything
+else), restores it with ``pg_restore -j N`` into a scratch database on the server of
+``RESTORE_TEST_DATABASE_URL``, compares what it finds with what the manifest recorded in the
+dump's snapshot, runs ``amcheck`` on the B-tree indexes, and always drops the scratch database.
+The source database is never touched (invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from core.audit import Actor, AuditLog
+from core.config import Settings
+from core.database import (
+    RESTORE_LOCK_ID,
+    AdvisoryLock,
+    PgTarget,
+    create_database,
+    database_exists,
+    databases_like,
+    drop_database,
+    ledger_totals,
+    object_counts,
+    row_counts,
+)
+from core.errors import BackupError, RestoreCheckError, UsageError
+from core.keys import BackupKey
+from core.manifest import Manifest
+from core.processes import find_tool, run_tool
+from core.s3store import S3Store
+
+log = logging.getLogger("blnk_backup.restore")
+
+SCRATCH_PREFIX = "blnk_restore_test_"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison, reported separately with what was expected and what was found."""
+
+    name: str
+    passed: bool
+    expected: str
+    found: str
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    key: str
+    database: str  # the scratch database (dropped) or the restore target (kept)
+    checks: list[Check]
+    durations: dict[str, float]  # download, restore, checks, total (seconds)
+    finished_at: datetime
+    amcheck: str  # "ran" or why not
+    kept: bool = False  # True for `restore --into`
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def summary(self) -> dict[str, Any]:
+        """The record kept next to the backup and shown by `status`."""
+        return {
+            "key": self.key,
+            "passed": self.passed,
+            "finished_at": self.finished_at.isoformat(),
+            "durations": self.durations,
+            "checks": len(self.checks),
+            "failed_checks": [asdict(c) for c in self.failed_checks],
+            "amcheck": self.amcheck,
+        }
+
+
+Progress = Callable[[str], None]
+
+
+class RestoreService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: S3Store,
+        audit: AuditLog,
+        source: PgTarget | None,
+        scratch_server: PgTarget | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.audit = audit
+        self.source = source
+        self._scratch_server = scratch_server
+
+    @property
+    def scratch_server(self) -> PgTarget:
+        if self._scratch_server is None:
+            self.settings.require("restore_test_database_url")
+        assert self._scratch_server is not None
+        return self._scratch_server
+
+    # --- use cases ----------------------------------------------------------------------------
+    def test(
+        self, actor: Actor, which: str = "latest", on_stage: Progress | None = None
+    ) -> RestoreReport:
+        """Restore-test the named backup (or the newest complete one) into a scratch database.
+
+        Return the report (``passed`` False if a check failed). Raise UsageError for a key that
+        is not a complete backup, RestoreCheckError if the backup is corrupt or does not
+        restore. The scratch database is always dropped. Every outcome is audited and recorded
+        next to the backup.
+        """
+        stage = on_stage or (lambda _s: None)
+        scratch_server = self.scratch_server  # a ConfigError before anything is recorded
+        run = self.audit.record(action="restore_test", outcome="started", actor=actor, key=which)
+        key: BackupKey | None = None
+        try:
+            key, manifest = self._resolve(which)
+            with AdvisoryLock(scratch_server, RESTORE_LOCK_ID, "a restore test is already running"):
+                self._drop_leftovers()
+                name = f"{SCRATCH_PREFIX}{datetime.now(UTC):%Y%m%d%H%M%S}_{secrets.token_hex(3)}"
+                report = self._restore_and_check(
+                    key, manifest, self.scratch_server, name, stage, keep=False, no_owner=True
+                )
+        except BaseException as exc:
+            self._record_failure(run.run_id, actor, key, exc, "restore_test")
+            raise
+        self._record_report(run.run_id, actor, report, "restore_test")
+        return report
+
+    def restore(
+        self,
+        actor: Actor,
+        which: str,
+        into: str,
+        server: PgTarget,
+        on_stage: Progress | None = None,
+    ) -> RestoreReport:
+        """Restore a backup into a new database ``into`` on ``server`` and check it.
+
+        Raise UsageError if ``into`` exists or is the source database. The new database is kept
+        (also when a check fails, so a person can look at it).
+        """
+        stage = on_stage or (lambda _s: None)
+        run = self.audit.record(
+            action="restore", outcome="started", actor=actor, key=which, details={"into": into}
+        )
+        key: BackupKey | None = None
+        try:
+            target = server.with_dbname(into)
+            if self.source is not None and _same_database(target, self.source):
+                raise UsageError(f"refusing to restore into the source database {into!r}")
+            if into.startswith(SCRATCH_PREFIX):
+                raise UsageError(f"names starting with {SCRATCH_PREFIX} are for restore tests")
+            if database_exists(server, into):
+                raise UsageError(f"database {into!r} already exists; choose a new name")
+            key, manifest = self._resolve(which)
+            report = self._restore_and_check(
+                key, manifest, server, into, stage, keep=True, no_owner=False
+            )
+        except BaseException as exc:
+            self._record_failure(run.run_id, actor, key, exc, "restore")
+            raise
+        self._record_report(run.run_id, actor, report, "restore")
+        return report
+
+    # --- steps --------------------------------------------------------------------------------
+    def _resolve(self, which: str) -> tuple[BackupKey, Manifest]:
+        if which == "latest":
+            complete = [b for b in self.store.list_backups() if b.complete]
+            if not complete:
+                raise UsageError("there is no complete backup to restore")
+            key = complete[-1].key
+        else:
+            key = BackupKey.parse_or_raise(which, self.store.prefix)
+        manifest = self.store.get_manifest(key)
+        if manifest is None:
+            exists = self.store.exists(key.key)
+            raise UsageError(
+                f"{key} has no manifest: it is not a complete backup"
+                if exists
+                else f"{key} does not exist in {self.store.location}"
+            )
+        return key, manifest
+
+    def _drop_leftovers(self) -> None:
+        """Drop scratch databases left by a restore test that crashed (we hold the lock, so
+        no other restore test is using them)."""
+        for name in databases_like(self.scratch_server, SCRATCH_PREFIX):
+            if self.source is not None and _same_database(
+                self.scratch_server.with_dbname(name), self.source
+            ):
+                continue  # never, whatever its name
+            log.warning("dropping %s, left behind by an earlier restore test", name)
+            drop_database(self.scratch_server, name)
+
+    def _restore_and_check(
+        self,
+        key: BackupKey,
+        manifest: Manifest,
+        server: PgTarget,
+        name: str,
+        stage: Progress,
+        *,
+        keep: bool,
+        no_owner: bool,
+    ) -> RestoreReport:
+        began = time.monotonic()
+        durations: dict[str, float] = {}
+        target = server.with_dbname(name)
+        pg_restore = find_tool("pg_restore", self.settings.pg_bin_dir)
+        with tempfile.TemporaryDirectory(prefix="blnk-restore-") as workdir:
+            dump = Path(workdir) / key.name
+            stage("downloading")
+            with _timed(durations, "download"):
+                self._download_verified(key, manifest, dump)
+            stage("restoring")
+            with _timed(durations, "restore"):
+                self._check_archive(pg_restore, dump, key)
+                create_database(server, name)
+                try:
+                    self._pg_restore(pg_restore, dump, target, no_owner)
+                except BaseException:
+                    if not keep:
+                        drop_database(server, name)
+                    raise
+        try:
+            stage("checking")
+            with _timed(durations, "checks"):
+                checks, amcheck = run_checks(target, manifest)
+        finally:
+            if not keep:
+                drop_database(server, name)
+        durations["total"] = round(time.monotonic() - began, 3)
+        return RestoreReport(
+            key=key.key,
+            database=name,
+            checks=checks,
+            durations=durations,
+            finished_at=datetime.now(UTC),
+            amcheck=amcheck,
+            kept=keep,
+        )
+
+    def _download_verified(self, key: BackupKey, manifest: Manifest, dump: Path) -> None:
+        with dump.open("wb") as out:
+            size, sha256 = self.store.download(key.key, out)
+        if sha256 != manifest.sha256 or size != manifest.size:
+            raise RestoreCheckError(
+                f"backup is corrupt: s3://{self.store.bucket}/{key} has SHA-256 {sha256} "
+                f"({size} bytes) but its manifest says {manifest.sha256} ({manifest.size} bytes)",
+                cause=f"corrupt: sha256 {sha256} != manifest {manifest.sha256}",
+            )
+
+    def _check_archive(self, pg_restore: str, dump: Path, key: BackupKey) -> None:
+        status, listing, tail = run_tool([pg_restore, "--list", str(dump)], dict(os.environ))
+        entries = [ln for ln in listing.splitlines() if ln and not ln.startswith(";")]
+        if status != 0 or not entries:
+            raise RestoreCheckError(
+                f"{key} is not a readable pg_dump archive: {tail or 'empty table of contents'}"
+            )
+
+    def _pg_restore(self, pg_restore: str, dump: Path, target: PgTarget, no_owner: bool) -> None:
+        argv = [
+            pg_restore,
+            f"--jobs={self.settings.restore_jobs}",
+            "--exit-on-error",
+            "--no-password",
+            f"--dbname={target.conninfo}",
+        ]
+        if no_owner:  # a scratch copy: the roles of the source need not exist here
+            argv += ["--no-owner", "--no-privileges"]
+        status, _out, tail = run_tool(
+            [*argv, str(dump)], target.libpq_env(dict(os.environ)), [target.password]
+        )
+        if status != 0:
+            raise RestoreCheckError(
+                f"pg_restore into {target.dbname} failed (exit {status}): {tail}",
+                cause=f"pg_restore exit {status}: {tail}",
+            )
+
+    # --- records ------------------------------------------------------------------------------
+    def _record_report(self, run_id: str, actor: Actor, report: RestoreReport, action: str) -> None:
+        summary = report.summary()
+        if action == "restore_test":
+            self.store.put_json(
+                BackupKey.parse_or_raise(report.key, self.store.prefix).restore_test_key, summary
+            )
+        self.audit.record(
+            action=action,
+            outcome="succeeded" if report.passed else "failed",
+            actor=actor,
+            run_id=run_id,
+            key=report.key,
+            duration_seconds=report.durations.get("total"),
+            error_code=None if report.passed else "check_failed",
+            error_cause=None
+            if report.passed
+            else "; ".join(
+                f"{c.name}: expected {c.expected}, found {c.found}" for c in report.failed_checks
+            )[:4000],
+            details=summary,
+        )
+
+    def _record_failure(
+        self, run_id: str, actor: Actor, key: BackupKey | None, exc: BaseException, action: str
+    ) -> None:
+        if isinstance(exc, BackupError):
+            code, cause = exc.code, exc.cause
+        elif isinstance(exc, Exception):
+            code, cause = "internal_error", f"{type(exc).__name__}: {exc}"
+        else:
+            code, cause = "interrupted", f"interrupted ({type(exc).__name__})"
+        if action == "restore_test" and key is not None and isinstance(exc, RestoreCheckError):
+            try:
+                self.store.put_json(
+                    key.restore_test_key,
+                    {
+                        "key": key.key,
+                        "passed": False,
+                        "error": exc.message,
+                        "finished_at": datetime.now(UTC).isoformat(),
+                    },
+                )
+            except BackupError:
+                log.exception("could not record the failed restore test next to %s", key)
+        self.audit.record(
+            action=action,
+            outcome="failed",
+            actor=actor,
+            run_id=run_id,
+            key=key.key if key else None,
+            error_code=code,
+            error_cause=cause[:4000],
+        )
+
+
+@contextmanager
+def _timed(durations: dict[str, float], name: str) -> Iterator[None]:
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        durations[name] = round(time.monotonic() - began, 3)
+
+
+def _same_database(a: PgTarget, b: PgTarget) -> bool:
+    def where(t: PgTarget) -> tuple[str, str, str]:
+        host = t.params.get("host", "localhost")
+        host = "localhost" if host in {"127.0.0.1", "::1", "", "/var/run/postgresql"} else host
+        return host, t.params.get("port", "5432"), t.dbname
+
+    return where(a) == where(b)
+
+
+def run_checks(target: PgTarget, manifest: Manifest) -> tuple[list[Check], str]:
+    """Compare the restored database with the manifest; return the checks and the amcheck
+    status ("ran on N indexes" or why it could not run)."""
+    checks: list[Check] = []
+    with target.connect(autocommit=True) as conn:
+        found_rows = row_counts(conn)
+        for table, expected in sorted(manifest.stats.row_counts.items()):
+            found = found_rows.get(table)
+            checks.append(Check(f"rows {table}", found == expected, str(expected), str(found)))
+        for table in sorted(set(found_rows) - set(manifest.stats.row_counts)):
+            checks.append(Check(f"rows {table}", False, "(not in backup)", str(found_rows[table])))
+        found_ledger = ledger_totals(conn)
+        for currency, expected_totals in sorted(manifest.stats.ledger.items()):
+            got = found_ledger.get(currency)
+            for field_name in (
+                "balance_sum",
+                "balance_count",
+                "transaction_count",
+                "transaction_amount_sum",
+            ):
+                want = getattr(expected_totals, field_name)
+                have = getattr(got, field_name) if got else None
+                same = have is not None and Decimal(str(have)) == Decimal(str(want))
+                checks.append(Check(f"ledger {currency} {field_name}", same, str(want), str(have)))
+        found_objects = object_counts(conn)
+        for kind, expected in sorted(manifest.stats.objects.items()):
+            found = found_objects.get(kind)
+            checks.append(Check(f"objects {kind}", found == expected, str(expected), str(found)))
+        amcheck_checks, amcheck = _amcheck(conn)
+        checks += amcheck_checks
+    return checks, amcheck
+
+
+def _amcheck(conn: Any) -> tuple[list[Check], str]:
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    except Exception as exc:  # the extension is optional: say why it did not run
+        return [], f"not run: amcheck unavailable ({type(exc).__name__})"
+    indexes = conn.execute(
+        """SELECT c.oid, n.nspname || '.' || c.relname FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_am a ON a.oid = c.relam
+           WHERE a.amname = 'btree' AND i.indisready AND i.indisvalid
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg\\_toast%'"""
+    ).fetchall()
+    failures = []
+    for oid, name in indexes:
+        try:
+            conn.execute("SELECT bt_index_check(%s::regclass)", (oid,))
+        except Exception as exc:
+            failures.append(
+                Check(f"amcheck {name}", False, "no corruption", str(exc).splitlines()[0])
+            )
+    checks = failures or [
+        Check("amcheck btree indexes", True, f"{len(indexes)} valid", f"{len(indexes)} valid")
+    ]
+    return checks, f"ran on {len(indexes)} B-tree indexes"

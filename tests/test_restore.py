@@ -1,0 +1,227 @@
+"""Restore tests and restores against real PostgreSQL and the S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.audit import Actor
+from core.cli import main
+from core.database import (
+    PgTarget,
+    databases_like,
+    drop_database,
+    ledger_totals,
+    object_counts,
+    row_counts,
+)
+from core.errors import ConfigError, RestoreCheckError, UsageError
+from core.restore import SCRATCH_PREFIX
+from core.services import Services
+from tests.conftest import ACCESS_KEY, PG_URL, SECRET_KEY, make_database
+
+ACTOR = Actor("grace", "cli")
+
+
+@pytest.fixture
+def restore_services(make_settings: Any) -> Any:
+    built = Services(make_settings(restore_test_database_url=PG_URL))
+    yield built
+    built.close()
+
+
+def _snapshot(target: PgTarget) -> tuple[Any, Any, Any]:
+    with target.connect() as conn:
+        return row_counts(conn), ledger_totals(conn), object_counts(conn)
+
+
+def test_a_good_backup_passes_every_check_and_the_scratch_database_is_dropped(
+    restore_services: Services, pg_server: PgTarget, blnk_db: PgTarget
+) -> None:
+    before = _snapshot(blnk_db)
+    backup = restore_services.backups.run(ACTOR).manifest
+    report = restore_services.restores.test(ACTOR, "latest")
+
+    assert report.passed, report.failed_checks
+    assert report.key == backup.key
+    names = {c.name for c in report.checks}
+    assert "rows blnk.transactions" in names and "rows blnk.transaction_journal" in names
+    assert {"objects functions", "objects triggers", "objects indexes"} <= names
+    assert "ledger USD balance_sum" in names
+    assert report.amcheck.startswith("ran on ") and int(report.amcheck.split()[2]) > 10
+    assert set(report.durations) == {"download", "restore", "checks", "total"}
+    assert databases_like(pg_server, SCRATCH_PREFIX) == []
+    assert _snapshot(blnk_db) == before  # the source was never modified
+
+    status = restore_services.catalog.status(24)
+    assert status.last_restore_test is not None
+    assert status.last_restore_test["passed"] is True
+    assert status.last_restore_test["key"] == backup.key
+    events = restore_services.audit.events(action="restore_test")
+    assert [e.outcome for e in events] == ["succeeded", "started"]
+
+
+def test_a_flipped_byte_fails_as_corrupt_before_any_restore(
+    restore_services: Services, s3: Any, bucket: str, pg_server: PgTarget
+) -> None:
+    key = restore_services.backups.run(ACTOR).manifest.key
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+
+    with pytest.raises(RestoreCheckError, match="backup is corrupt") as raised:
+        restore_services.restores.test(ACTOR, key)
+    assert key in str(raised.value)
+    assert databases_like(pg_server, SCRATCH_PREFIX) == []
+    failure = restore_services.audit.events(action="restore_test")[0]
+    assert failure.outcome == "failed" and failure.error_code == "restore_failed"
+    status = restore_services.catalog.status(24)
+    assert any(b.startswith("last restore test failed") for b in status.breaches)
+
+
+def test_a_manifest_that_disagrees_fails_the_matching_check_and_names_the_table(
+    restore_services: Services, s3: Any, bucket: str, pg_server: PgTarget
+) -> None:
+    key = restore_services.backups.run(ACTOR).manifest.key
+    manifest_key = key + ".manifest.json"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    manifest["stats"]["row_counts"]["blnk.transactions"] += 1
+    manifest["stats"]["ledger"]["EUR"]["transaction_amount_sum"] = "1.00"
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
+
+    report = restore_services.restores.test(ACTOR, key)
+    assert not report.passed
+    failed = {c.name: c for c in report.failed_checks}
+    assert set(failed) == {"rows blnk.transactions", "ledger EUR transaction_amount_sum"}
+    rows = failed["rows blnk.transactions"]
+    assert (rows.expected, rows.found) == ("2001", "2000")
+    assert databases_like(pg_server, SCRATCH_PREFIX) == []
+    assert restore_services.audit.events(action="restore_test")[0].error_code == "check_failed"
+
+
+def test_unknown_or_malformed_keys_are_usage_errors(restore_services: Services) -> None:
+    with pytest.raises(UsageError, match="no complete backup"):
+        restore_services.restores.test(ACTOR, "latest")
+    with pytest.raises(UsageError, match="not a backup key"):
+        restore_services.restores.test(ACTOR, "backup.dump")
+    with pytest.raises(UsageError, match="does not exist"):
+        restore_services.restores.test(ACTOR, "blnk_backup_20200101_000000.dump")
+
+
+def test_restore_test_needs_its_server_configured(services: Services) -> None:
+    with pytest.raises(ConfigError, match="RESTORE_TEST_DATABASE_URL"):
+        services.restores.test(ACTOR, "latest")
+
+
+def test_restore_into_a_new_database_keeps_it_and_refuses_existing_or_source_names(
+    restore_services: Services, pg_server: PgTarget, blnk_db: PgTarget
+) -> None:
+    before = _snapshot(blnk_db)
+    key = restore_services.backups.run(ACTOR).manifest.key
+    with pytest.raises(UsageError, match="source database"):
+        restore_services.restores.restore(ACTOR, key, blnk_db.dbname, pg_server)
+    with pytest.raises(UsageError, match="already exists"):
+        restore_services.restores.restore(ACTOR, key, "postgres", pg_server)
+    new = f"blnk_recovered_{os.getpid()}"
+    try:
+        report = restore_services.restores.restore(ACTOR, key, new, pg_server)
+        assert report.passed and report.kept
+        assert _snapshot(pg_server.with_dbname(new))[:2] == before[:2]
+    finally:
+        drop_database(pg_server, new)
+    assert _snapshot(blnk_db) == before
+
+
+def test_restore_cli_needs_yes_and_prints_how_to_switch_over(
+    make_settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    s3_server: Any,
+    bucket: str,
+    blnk_db: PgTarget,
+    pg_server: PgTarget,
+) -> None:
+    env = {
+        "BLNK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{blnk_db.dbname}",
+        "S3_BACKUP_BUCKET": bucket,
+        "S3_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AUDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
+        "RESTORE_TEST_DATABASE_URL": PG_URL,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["backup", "--json"]) == 0
+    capsys.readouterr()
+    new = f"blnk_cli_restored_{os.getpid()}"
+    assert main(["restore", "latest", "--into", new]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert databases_like(pg_server, new) == []
+    try:
+        assert main(["restore", "latest", "--into", new, "--yes"]) == 0
+        out = capsys.readouterr().out
+        assert "all checks passed" in out and "To switch Blnk over" in out and new in out
+    finally:
+        drop_database(pg_server, new)
+    assert main(["restore-test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+    assert main(["status"]) == 0
+    assert "proven restorable" in capsys.readouterr().out
+
+
+def test_a_killed_restore_test_leaves_a_scratch_database_that_the_next_run_drops(
+    make_settings: Any, pg_server: PgTarget, s3_server: Any, bucket: str, tmp_path: Path
+) -> None:
+    name = make_database(pg_server, 20_000)
+    try:
+        settings = make_settings(
+            database_url=f"postgresql://postgres@127.0.0.1:5432/{name}",
+            restore_test_database_url=PG_URL,
+        )
+        services = Services(settings)
+        services.backups.run(ACTOR)
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "BLNK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+            "S3_BACKUP_BUCKET": bucket,
+            "S3_ENDPOINT_URL": s3_server.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AUDIT_DATABASE_URL": settings.audit_database_url,
+            "RESTORE_TEST_DATABASE_URL": PG_URL,
+            "RESTORE_JOBS": "1",
+        }
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "blnk-backup"), "restore-test"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while not databases_like(pg_server, SCRATCH_PREFIX) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the program and its pg_restore, no clean-up
+        proc.wait(10)
+        leftovers = databases_like(pg_server, SCRATCH_PREFIX)
+        assert len(leftovers) == 1
+
+        report = services.restores.test(ACTOR, "latest")
+        assert report.passed
+        assert databases_like(pg_server, SCRATCH_PREFIX) == []
+        services.close()
+    finally:
+        for leftover in databases_like(pg_server, SCRATCH_PREFIX):
+            drop_database(pg_server, leftover)
+        drop_database(pg_server, name)
