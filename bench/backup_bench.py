@@ -4,6 +4,7 @@ For each database size, measured in the same run against the same S3 server proc
   (a) pg_dump -Fc -Z{level} to /dev/null            — the floor: dumping alone
   (b) pg_dump -Fc -Z{level} | boto3 upload_fileobj   — the naive pipeline
   (c) blnk-backup backup                            — this program, with verification
+  (d) upload of the same dump file, already on disk  — the store's own floor (no pg_dump)
 and prints the wall-time ratios c/a and c/b and this program's peak RSS. With --levels it also
 compares compression levels (time and size of pg_dump alone).
 
@@ -128,6 +129,25 @@ def run_b(db: str, level: int, env: dict[str, str], key: str) -> float:
     return time.monotonic() - began
 
 
+def run_d(db: str, level: int, client: Any, bucket: str, workdir: Path) -> float:
+    """Upload an already-made dump with boto3's managed transfer: how fast the store ingests."""
+    from boto3.s3.transfer import TransferConfig
+
+    path = workdir / "store-floor.dump"
+    with path.open("wb") as sink:
+        subprocess.run(
+            ["pg_dump", "-Fc", f"-Z{level}", "-h", "127.0.0.1", "-U", "postgres", "-d", db],
+            stdout=sink,
+            check=True,
+        )
+    config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=3)
+    began = time.monotonic()
+    client.upload_file(str(path), bucket, "floor/store-floor.dump", Config=config)
+    elapsed = time.monotonic() - began
+    path.unlink()
+    return elapsed
+
+
 def run_c(env: dict[str, str]) -> tuple[float, int, int, dict[str, Any], float]:
     began = time.monotonic()
     proc = subprocess.Popen(
@@ -230,7 +250,10 @@ def main() -> None:
                     f"c={c:.2f}s peak={peak / 2**20:.0f} MiB",
                     flush=True,
                 )
+            d_times = [run_d(db, args.level, client, bucket, args.out) for _ in range(args.repeat)]
+            empty_bucket()
             a, b, c = (statistics.median(x) for x in (a_times, b_times, c_times))
+            d = statistics.median(d_times)
             row = {
                 "database": db,
                 "transactions": transactions,
@@ -241,6 +264,8 @@ def main() -> None:
                 "c_blnk_backup_s": round(c, 2),
                 "c_over_a": round(c / a, 3),
                 "c_over_b": round(c / b, 3),
+                "d_store_upload_only_s": round(d, 2),
+                "c_over_max_a_d": round(c / max(a, d), 3),
                 "peak_rss_mib": round(max(peaks) / 2**20, 1),
                 "wait4_maxrss_mib": round(max(maxrss) / 2**20, 1),
                 "machine_cpu_busy_a_s": round(statistics.median(a_cpu), 2),

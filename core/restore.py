@@ -154,7 +154,8 @@ class RestoreService:
         """Restore a backup into a new database ``into`` on ``server`` and check it.
 
         Raise UsageError if ``into`` exists or is the source database. The new database is kept
-        (also when a check fails, so a person can look at it).
+        once restored (also when a check fails, so a person can look at it); a restore that
+        fails or is interrupted drops it again.
         """
         stage = on_stage or (lambda _s: None)
         run = self.audit.record(
@@ -236,8 +237,7 @@ class RestoreService:
                 try:
                     self._pg_restore(pg_restore, dump, target, no_owner)
                 except BaseException:
-                    if not keep:
-                        drop_database(server, name)
+                    drop_database(server, name)  # a half-restored database helps nobody
                     raise
         try:
             stage("checking")

@@ -225,3 +225,52 @@ def test_a_killed_restore_test_leaves_a_scratch_database_that_the_next_run_drops
         for leftover in databases_like(pg_server, SCRATCH_PREFIX):
             drop_database(pg_server, leftover)
         drop_database(pg_server, name)
+
+
+def test_an_archive_pg_restore_cannot_read_fails_before_a_database_is_created(
+    restore_services: Services, s3: Any, bucket: str, pg_server: PgTarget
+) -> None:
+    import hashlib
+
+    key = restore_services.backups.run(ACTOR).manifest.key
+    garbage = b"this is not a pg_dump archive" * 100
+    s3.put_object(Bucket=bucket, Key=key, Body=garbage)
+    manifest_key = key + ".manifest.json"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    manifest |= {"sha256": hashlib.sha256(garbage).hexdigest(), "size": len(garbage)}
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
+    with pytest.raises(RestoreCheckError, match="not a readable pg_dump archive"):
+        restore_services.restores.test(ACTOR, key)
+    assert databases_like(pg_server, SCRATCH_PREFIX) == []
+
+
+def test_a_restore_that_fails_midway_drops_the_half_restored_database(
+    make_settings: Any, pg_server: PgTarget
+) -> None:
+    name = make_database(pg_server, 100)
+    role = f"blnk_gone_{os.getpid()}"
+    source = pg_server.with_dbname(name)
+    with pg_server.connect(autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}"')
+    with source.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE blnk.notes (id int)")
+        conn.execute(f'ALTER TABLE blnk.notes OWNER TO "{role}"')
+    new = f"blnk_half_{os.getpid()}"
+    services = Services(make_settings(database_url=f"{PG_URL.rsplit('/', 1)[0]}/{name}"))
+    try:
+        key = services.backups.run(ACTOR).manifest.key
+        with source.connect(autocommit=True) as conn:  # the owner no longer exists anywhere
+            conn.execute(f'DROP OWNED BY "{role}"')
+        with pg_server.connect(autocommit=True) as conn:
+            conn.execute(f'DROP ROLE "{role}"')
+        with pytest.raises(RestoreCheckError, match=f'role "{role}" does not exist'):
+            services.restores.restore(ACTOR, key, new, pg_server)
+        assert databases_like(pg_server, new) == []
+        failure = services.audit.events(action="restore")[0]
+        assert failure.outcome == "failed" and "pg_restore exit" in failure.error_cause
+    finally:
+        services.close()
+        drop_database(pg_server, new)
+        drop_database(pg_server, name)
+        with pg_server.connect(autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
