@@ -139,6 +139,15 @@ def _stage(stage: str) -> None:
     _err(f"… {stage}")
 
 
+def cmd_prune(services: Services, args: argparse.Namespace) -> int:
+    reports = services.pruner.prune(_actor(args), apply=args.apply)
+    if args.json:
+        _emit_json(render.prune_json(reports))
+    else:
+        _out(render.prune_text(reports))
+    return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
+
+
 def cmd_audit(services: Services, args: argparse.Namespace) -> int:
     events = services.audit.events(limit=args.limit, action=args.action)
     if args.json:
@@ -231,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--yes", action="store_true", help="confirm: this creates a database")
     restore.add_argument("--json", action="store_true")
     restore.set_defaults(handler=cmd_restore)
+
+    prune = commands.add_parser(
+        "prune", help="apply the retention policy (a dry run unless --apply)"
+    )
+    prune.add_argument("--apply", action="store_true", help="really delete what the plan says")
+    prune.add_argument("--json", action="store_true")
+    prune.set_defaults(handler=cmd_prune)
 
     audit = commands.add_parser("audit", help="show the audit log, newest first")
     audit.add_argument("--limit", type=_positive, default=50)

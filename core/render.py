@@ -8,6 +8,7 @@ from typing import Any
 from core.audit import AuditEvent
 from core.catalog import BackupEntry, FreshnessStatus
 from core.manifest import Manifest
+from core.prune import PruneReport
 from core.restore import RestoreReport
 
 
@@ -197,4 +198,46 @@ def restore_text(report: RestoreReport) -> str:
     ]
     for check in report.failed_checks:
         lines.append(f"  ✗ {check.name}: expected {check.expected}, found {check.found}")
+    return "\n".join(lines)
+
+
+def prune_json(reports: list[PruneReport]) -> list[dict[str, Any]]:
+    return [
+        {
+            "store": r.location,
+            "applied": r.applied,
+            "paused": r.plan.paused,
+            "decisions": [
+                {"key": d.key.key, "keep": d.keep, "reasons": list(d.reasons)}
+                for d in r.plan.decisions
+            ],
+            "incomplete_untouched": r.incomplete,
+            "orphan_side_files": r.orphan_side_files,
+            "deleted": r.deleted,
+            "errors": r.errors,
+        }
+        for r in reports
+    ]
+
+
+def prune_text(reports: list[PruneReport]) -> str:
+    lines = []
+    for r in reports:
+        deleting = r.plan.to_delete
+        mode = "deleted" if r.applied and not r.plan.paused else "would delete (dry run)"
+        lines.append(f"{r.location}: keep {len(r.plan.to_keep)}, {mode} {len(deleting)}")
+        if r.plan.paused:
+            lines.append(f"  ⏸ paused: {r.plan.paused}")
+        for d in r.plan.decisions:
+            mark = "keep  " if d.keep else "DELETE"
+            lines.append(f"  {mark} {d.key.key}  {'; '.join(d.reasons)}")
+        for key in r.incomplete:
+            lines.append(f"  skip   {key}  no manifest: not a complete backup, never pruned")
+        for key in r.orphan_side_files:
+            verb = "removed" if r.applied and not r.plan.paused else "will remove"
+            lines.append(f"  {verb} {key}  its dump is gone (an interrupted prune)")
+        for error in r.errors:
+            lines.append(f"  ✗ {error}")
+    if reports and not reports[0].applied:
+        lines.append("dry run: nothing was deleted; run with --apply to delete")
     return "\n".join(lines)

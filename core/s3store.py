@@ -145,6 +145,12 @@ class StoredBackup:
 
 
 @dataclass(frozen=True)
+class Inventory:
+    backups: list[StoredBackup]
+    orphan_side_files: list[str]
+
+
+@dataclass(frozen=True)
 class IncompleteUpload:
     key: str
     upload_id: str
@@ -187,6 +193,27 @@ class S3Store:
         return cls(
             make_client(settings),
             settings.s3_bucket,
+            settings.s3_prefix,
+            storage_class=settings.s3_storage_class,
+            sse=settings.s3_sse,
+            kms_key_id=settings.s3_sse_kms_key_id,
+            checksum=settings.s3_checksum,
+        )
+
+    @classmethod
+    def replica_from_settings(cls, settings: Settings) -> S3Store | None:
+        """The second-region store (S3_REPLICA_*), or None if not configured. Same prefix,
+        storage class and encryption as the primary."""
+        if settings.s3_replica_bucket is None:
+            return None
+        client = make_client(
+            settings,
+            region=settings.s3_replica_region or settings.aws_region,
+            endpoint_url=settings.s3_replica_endpoint_url or settings.s3_endpoint_url,
+        )
+        return cls(
+            client,
+            settings.s3_replica_bucket,
             settings.s3_prefix,
             storage_class=settings.s3_storage_class,
             sse=settings.s3_sse,
@@ -237,6 +264,12 @@ class S3Store:
 
         The listing is complete or this raises StorageError: callers that delete rely on it.
         """
+        return self.inventory().backups
+
+    def inventory(self) -> Inventory:
+        """List the prefix once: the dumps (with manifest and restore-test flags) and the
+        side files (manifests, restore-test records) whose dump is gone — what an interrupted
+        prune leaves. Complete or StorageError."""
         dumps: dict[str, tuple[int, datetime]] = {}
         manifests: set[str] = set()
         restore_tests: dict[str, datetime] = {}
@@ -258,7 +291,15 @@ class S3Store:
             found.append(
                 StoredBackup(parsed, size, modified, key in manifests, restore_tests.get(key))
             )
-        return sorted(found, key=lambda b: b.key)
+        orphans = sorted(
+            [k + MANIFEST_SUFFIX for k in manifests - set(dumps) if BackupKey.parse(k, self.prefix)]
+            + [
+                k + RESTORE_TEST_SUFFIX
+                for k in set(restore_tests) - set(dumps)
+                if BackupKey.parse(k, self.prefix)
+            ]
+        )
+        return Inventory(sorted(found, key=lambda b: b.key), orphans)
 
     def download(
         self, key: str, destination: IO[bytes], on_bytes: Callable[[int], None] | None = None
@@ -350,6 +391,38 @@ class S3Store:
     def delete(self, key: str) -> None:
         with s3_errors(f"deleting {key}", self.bucket):
             self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: list[str]) -> list[str]:
+        """Delete keys in batches of 1,000; return the keys that could not be deleted, each
+        with the store's reason. Stores that reject batch deletes get one request per key."""
+        failed: list[str] = []
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                with s3_errors("deleting backups", self.bucket):
+                    response = self.client.delete_objects(
+                        Bucket=self.bucket,
+                        Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                    )
+            except StorageError as exc:
+                if exc.s3_code in {"AccessDenied", "NoSuchBucket"}:
+                    raise
+                failed += self._delete_one_by_one(batch)
+                continue
+            failed += [
+                f"{e.get('Key')}: {e.get('Code')} {e.get('Message', '')}".strip()
+                for e in response.get("Errors", [])
+            ]
+        return failed
+
+    def _delete_one_by_one(self, keys: list[str]) -> list[str]:
+        failed = []
+        for key in keys:
+            try:
+                self.delete(key)
+            except StorageError as exc:
+                failed.append(f"{key}: {exc.s3_code}")
+        return failed
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload; an upload that no longer exists counts as aborted."""

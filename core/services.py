@@ -13,6 +13,7 @@ from core.backup import BackupService
 from core.catalog import BackupCatalog
 from core.config import Settings
 from core.database import PgTarget
+from core.prune import PruneService
 from core.restore import RestoreService
 from core.s3store import S3Store
 
@@ -47,6 +48,15 @@ class Services:
         url = self.settings.restore_test_database_url
         scratch = PgTarget.from_url(url.get_secret_value()) if url is not None else None
         return RestoreService(self.settings, self.store, self.audit, source, scratch)
+
+    @cached_property
+    def replica(self) -> S3Store | None:
+        return S3Store.replica_from_settings(self.settings)
+
+    @cached_property
+    def pruner(self) -> PruneService:
+        stores = [self.store] + ([self.replica] if self.replica is not None else [])
+        return PruneService(self.settings, stores, self.audit)
 
     @cached_property
     def catalog(self) -> BackupCatalog:

@@ -1,0 +1,140 @@
+"""Pruning: list, plan (core/retention.py), show the plan, and — only with apply — delete.
+
+Deletes dumps first and their side files last (restore-test records, then manifests), so an
+interrupted prune leaves manifests without dumps, which the next prune finishes. Each store
+(the primary and, if configured, the replica) is listed and planned on its own with the same
+policy and the same clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from core.audit import Actor, AuditLog
+from core.config import Settings
+from core.errors import BackupError, StorageError
+from core.retention import RetentionPlan, RetentionPolicy, plan
+from core.s3store import S3Store
+
+log = logging.getLogger("blnk_backup.prune")
+
+
+def policy_from(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(
+        daily_days=settings.retention_daily_days,
+        weekly_days=settings.retention_weekly_days,
+        monthly_days=settings.retention_monthly_days,
+        min_keep=settings.retention_min_keep,
+        stale_after_hours=settings.stale_after_hours,
+    )
+
+
+@dataclass
+class PruneReport:
+    location: str
+    plan: RetentionPlan
+    applied: bool
+    incomplete: list[str] = field(default_factory=list)  # dumps without manifest: untouched
+    orphan_side_files: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class PruneService:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: list[S3Store],
+        audit: AuditLog,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.audit = audit
+        self.clock = clock
+
+    def prune(self, actor: Actor, *, apply: bool = False) -> list[PruneReport]:
+        """Plan retention for every store; delete only with apply. Return one report per store.
+
+        A store whose listing fails gets a paused plan (nothing deleted) and an error."""
+        now = self.clock()
+        policy = policy_from(self.settings)
+        run = self.audit.record(
+            action="prune", outcome="started", actor=actor, details={"apply": apply}
+        )
+        reports = []
+        try:
+            for store in self.stores:
+                reports.append(self._prune_store(store, policy, now, apply))
+        except BaseException as exc:
+            code = exc.code if isinstance(exc, BackupError) else "internal_error"
+            self.audit.record(
+                action="prune",
+                outcome="failed",
+                actor=actor,
+                run_id=run.run_id,
+                error_code=code,
+                error_cause=str(exc)[:4000],
+            )
+            raise
+        errors = [e for r in reports for e in r.errors]
+        self.audit.record(
+            action="prune",
+            outcome=("failed" if errors else "succeeded") if apply else "planned",
+            actor=actor,
+            run_id=run.run_id,
+            error_code="delete_failed" if errors else None,
+            error_cause="; ".join(errors)[:4000] if errors else None,
+            details=[
+                {
+                    "store": r.location,
+                    "paused": r.plan.paused,
+                    "keep": len(r.plan.to_keep),
+                    "delete": [k.key for k in r.plan.to_delete][:500],
+                    "deleted": r.deleted[:500],
+                }
+                for r in reports
+            ],
+        )
+        return reports
+
+    def _prune_store(
+        self, store: S3Store, policy: RetentionPolicy, now: datetime, apply: bool
+    ) -> PruneReport:
+        try:
+            inventory = store.inventory()
+        except StorageError as exc:
+            paused = plan([], policy, now, listing_complete=False)
+            return PruneReport(store.location, paused, apply, errors=[f"listing failed: {exc}"])
+        complete = [b.key for b in inventory.backups if b.complete]
+        decided = plan(complete, policy, now)
+        report = PruneReport(
+            store.location,
+            decided,
+            apply,
+            incomplete=[b.key.key for b in inventory.backups if not b.complete],
+            orphan_side_files=list(inventory.orphan_side_files),
+        )
+        if not apply or decided.paused:
+            return report
+        doomed = decided.to_delete
+        failed_dumps = store.delete_many([k.key for k in doomed])
+        report.errors += failed_dumps
+        failed = {e.split(":")[0] for e in failed_dumps}
+        gone = [k for k in doomed if k.key not in failed]
+        report.deleted = [k.key for k in gone]
+        # Side files last, manifests very last: a prune cut short here is finished next time.
+        records = [k.restore_test_key for k in gone] + [
+            f for f in report.orphan_side_files if not f.endswith(".manifest.json")
+        ]
+        manifests = [k.manifest_key for k in gone] + [
+            f for f in report.orphan_side_files if f.endswith(".manifest.json")
+        ]
+        report.errors += store.delete_many(records)
+        report.errors += store.delete_many(manifests)
+        for key in report.deleted:
+            log.info("pruned %s from %s", key, store.location)
+        return report

@@ -1,0 +1,124 @@
+"""Retention: a pure planning function and an executor that follows the plan.
+
+``plan()`` decides, for every complete backup, keep or delete, with reasons. Policy (GFS):
+every backup younger than the daily window; the newest backup of each ISO week inside the
+weekly window; the newest backup of each calendar month inside the monthly window.
+
+Why "newest in the period" and not "the Sunday backup" / "the backup of the 1st": with a
+fixed-day rule, the one week whose Sunday backup failed keeps nothing at all; the newest
+backup of the period always exists when any backup of the period does.
+
+Safety floors (invariant 4) — never deleted:
+- the newest ``RETENTION_MIN_KEEP`` complete backups;
+- anything not matching the naming pattern (it never reaches the planner) and dumps without a
+  manifest (not complete, so not ours to judge);
+- anything dated in the future (a clock problem, not an old backup);
+- anything at all when the listing failed or was incomplete;
+- anything at all while the newest complete backup is older than ``STALE_AFTER_HOURS``: pruning
+  must not race a broken backup job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from core.keys import BackupKey
+
+# A backup up to this far in the future is clock skew, not "dated in the future".
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    daily_days: int = 7
+    weekly_days: int = 30
+    monthly_days: int = 365
+    min_keep: int = 3
+    stale_after_hours: float = 24
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: BackupKey
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    decisions: list[Decision]
+    paused: str | None = None  # why nothing may be deleted, if so
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def to_delete(self) -> list[BackupKey]:
+        return [d.key for d in self.decisions if not d.keep]
+
+    @property
+    def to_keep(self) -> list[BackupKey]:
+        return [d.key for d in self.decisions if d.keep]
+
+
+def plan(
+    complete: Iterable[BackupKey],
+    policy: RetentionPolicy,
+    now: datetime,
+    *,
+    listing_complete: bool = True,
+) -> RetentionPlan:
+    """Given the complete backups, the policy and the time, return keep/delete decisions,
+    each with reasons. Pure: reads nothing, deletes nothing."""
+    keys = sorted(set(complete))
+    future = {k for k in keys if k.started_at > now + CLOCK_SKEW}
+    past = [k for k in keys if k not in future]
+    reasons: dict[BackupKey, list[str]] = {k: [] for k in keys}
+
+    for key in future:
+        reasons[key].append("dated in the future: kept until the clock catches up")
+    for key in past[-policy.min_keep :] if policy.min_keep else []:
+        reasons[key].append(f"one of the newest {policy.min_keep} (RETENTION_MIN_KEEP)")
+
+    newest_of_week: dict[tuple[int, int], BackupKey] = {}
+    newest_of_month: dict[tuple[int, int], BackupKey] = {}
+    for key in past:  # ascending, so the last one written per period is the newest
+        iso = key.started_at.isocalendar()
+        newest_of_week[(iso.year, iso.week)] = key
+        newest_of_month[(key.started_at.year, key.started_at.month)] = key
+    for key in past:
+        age = now - key.started_at
+        when = key.started_at
+        if age <= timedelta(days=policy.daily_days):
+            reasons[key].append(f"daily: younger than {policy.daily_days} days")
+        iso = when.isocalendar()
+        if newest_of_week[(iso.year, iso.week)] == key and age <= timedelta(
+            days=policy.weekly_days
+        ):
+            reasons[key].append(f"weekly: newest of {iso.year}-W{iso.week:02d}")
+        if newest_of_month[(when.year, when.month)] == key and age <= timedelta(
+            days=policy.monthly_days
+        ):
+            reasons[key].append(f"monthly: newest of {when:%Y-%m}")
+
+    paused = None
+    if not listing_complete:
+        paused = "the listing failed or was incomplete: nothing is deleted"
+    elif not past:
+        paused = "there is no complete backup: nothing is deleted"
+    elif now - past[-1].started_at > timedelta(hours=policy.stale_after_hours):
+        paused = (
+            f"the newest backup {past[-1]} is older than STALE_AFTER_HOURS="
+            f"{policy.stale_after_hours:g}: pruning waits until backups work again"
+        )
+
+    decisions = []
+    for key in keys:
+        why = reasons[key]
+        if why:
+            decisions.append(Decision(key, True, tuple(why)))
+        elif paused:
+            decisions.append(Decision(key, True, (f"paused: {paused}",)))
+        else:
+            decisions.append(Decision(key, False, ("outside every retention window",)))
+    return RetentionPlan(decisions, paused)
