@@ -6,14 +6,17 @@ by their UTC start time, so the newest backup is the *last* complete key, never 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.keys import BackupKey
 from core.manifest import Manifest
 from core.s3store import S3Store, StoredBackup
+
+log = logging.getLogger("blnk_backup.catalog")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,12 @@ class BackupCatalog:
         return [self._entry(b) for b in newest_first]
 
     def _entry(self, backup: StoredBackup) -> BackupEntry:
-        manifest = self.store.get_manifest(backup.key) if backup.complete else None
+        manifest = None
+        if backup.complete:
+            try:
+                manifest = self.store.get_manifest(backup.key)
+            except ValueError:  # listed and counted, but its details cannot be shown
+                log.warning("the manifest of %s is unreadable", backup.key)
         return BackupEntry(backup.key, backup.size, backup.complete, manifest)
 
     def _last_restore_test(self, backups: Sequence[StoredBackup]) -> dict[str, Any] | None:
@@ -75,8 +83,14 @@ class BackupCatalog:
         record = self.store.get_json(newest.key.restore_test_key)
         return record if isinstance(record, dict) else None
 
-    def status(self, stale_after_hours: float, now: datetime | None = None) -> FreshnessStatus:
-        """Return the freshness status: newest complete backup, its age and any breaches."""
+    def status(
+        self,
+        stale_after_hours: float,
+        now: datetime | None = None,
+        restore_test_max_age_days: float | None = None,
+    ) -> FreshnessStatus:
+        """Return the freshness status: newest complete backup, its age, the last restore
+        test and any breaches (no backups, stale, last restore test failed or too old)."""
         now = now or datetime.now(UTC)
         backups = self.store.list_backups()
         complete = [b for b in backups if b.complete]
@@ -89,6 +103,20 @@ class BackupCatalog:
                 f"last restore test failed: {last_test.get('key')} "
                 f"({last_test.get('error') or 'checks failed'})"
             )
+        if restore_test_max_age_days is not None and complete:
+            limit = timedelta(days=restore_test_max_age_days)
+            tested_at = _parse_time(last_test.get("finished_at")) if last_test else None
+            running_for = now - complete[0].key.started_at
+            if tested_at is None and running_for > limit:
+                breaches.append(
+                    f"no restore test yet, and backups go back {running_for.days} days "
+                    f"(RESTORE_TEST_MAX_AGE_DAYS={restore_test_max_age_days:g})"
+                )
+            elif tested_at is not None and now - tested_at > limit:
+                breaches.append(
+                    f"the last restore test is {(now - tested_at).days} days old "
+                    f"(RESTORE_TEST_MAX_AGE_DAYS={restore_test_max_age_days:g})"
+                )
         if newest is None:
             breaches.append("no backups: no complete backup exists in the bucket")
         else:
@@ -109,3 +137,10 @@ class BackupCatalog:
             last_restore_test=last_test,
             breaches=breaches,
         )
+
+
+def _parse_time(raw: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(raw)) if raw else None
+    except ValueError:
+        return None

@@ -93,7 +93,10 @@ def cmd_list(services: Services, args: argparse.Namespace) -> int:
 
 
 def cmd_status(services: Services, args: argparse.Namespace) -> int:
-    status = services.catalog.status(services.settings.stale_after_hours)
+    status = services.catalog.status(
+        services.settings.stale_after_hours,
+        restore_test_max_age_days=services.settings.restore_test_max_age_days,
+    )
     if args.json:
         _emit_json(render.status_json(status))
     else:

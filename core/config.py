@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     retention_monthly_days: int = Field(365, ge=0, validation_alias=_env("RETENTION_MONTHLY_DAYS"))
     retention_min_keep: int = Field(3, ge=1, validation_alias=_env("RETENTION_MIN_KEEP"))
     stale_after_hours: float = Field(24, gt=0, validation_alias=_env("STALE_AFTER_HOURS"))
+    restore_test_max_age_days: float = Field(
+        35, gt=0, validation_alias=_env("RESTORE_TEST_MAX_AGE_DAYS")
+    )
     backup_schedule: str = Field("0 3 * * *", validation_alias=_env("BACKUP_SCHEDULE"))
     retention_schedule: str = Field("0 4 * * 0", validation_alias=_env("RETENTION_SCHEDULE"))
     monitor_schedule: str = Field("0 */6 * * *", validation_alias=_env("MONITOR_SCHEDULE"))
