@@ -151,6 +151,30 @@ def cmd_prune(services: Services, args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
 
 
+def cmd_bucket(services: Services, args: argparse.Namespace) -> int:
+    from core.bucket_policy import BucketPolicies
+
+    if args.action == "apply" and not args.yes:
+        raise UsageError("bucket apply changes bucket settings; add --yes to go ahead")
+    stores = [services.store] + ([services.replica] if services.replica is not None else [])
+    results = {}
+    for store in stores:
+        policies = BucketPolicies(store, services.settings)
+        results[store.location] = policies.apply() if args.action == "apply" else policies.check()
+    if args.action == "apply":
+        services.audit.record(
+            action="bucket_apply",
+            outcome="succeeded",
+            actor=_actor(args),
+            details={loc: [i.name for i in items if i.ok] for loc, items in results.items()},
+        )
+    if args.json:
+        _emit_json({loc: [render.policy_json(i) for i in items] for loc, items in results.items()})
+    else:
+        _out(render.policy_text(results, applied=args.action == "apply"))
+    return EXIT_OK if all(i.ok for items in results.values() for i in items) else EXIT_FAILED
+
+
 def cmd_audit(services: Services, args: argparse.Namespace) -> int:
     events = services.audit.events(limit=args.limit, action=args.action)
     if args.json:
@@ -250,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--apply", action="store_true", help="really delete what the plan says")
     prune.add_argument("--json", action="store_true")
     prune.set_defaults(handler=cmd_prune)
+
+    bucket = commands.add_parser(
+        "bucket", help="check or apply versioning, encryption, public access block, lifecycle"
+    )
+    bucket.add_argument("action", choices=["check", "apply"])
+    bucket.add_argument("--yes", action="store_true", help="confirm apply")
+    bucket.add_argument("--json", action="store_true")
+    bucket.set_defaults(handler=cmd_bucket)
 
     audit = commands.add_parser("audit", help="show the audit log, newest first")
     audit.add_argument("--limit", type=_positive, default=50)

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from core.audit import AuditEvent
+from core.bucket_policy import PolicyItem
 from core.catalog import BackupEntry, FreshnessStatus
 from core.manifest import Manifest
 from core.prune import PruneReport
@@ -240,4 +241,27 @@ def prune_text(reports: list[PruneReport]) -> str:
             lines.append(f"  ✗ {error}")
     if reports and not reports[0].applied:
         lines.append("dry run: nothing was deleted; run with --apply to delete")
+    return "\n".join(lines)
+
+
+def policy_json(item: PolicyItem) -> dict[str, Any]:
+    return {
+        "name": item.name,
+        "ok": item.ok,
+        "current": item.current,
+        "recommended": item.recommended,
+    }
+
+
+def policy_text(results: dict[str, list[PolicyItem]], applied: bool) -> str:
+    lines = []
+    for location, items in results.items():
+        lines.append(f"{location} ({'after apply' if applied else 'check'})")
+        for item in items:
+            if item.ok:
+                lines.append(f"  ✓ {item.name}: {item.current}")
+            else:
+                lines.append(f"  ✗ {item.name}: {item.current} (recommended: {item.recommended})")
+    if not applied and not all(i.ok for items in results.values() for i in items):
+        lines.append("run `blnk-backup bucket apply --yes` to apply what is missing")
     return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""bucket check / apply against the S3 server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from core.bucket_policy import BucketPolicies
+from core.cli import main
+from core.services import Services
+
+UNRELATED_RULE = {
+    "ID": "logs-expire",
+    "Filter": {"Prefix": "logs/"},
+    "Status": "Enabled",
+    "Expiration": {"Days": 7},
+}
+
+
+@pytest.fixture
+def cli_env(make_settings: Any, monkeypatch: pytest.MonkeyPatch, bucket: str) -> None:
+    settings = make_settings()
+    for name, value in {
+        "S3_BACKUP_BUCKET": bucket,
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key.get_secret_value(),
+        "AUDIT_DATABASE_URL": settings.audit_database_url,
+        "S3_BACKUP_PREFIX": "prod/",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_check_reports_everything_missing_on_a_plain_bucket(
+    cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bucket", "check", "--json"]) == 1
+    [items] = json.loads(capsys.readouterr().out).values()
+    assert {i["name"] for i in items if not i["ok"]} == {
+        "versioning",
+        "default encryption",
+        "public access block",
+        "lifecycle blnk-backup-archive",
+        "lifecycle blnk-backup-expire",
+        "lifecycle blnk-backup-abort-incomplete-uploads",
+        "lifecycle blnk-backup-noncurrent-versions",
+    }
+
+
+def test_apply_needs_yes_and_then_applies_everything_keeping_unrelated_rules(
+    cli_env: None, capsys: pytest.CaptureFixture[str], s3: Any, bucket: str
+) -> None:
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [UNRELATED_RULE]}
+    )
+    assert main(["bucket", "apply"]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert s3.get_bucket_versioning(Bucket=bucket).get("Status") is None  # unchanged
+
+    assert main(["bucket", "apply", "--yes"]) == 0
+    assert "✗" not in capsys.readouterr().out
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert rules["logs-expire"]["Expiration"]["Days"] == 7
+    assert rules["blnk-backup-expire"]["Expiration"]["Days"] == 365 + 30
+    assert rules["blnk-backup-archive"]["Filter"]["Prefix"] == "prod/blnk_backup_"
+    assert rules["blnk-backup-archive"]["Transitions"][0]["StorageClass"] == "GLACIER_IR"
+    assert rules["blnk-backup-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 1
+    }
+    enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    assert enc["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+
+    assert main(["bucket", "check"]) == 0  # and applying again changes nothing
+    assert main(["bucket", "apply", "--yes"]) == 0
+    assert len(s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]) == 5
+
+
+def test_a_changed_rule_of_ours_is_reported_and_restored(
+    make_settings: Any, s3: Any, bucket: str
+) -> None:
+    services = Services(make_settings())
+    policies = BucketPolicies(services.store, services.settings)
+    policies.apply()
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    for rule in rules:
+        if rule["ID"] == "blnk-backup-expire":
+            rule["Expiration"]["Days"] = 10  # someone shortened it by hand
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+    bad = [i for i in policies.check() if not i.ok]
+    assert [i.name for i in bad] == ["lifecycle blnk-backup-expire"]
+    assert "expire after 10 d" in bad[0].current
+    assert all(i.ok for i in policies.apply())
+    services.close()
