@@ -40,6 +40,7 @@ from core.errors import (
 from core.keys import BackupKey
 from core.manifest import Manifest, SnapshotStats
 from core.processes import StreamingProcess, find_tool, mask, tool_version
+from core.replication import ReplicaRecord, Replicator
 from core.s3store import CompletedUpload, MiB, MultipartUpload, S3Store
 
 log = logging.getLogger("blnk_backup.backup")
@@ -81,12 +82,14 @@ class BackupService:
         store: S3Store,
         audit: AuditLog,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        replica: S3Store | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
         self.store = store
         self.audit = audit
         self.clock = clock
+        self.replica = replica
         self._running = threading.Lock()
 
     @property
@@ -277,6 +280,7 @@ class _BackupRun:
         self.emit("verifying", completed.size)
         self._verify(completed)
         self._keep_local_copy()
+        replicas = self._replicate(completed, sha256)
         finished = self.s.clock()
         manifest = Manifest(
             key=self.key.key,
@@ -302,11 +306,57 @@ class _BackupRun:
             actor=self.actor.name,
             reason=self.reason,
             tool_version=__version__,
+            replicas=[r.as_dict() for r in replicas],
+            first_part_size=self.settings.backup_part_size_mib * MiB,
         )
         self.emit("writing_manifest", completed.size)
         self.store.put_manifest(manifest)
+        if self.s.replica is not None and all(r.status == "verified" for r in replicas):
+            try:  # the replica becomes a complete, listable backup of its own
+                self.s.replica.put_manifest(manifest)
+            except BackupError as exc:
+                self._replication_failed(f"writing the replica's manifest failed: {exc.cause}")
         self.emit("done", completed.size)
         return manifest
+
+    def _replicate(self, completed: CompletedUpload, sha256: str) -> list[ReplicaRecord]:
+        """Copy the verified dump to the second region; a failure is recorded, not raised."""
+        replica = self.s.replica
+        if replica is None:
+            return []
+        assert self.key is not None
+        self.emit("replicating", completed.size)
+        same = (self.settings.s3_replica_endpoint_url or self.settings.s3_endpoint_url) == (
+            self.settings.s3_endpoint_url
+        )
+        record = Replicator(
+            self.store,
+            replica,
+            same_endpoint=same,
+            concurrency=self.settings.backup_upload_concurrency,
+        ).replicate(
+            self.key.key,
+            completed.size,
+            sha256,
+            completed.checksum_sha256,
+            self.settings.backup_part_size_mib * MiB,
+        )
+        if record.status != "verified":
+            self._replication_failed(record.error or "unknown error")
+        return [record]
+
+    def _replication_failed(self, cause: str) -> None:
+        assert self.key is not None
+        self.s.audit.record(
+            action="replication_failed",
+            outcome="recorded",
+            actor=self.actor,
+            run_id=self.run_id,
+            key=self.key.key,
+            error_code="replication_failed",
+            error_cause=cause[:4000],
+            details={"replica": self.s.replica.location if self.s.replica else None},
+        )
 
     def _stream(self, dump: StreamingProcess) -> str:
         """Copy pg_dump's stdout into the upload (and the local copy); return its SHA-256."""

@@ -57,6 +57,7 @@ class Manifest:
     reason: str | None
     tool_version: str
     replicas: list[dict[str, Any]] = field(default_factory=list)
+    first_part_size: int = 8 << 20  # the part layout, so a replica can reproduce the checksum
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> bytes:

@@ -335,7 +335,7 @@ class S3Store:
                 Key=key,
                 Body=json.dumps(body, indent=2, sort_keys=True, default=str).encode(),
                 ContentType="application/json",
-                **self._write_args(),
+                **self.write_args(),
             )
 
     def list_incomplete_uploads(self) -> list[IncompleteUpload]:
@@ -351,7 +351,7 @@ class S3Store:
         return found
 
     # --- writes -----------------------------------------------------------------------------
-    def _write_args(self) -> dict[str, Any]:
+    def write_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"StorageClass": self.storage_class}
         if self.sse != "none":
             args["ServerSideEncryption"] = self.sse
@@ -368,7 +368,7 @@ class S3Store:
         on_part: Callable[[int, int], None] | None = None,
     ) -> MultipartUpload:
         """Begin a multipart upload of key. This is also the bucket's write-permission check."""
-        args = self._write_args()
+        args = self.write_args()
         if self.checksum == "sha256":
             args["ChecksumAlgorithm"] = "SHA256"
         with s3_errors(f"starting the upload of {key}", self.bucket):
@@ -385,7 +385,7 @@ class S3Store:
                 Key=key,
                 Body=manifest.to_json(),
                 ContentType="application/json",
-                **self._write_args(),
+                **self.write_args(),
             )
 
     def delete(self, key: str) -> None:

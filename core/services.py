@@ -39,7 +39,9 @@ class Services:
     @cached_property
     def backups(self) -> BackupService:
         self.settings.require("database_url", "s3_bucket")
-        return BackupService(self.settings, self.target, self.store, self.audit)
+        return BackupService(
+            self.settings, self.target, self.store, self.audit, replica=self.replica
+        )
 
     @cached_property
     def restores(self) -> RestoreService:
