@@ -83,8 +83,12 @@ def test_status_reports_stale_when_the_newest_backup_is_too_old(
     # An older complete backup must not be taken for the newest (S3 lists ascending).
     s3.put_object(Bucket=bucket, Key="blnk_backup_20200101_000000.dump", Body=b"old")
     s3.put_object(Bucket=bucket, Key="blnk_backup_20200101_000000.dump.manifest.json", Body=b"{}")
-    assert main(["status", "--json"]) == 0
-    assert _json(capsys)["complete_backups"] == 2
+    assert main(["status", "--json"]) == 1
+    status = _json(capsys)
+    assert status["complete_backups"] == 2
+    assert status["newest"]["key"] != "blnk_backup_20200101_000000.dump"
+    # Backups going back to 2020 and never a restore test: that alone is the breach.
+    assert [b.split(",")[0] for b in status["breaches"]] == ["no restore test yet"]
     monkeypatch.setenv("STALE_AFTER_HOURS", "0.0001")
     assert main(["status"]) == 1
     assert "stale" in capsys.readouterr().out
