@@ -36,6 +36,7 @@ from core.errors import (
     StorageError,
     UsageError,
     VerificationError,
+    describe_failure,
 )
 from core.keys import BackupKey
 from core.manifest import Manifest, SnapshotStats
@@ -127,13 +128,7 @@ class BackupService:
             finally:
                 self._running.release()
         except BaseException as exc:
-            error = exc if isinstance(exc, BackupError) else None
-            if error is not None:
-                code, cause = error.code, error.cause
-            elif isinstance(exc, Exception):
-                code, cause = "internal_error", f"{type(exc).__name__}: {exc}"
-            else:  # KeyboardInterrupt, SIGTERM
-                code, cause = "interrupted", f"interrupted ({type(exc).__name__})"
+            code, cause = describe_failure(exc)
             self.audit.record(
                 action="backup",
                 outcome="failed",

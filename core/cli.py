@@ -47,6 +47,14 @@ def _emit_json(body: Any) -> None:
     _out(json.dumps(body, indent=2, default=str))
 
 
+def _show(args: argparse.Namespace, as_json: Callable[[], Any], as_text: Callable[[], str]) -> None:
+    """Print a result as JSON with --json, as text otherwise."""
+    if getattr(args, "json", False):
+        _emit_json(as_json())
+    else:
+        _out(as_text())
+
+
 class _ProgressPrinter:
     """Prints stage changes and, at most every 2 s, the bytes uploaded so far (to stderr)."""
 
@@ -76,19 +84,17 @@ def cmd_backup(services: Services, args: argparse.Namespace) -> int:
         _actor(args), reason=args.reason, on_progress=None if args.json else _ProgressPrinter()
     )
     bucket = services.store.bucket
-    if args.json:
-        _emit_json(render.backup_json(result.manifest, bucket))
-    else:
-        _out(render.backup_text(result.manifest, bucket))
+    _show(
+        args,
+        lambda: render.backup_json(result.manifest, bucket),
+        lambda: render.backup_text(result.manifest, bucket),
+    )
     return EXIT_OK
 
 
 def cmd_list(services: Services, args: argparse.Namespace) -> int:
     entries = services.catalog.list(limit=args.limit, include_incomplete=args.all)
-    if args.json:
-        _emit_json([render.entry_json(e) for e in entries])
-    else:
-        _out(render.list_text(entries))
+    _show(args, lambda: [render.entry_json(e) for e in entries], lambda: render.list_text(entries))
     return EXIT_OK
 
 
@@ -97,19 +103,13 @@ def cmd_status(services: Services, args: argparse.Namespace) -> int:
         services.settings.stale_after_hours,
         restore_test_max_age_days=services.settings.restore_test_max_age_days,
     )
-    if args.json:
-        _emit_json(render.status_json(status))
-    else:
-        _out(render.status_text(status))
+    _show(args, lambda: render.status_json(status), lambda: render.status_text(status))
     return EXIT_OK if status.healthy else EXIT_FAILED
 
 
 def cmd_restore_test(services: Services, args: argparse.Namespace) -> int:
     report = services.restores.test(_actor(args), args.key, on_stage=None if args.json else _stage)
-    if args.json:
-        _emit_json(render.restore_json(report))
-    else:
-        _out(render.restore_text(report))
+    _show(args, lambda: render.restore_json(report), lambda: render.restore_text(report))
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
@@ -144,10 +144,7 @@ def _stage(stage: str) -> None:
 
 def cmd_prune(services: Services, args: argparse.Namespace) -> int:
     reports = services.pruner.prune(_actor(args), apply=args.apply)
-    if args.json:
-        _emit_json(render.prune_json(reports))
-    else:
-        _out(render.prune_text(reports))
+    _show(args, lambda: render.prune_json(reports), lambda: render.prune_text(reports))
     return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
 
 
@@ -168,19 +165,17 @@ def cmd_bucket(services: Services, args: argparse.Namespace) -> int:
             actor=_actor(args),
             details={loc: [i.name for i in items if i.ok] for loc, items in results.items()},
         )
-    if args.json:
-        _emit_json({loc: [render.policy_json(i) for i in items] for loc, items in results.items()})
-    else:
-        _out(render.policy_text(results, applied=args.action == "apply"))
+    _show(
+        args,
+        lambda: {loc: [render.policy_json(i) for i in items] for loc, items in results.items()},
+        lambda: render.policy_text(results, applied=args.action == "apply"),
+    )
     return EXIT_OK if all(i.ok for items in results.values() for i in items) else EXIT_FAILED
 
 
 def cmd_audit(services: Services, args: argparse.Namespace) -> int:
     events = services.audit.events(limit=args.limit, action=args.action)
-    if args.json:
-        _emit_json([render.audit_json(e) for e in events])
-    else:
-        _out(render.audit_text(events))
+    _show(args, lambda: [render.audit_json(e) for e in events], lambda: render.audit_text(events))
     return EXIT_OK
 
 
@@ -196,13 +191,14 @@ def cmd_generate_db(settings: Settings, args: argparse.Namespace) -> int:
         "size": made.size_bytes,
         "seconds": round(made.seconds, 2),
     }
-    if args.json:
-        _emit_json(body)
-    else:
-        _out(
+    _show(
+        args,
+        lambda: body,
+        lambda: (
             f"✓ created {made.name}: {made.transactions} transactions, "
             f"{render.human_size(made.size_bytes)} in {render.human_duration(made.seconds)}"
-        )
+        ),
+    )
     return EXIT_OK
 
 

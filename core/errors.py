@@ -78,3 +78,12 @@ class VerificationError(BackupError):
 
 class RestoreCheckError(BackupError):
     code = "restore_failed"
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """Given any exception, return the (code, cause) the audit log records for it."""
+    if isinstance(exc, BackupError):
+        return exc.code, exc.cause
+    if isinstance(exc, Exception):
+        return "internal_error", f"{type(exc).__name__}: {exc}"
+    return "interrupted", f"interrupted ({type(exc).__name__})"  # Ctrl-C, SIGTERM

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from core.audit import Actor, AuditLog
 from core.config import Settings
-from core.errors import BackupError, StorageError
+from core.errors import StorageError, describe_failure
 from core.retention import RetentionPlan, RetentionPolicy, plan
 from core.s3store import S3Store
 
@@ -70,14 +70,14 @@ class PruneService:
             for store in self.stores:
                 reports.append(self._prune_store(store, policy, now, apply))
         except BaseException as exc:
-            code = exc.code if isinstance(exc, BackupError) else "internal_error"
+            code, cause = describe_failure(exc)
             self.audit.record(
                 action="prune",
                 outcome="failed",
                 actor=actor,
                 run_id=run.run_id,
                 error_code=code,
-                error_cause=str(exc)[:4000],
+                error_cause=cause[:4000],
             )
             raise
         errors = [e for r in reports for e in r.errors]

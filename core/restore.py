@@ -36,7 +36,7 @@ from core.database import (
     object_counts,
     row_counts,
 )
-from core.errors import BackupError, RestoreCheckError, UsageError
+from core.errors import BackupError, RestoreCheckError, UsageError, describe_failure
 from core.keys import BackupKey
 from core.manifest import Manifest
 from core.processes import find_tool, run_tool
@@ -320,12 +320,7 @@ class RestoreService:
     def _record_failure(
         self, run_id: str, actor: Actor, key: BackupKey | None, exc: BaseException, action: str
     ) -> None:
-        if isinstance(exc, BackupError):
-            code, cause = exc.code, exc.cause
-        elif isinstance(exc, Exception):
-            code, cause = "internal_error", f"{type(exc).__name__}: {exc}"
-        else:
-            code, cause = "interrupted", f"interrupted ({type(exc).__name__})"
+        code, cause = describe_failure(exc)
         if action == "restore_test" and key is not None and isinstance(exc, RestoreCheckError):
             try:
                 self.store.put_json(
