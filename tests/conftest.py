@@ -121,3 +121,34 @@ def bucket_keys(s3: Any, bucket: str) -> list[str]:
 
 def incomplete_uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
     return list(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment variables that give a CLI run (in-process or a child) these settings."""
+    secret = settings.aws_secret_access_key
+    env = {
+        "S3_BACKUP_BUCKET": settings.s3_bucket or "",
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
+        "S3_BACKUP_PREFIX": settings.s3_prefix,
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id or "",
+        "AWS_SECRET_ACCESS_KEY": secret.get_secret_value() if secret else "",
+        "AWS_REGION": settings.aws_region,
+        "AUDIT_DATABASE_URL": settings.audit_database_url,
+        "S3_MAX_ATTEMPTS": str(settings.s3_max_attempts),
+    }
+    if settings.database_url is not None:
+        env["BLNK_DATABASE_URL"] = settings.database_url.get_secret_value()
+    if settings.restore_test_database_url is not None:
+        env["RESTORE_TEST_DATABASE_URL"] = settings.restore_test_database_url.get_secret_value()
+    return env | extra
+
+
+@pytest.fixture
+def use_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Put settings into this process's environment for an in-process CLI call."""
+
+    def apply(settings: Settings, **extra: str) -> None:
+        for name, value in settings_env(settings, **extra).items():
+            monkeypatch.setenv(name, value)
+
+    return apply

@@ -20,17 +20,8 @@ UNRELATED_RULE = {
 
 
 @pytest.fixture
-def cli_env(make_settings: Any, monkeypatch: pytest.MonkeyPatch, bucket: str) -> None:
-    settings = make_settings()
-    for name, value in {
-        "S3_BACKUP_BUCKET": bucket,
-        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key.get_secret_value(),
-        "AUDIT_DATABASE_URL": settings.audit_database_url,
-        "S3_BACKUP_PREFIX": "prod/",
-    }.items():
-        monkeypatch.setenv(name, value)
+def cli_env(make_settings: Any, use_settings: Any) -> None:
+    use_settings(make_settings(s3_prefix="prod/"))
 
 
 def test_check_reports_everything_missing_on_a_plain_bucket(

@@ -163,22 +163,12 @@ def test_a_failed_listing_deletes_nothing_and_exits_1(
     s3: Any,
     bucket: str,
     proxy: FaultProxy,
-    monkeypatch: pytest.MonkeyPatch,
+    use_settings: Any,
     capsys: pytest.CaptureFixture[str],
-    tmp_path: Any,
 ) -> None:
     seed(s3, bucket, [0.1, 1, 2, 500])
     proxy.faults.fail = lambda r: (500, "InternalError") if "list-type=2" in r.path else None
-    settings = make_settings(s3_endpoint_url=proxy.endpoint)
-    for name, value in {
-        "S3_BACKUP_BUCKET": bucket,
-        "S3_ENDPOINT_URL": proxy.endpoint,
-        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key.get_secret_value(),
-        "AUDIT_DATABASE_URL": settings.audit_database_url,
-        "S3_MAX_ATTEMPTS": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_settings(make_settings(s3_endpoint_url=proxy.endpoint, s3_max_attempts=1))
     assert main(["prune", "--apply"]) == 1
     out = capsys.readouterr().out
     assert "listing failed" in out and "paused" in out
@@ -189,20 +179,11 @@ def test_cli_dry_run_shows_the_plan_with_reasons(
     make_settings: Any,
     s3: Any,
     bucket: str,
-    monkeypatch: pytest.MonkeyPatch,
+    use_settings: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     keys = seed(s3, bucket, [0.1, 500])
-    settings = make_settings()
-    for name, value in {
-        "S3_BACKUP_BUCKET": bucket,
-        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key.get_secret_value(),
-        "AUDIT_DATABASE_URL": settings.audit_database_url,
-        "RETENTION_MIN_KEEP": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_settings(make_settings(), RETENTION_MIN_KEEP="1")
     assert main(["prune"]) == 0
     out = capsys.readouterr().out
     assert f"DELETE {keys[1].key}  outside every retention window" in out

@@ -142,25 +142,11 @@ def test_restore_into_a_new_database_keeps_it_and_refuses_existing_or_source_nam
 
 def test_restore_cli_needs_yes_and_prints_how_to_switch_over(
     make_settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    use_settings: Any,
     capsys: pytest.CaptureFixture[str],
-    s3_server: Any,
-    bucket: str,
-    blnk_db: PgTarget,
     pg_server: PgTarget,
 ) -> None:
-    env = {
-        "BLNK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{blnk_db.dbname}",
-        "S3_BACKUP_BUCKET": bucket,
-        "S3_ENDPOINT_URL": s3_server.endpoint,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AUDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
-        "RESTORE_TEST_DATABASE_URL": PG_URL,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    use_settings(make_settings(restore_test_database_url=PG_URL))
     assert main(["backup", "--json"]) == 0
     capsys.readouterr()
     new = f"blnk_cli_restored_{os.getpid()}"
