@@ -56,6 +56,34 @@ def ensure_database(transactions: int, fresh: bool) -> tuple[str, int]:
     return name, int(size)
 
 
+ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"  # moto accepts any
+
+
+def bench_env(endpoint: str, bucket: str, audit: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `blnk-backup` run against the benchmark's S3 server."""
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+        "S3_ENDPOINT_URL": endpoint,
+        "S3_BACKUP_BUCKET": bucket,
+        "AUDIT_DATABASE_URL": f"sqlite:///{audit}",
+        **extra,
+    }
+
+
+def bench_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
 class RssSampler:
     """Samples the peak RSS of one process (not its children) every 20 ms."""
 
@@ -179,25 +207,14 @@ def main() -> None:
     s3_server = S3ServerProcess()
     s3_server.start()
     bucket = "blnk-bench"
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench-secret",
-        "AWS_REGION": "us-east-1",
-        "S3_ENDPOINT_URL": s3_server.endpoint,
-        "S3_BACKUP_BUCKET": bucket,
-        "BACKUP_COMPRESSION_LEVEL": str(args.level),
-        "AUDIT_DATABASE_URL": f"sqlite:///{args.out / 'bench-audit.sqlite3'}",
-    }
     args.out.mkdir(parents=True, exist_ok=True)
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint,
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench-secret",  # noqa: S106
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
+    env = bench_env(
+        s3_server.endpoint,
+        bucket,
+        args.out / "bench-audit.sqlite3",
+        BACKUP_COMPRESSION_LEVEL=str(args.level),
     )
+    client = bench_client(s3_server.endpoint)
     client.create_bucket(Bucket=bucket)
     s3_process = psutil.Process(s3_server.pid)
 

@@ -23,14 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psutil
-from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.backup_bench import ensure_database  # noqa: E402
+from bench.backup_bench import bench_client, bench_env, ensure_database  # noqa: E402
 from core.database import PgTarget, create_database, drop_database  # noqa: E402
 from tests.support.s3server import S3ServerProcess  # noqa: E402
 
@@ -62,25 +60,15 @@ def main() -> None:
     s3_server = S3ServerProcess()
     s3_server.start()
     bucket = "blnk-restore-bench"
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench-secret",
-        "S3_ENDPOINT_URL": s3_server.endpoint,
-        "S3_BACKUP_BUCKET": bucket,
-        "BLNK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}",
-        "RESTORE_TEST_DATABASE_URL": SERVER,
-        "RESTORE_JOBS": str(args.jobs),
-        "AUDIT_DATABASE_URL": f"sqlite:///{args.out / 'restore-bench-audit.sqlite3'}",
-    }
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint,
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench-secret",  # noqa: S106
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
+    env = bench_env(
+        s3_server.endpoint,
+        bucket,
+        args.out / "restore-bench-audit.sqlite3",
+        BLNK_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{db}",
+        RESTORE_TEST_DATABASE_URL=SERVER,
+        RESTORE_JOBS=str(args.jobs),
     )
+    client = bench_client(s3_server.endpoint)
     client.create_bucket(Bucket=bucket)
     try:
         _, backup = cli(env, "backup")
