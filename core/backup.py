@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+import psycopg
+
 from core import __version__
 from core.audit import Actor, AuditLog
 from core.config import Settings
@@ -265,8 +267,14 @@ class _BackupRun:
         with ThreadPoolExecutor(1, thread_name_prefix="snapshot-stats") as stats_pool:
             stats: Future[SnapshotStats] = stats_pool.submit(snapshot.stats)
             try:
-                with StreamingProcess(argv, env, secrets=[self.s.target.password]) as dump:
-                    sha256 = self._stream(dump)
+                try:
+                    with StreamingProcess(argv, env, secrets=[self.s.target.password]) as dump:
+                        sha256 = self._stream(dump)
+                except DumpError:
+                    # If the counts already failed, that is the root cause to report.
+                    if stats.done() and isinstance(stats.exception(), psycopg.Error):
+                        self._stats_result(stats)
+                    raise
                 completed = self._finish_upload(stats)
             except BaseException:
                 snapshot.cancel()  # do not wait for row counts of a backup that failed
@@ -396,9 +404,16 @@ class _BackupRun:
             raise DumpError(f"pg_dump {how}: {tail}", cause=f"pg_dump {how}: {tail}")
         return hasher.hexdigest()
 
+    def _stats_result(self, stats: Future[SnapshotStats]) -> SnapshotStats:
+        try:
+            return stats.result()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DumpError(f"counting rows in the dump's snapshot failed: {reason}") from None
+
     def _finish_upload(self, stats: Future[SnapshotStats]) -> CompletedUpload:
         assert self.upload is not None
-        stats.result()  # counts failed → the backup fails before anything is completed
+        self._stats_result(stats)  # counts failed → fail before anything is completed
         return self.upload.complete()
 
     def _verify(self, completed: CompletedUpload) -> None:

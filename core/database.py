@@ -188,10 +188,14 @@ class SnapshotSession:
         self.snapshot_id: str = row[0]
 
     def stats(self) -> SnapshotStats:
-        """Return row counts, ledger aggregates and object counts as of the snapshot."""
-        return SnapshotStats(
-            row_counts=self._row_counts(), ledger=self._ledger(), objects=self._objects()
-        )
+        """Return row counts, ledger aggregates and object counts as of the snapshot.
+
+        Runs inside a savepoint: if a count fails (say, permission denied), the exporting
+        transaction stays alive, so pg_dump is not left with a vanished snapshot."""
+        with self._conn.transaction():
+            return SnapshotStats(
+                row_counts=self._row_counts(), ledger=self._ledger(), objects=self._objects()
+            )
 
     def _row_counts(self) -> dict[str, int]:
         return row_counts(self._conn)

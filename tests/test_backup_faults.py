@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,30 @@ def test_a_second_concurrent_backup_is_refused_in_process_and_across_processes(
     other_process.backups.run(ACTOR)
     services.close()
     other_process.close()
+
+
+def test_a_role_that_cannot_read_a_table_fails_cleanly(
+    make_settings: Any, blnk_db: PgTarget, pg_server: PgTarget, s3: Any, bucket: str
+) -> None:
+    role = f"blnk_reader_{os.getpid()}"
+    with pg_server.connect(autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    with blnk_db.connect(autocommit=True) as conn:
+        conn.execute(f'GRANT USAGE ON SCHEMA blnk TO "{role}"')
+        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA blnk TO "{role}"')
+        conn.execute(f'REVOKE SELECT ON blnk.api_keys FROM "{role}"')
+    services = Services(
+        make_settings(database_url=f"postgresql://{role}@127.0.0.1:5432/{blnk_db.dbname}")
+    )
+    try:
+        with pytest.raises(DumpError, match="permission denied"):
+            services.backups.run(ACTOR)
+        assert bucket_keys(s3, bucket) == []
+        assert incomplete_uploads(s3, bucket) == []
+        assert _last_failure(services).error_code == "dump_failed"
+    finally:
+        services.close()
+        with blnk_db.connect(autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+        with pg_server.connect(autocommit=True) as conn:
+            conn.execute(f'DROP ROLE "{role}"')
