@@ -72,6 +72,12 @@ class PgTarget:
         """libpq conninfo without the password (safe for a command line)."""
         return make_conninfo(**self.params)
 
+    def secret_conninfo(self) -> str:
+        """libpq conninfo *with* the password, to hand to Settings; never for display."""
+        if not self.password:
+            return self.conninfo
+        return make_conninfo(self.conninfo, password=self.password)
+
     def libpq_env(self, base: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in base.items() if not k.startswith("PG")}
         if self.password:

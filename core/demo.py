@@ -1,6 +1,6 @@
 """The demo behind the README's run command: a Blnk-shaped database on the local PostgreSQL,
 a real S3 server on loopback (moto's server mode, from the ``demo`` extra), then
-backup → list → status, printed as an operator would see them."""
+backup → list → restore-test → status → audit, printed as an operator would see them."""
 
 from __future__ import annotations
 
@@ -53,13 +53,14 @@ def run_demo(transactions: int, server_url: str) -> int:
         made = generate(server, DEMO_DATABASE, transactions, replace=True)
         _say(f"   {render.human_size(made.size_bytes)} in {render.human_duration(made.seconds)}")
         settings = load_settings(
-            database_url=server.with_dbname(DEMO_DATABASE).conninfo,
+            database_url=server.with_dbname(DEMO_DATABASE).secret_conninfo(),
             s3_bucket=DEMO_BUCKET,
             s3_endpoint_url=f"http://127.0.0.1:{port}",
             aws_access_key_id="demo",
             aws_secret_access_key="demo-secret",  # noqa: S106 - moto accepts anything
             audit_database_url=f"sqlite:///{workdir / 'audit.sqlite3'}",
             s3_prefix="demo/",
+            restore_test_database_url=server.secret_conninfo(),
         )
         make_client(settings).create_bucket(Bucket=DEMO_BUCKET)
         _say(f"2. local S3 server on http://127.0.0.1:{port}, bucket {DEMO_BUCKET}")
@@ -70,10 +71,13 @@ def run_demo(transactions: int, server_url: str) -> int:
             _say(_indent(render.backup_text(result.manifest, DEMO_BUCKET)))
             _say("4. blnk-backup list")
             _say(_indent(render.list_text(services.catalog.list())))
-            _say("5. blnk-backup status")
+            _say("5. blnk-backup restore-test latest")
+            report = services.restores.test(Actor("demo", "cli"), "latest")
+            _say(_indent(render.restore_text(report)))
+            _say("6. blnk-backup status")
             status = services.catalog.status(settings.stale_after_hours)
             _say(_indent(render.status_text(status)))
-            _say("6. blnk-backup audit")
+            _say("7. blnk-backup audit")
             _say(_indent(render.audit_text(services.audit.events(limit=10))))
         finally:
             services.close()

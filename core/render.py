@@ -136,10 +136,8 @@ def status_text(status: FreshnessStatus) -> str:
     if test is None:
         lines.append("  restore   no restore test yet: run blnk-backup restore-test latest")
     elif test.get("passed"):
-        lines.append(
-            f"  restore   last backup proven restorable: {test.get('key')}, "
-            f"at {test.get('finished_at')}"
-        )
+        when = str(test.get("finished_at", ""))[:19].replace("T", " ")
+        lines.append(f"  restore   last backup proven restorable: {test.get('key')}, at {when} UTC")
     else:
         lines.append(f"  restore   last restore test FAILED: {test.get('key')}")
     lines.append(

@@ -18,8 +18,14 @@ stamp="$VENV/.installed-$extra"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "… installing blnk-backup-bot[$extra] into $VENV" >&2
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extra]" >&2
+    log="$VENV/install.log"
+    if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extra]"; } \
+           >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "installing failed; the log above is also in $log" >&2
+        exit 2
+    fi
     echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
