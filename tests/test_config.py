@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.config import load_settings
@@ -106,3 +108,17 @@ def test_user_and_group_ids_are_split_on_commas_and_spaces(
 ) -> None:
     monkeypatch.setenv("SLACK_APPROVERS", "U012ABC, S0GROUP  U099XYZ")
     assert load_settings().approvers == ["U012ABC", "S0GROUP", "U099XYZ"]
+
+
+def test_blnks_own_env_file_can_be_shared(tmp_path: Path) -> None:
+    env_file = tmp_path / "blnk.env"
+    env_file.write_text(
+        "BLNK_DATA_SOURCE_DNS=postgres://blnk:pw@db:5432/blnk\n"
+        "BLNK_S3_BUCKET_NAME=ledger-backups\n"
+        "BLNK_S3_REGION=eu-central-1\n"
+        "SOMETHING_ELSE=ignored\n"
+    )
+    settings = load_settings(env_file)
+    assert settings.s3_bucket == "ledger-backups"
+    assert settings.aws_region == "eu-central-1"
+    assert settings.database_url is not None
