@@ -42,9 +42,10 @@ from core.errors import (
 )
 from core.keys import BackupKey
 from core.manifest import Manifest, SnapshotStats
+from core.multipart import CompletedUpload, MiB, MultipartUpload
 from core.processes import StreamingProcess, find_tool, mask, tool_version
 from core.replication import ReplicaRecord, Replicator
-from core.s3store import CompletedUpload, MiB, MultipartUpload, S3Store
+from core.s3store import S3Store
 
 log = logging.getLogger("blnk_backup.backup")
 

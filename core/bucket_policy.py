@@ -22,7 +22,8 @@ from typing import Any
 
 from core.config import Settings
 from core.errors import StorageError
-from core.s3store import S3Store, s3_errors
+from core.s3errors import s3_errors
+from core.s3store import S3Store
 
 RULE_PREFIX = "blnk-backup-"
 ARCHIVE_CLASS = "GLACIER_IR"

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import BackupError, StorageError, VerificationError
-from core.s3store import MAX_PARTS, S3Store, part_size, s3_errors
+from core.multipart import MAX_PARTS, part_size
+from core.s3errors import s3_errors
+from core.s3store import S3Store
 
 log = logging.getLogger("blnk_backup.replication")
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from core.errors import UsageError
 from core.keys import BackupKey
-from core.s3store import MAX_PART_SIZE, MAX_PARTS, MiB, max_stream_size, part_size
+from core.multipart import MAX_PART_SIZE, MAX_PARTS, MiB, max_stream_size, part_size
 
 TiB = 1 << 40
 # hypothesis takes naive bounds and attaches the zone itself
