@@ -5,6 +5,7 @@ the source at backup time, and amcheck on every B-tree index where the extension
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -25,7 +26,16 @@ class Check:
 
 def run_checks(target: PgTarget, manifest: Manifest) -> tuple[list[Check], str]:
     """Compare the restored database with the manifest; return the checks and the amcheck
-    status ("ran on N indexes" or why it could not run)."""
+    status ("ran on N indexes" or why it could not run). amcheck runs on its own connection
+    alongside the comparisons."""
+    with ThreadPoolExecutor(1, thread_name_prefix="amcheck") as pool:
+        amcheck_run = pool.submit(_amcheck_on, target)
+        checks = _compare(target, manifest)
+        amcheck_checks, amcheck = amcheck_run.result()
+    return checks + amcheck_checks, amcheck
+
+
+def _compare(target: PgTarget, manifest: Manifest) -> list[Check]:
     checks: list[Check] = []
     with target.connect(autocommit=True) as conn:
         found_rows = row_counts(conn)
@@ -51,9 +61,12 @@ def run_checks(target: PgTarget, manifest: Manifest) -> tuple[list[Check], str]:
         for kind, expected in sorted(manifest.stats.objects.items()):
             found = found_objects.get(kind)
             checks.append(Check(f"objects {kind}", found == expected, str(expected), str(found)))
-        amcheck_checks, amcheck = _amcheck(conn)
-        checks += amcheck_checks
-    return checks, amcheck
+    return checks
+
+
+def _amcheck_on(target: PgTarget) -> tuple[list[Check], str]:
+    with target.connect(autocommit=True) as conn:
+        return _amcheck(conn)
 
 
 def _amcheck(conn: Any) -> tuple[list[Check], str]:
