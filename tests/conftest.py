@@ -135,6 +135,10 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AWS_REGION": settings.aws_region,
         "AUDIT_DATABASE_URL": settings.audit_database_url,
         "S3_MAX_ATTEMPTS": str(settings.s3_max_attempts),
+        "S3_CHECKSUM": settings.s3_checksum,
+        "BACKUP_COMPRESSION_LEVEL": str(settings.backup_compression_level),
+        "BACKUP_PART_SIZE_MIB": str(settings.backup_part_size_mib),
+        "BACKUP_UPLOAD_CONCURRENCY": str(settings.backup_upload_concurrency),
     }
     if settings.database_url is not None:
         env["BLNK_DATABASE_URL"] = settings.database_url.get_secret_value()

@@ -26,7 +26,7 @@ from core.database import (
 from core.errors import ConfigError, RestoreCheckError, UsageError
 from core.restore import SCRATCH_PREFIX
 from core.services import Services
-from tests.conftest import ACCESS_KEY, PG_URL, SECRET_KEY, make_database
+from tests.conftest import PG_URL, make_database, settings_env
 
 ACTOR = Actor("grace", "cli")
 
@@ -176,18 +176,7 @@ def test_a_killed_restore_test_leaves_a_scratch_database_that_the_next_run_drops
         )
         services = Services(settings)
         services.backups.run(ACTOR)
-        env = {
-            "PATH": os.environ["PATH"],
-            "HOME": str(tmp_path),
-            "BLNK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
-            "S3_BACKUP_BUCKET": bucket,
-            "S3_ENDPOINT_URL": s3_server.endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AUDIT_DATABASE_URL": settings.audit_database_url,
-            "RESTORE_TEST_DATABASE_URL": PG_URL,
-            "RESTORE_JOBS": "1",
-        }
+        env = settings_env(settings, PATH=os.environ["PATH"], HOME=str(tmp_path), RESTORE_JOBS="1")
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "blnk-backup"), "restore-test"],
             env=env,
