@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,6 @@ class RestoreReport:
     finished_at: datetime
     amcheck: str  # "ran" or why not
     kept: bool = False  # True for `restore --into`
-    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

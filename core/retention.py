@@ -21,7 +21,7 @@ Safety floors (invariant 4) — never deleted:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from core.keys import BackupKey
@@ -50,7 +50,6 @@ class Decision:
 class RetentionPlan:
     decisions: list[Decision]
     paused: str | None = None  # why nothing may be deleted, if so
-    notes: list[str] = field(default_factory=list)
 
     @property
     def to_delete(self) -> list[BackupKey]:

@@ -86,13 +86,6 @@ class Inventory:
     orphan_side_files: list[str]
 
 
-@dataclass(frozen=True)
-class IncompleteUpload:
-    key: str
-    upload_id: str
-    initiated: datetime
-
-
 class S3Store:
     """One bucket and prefix holding backups."""
 
@@ -266,18 +259,6 @@ class S3Store:
                 ContentType="application/json",
                 **self.write_args(),
             )
-
-    def list_incomplete_uploads(self) -> list[IncompleteUpload]:
-        """Return multipart uploads under the prefix that were started and never finished."""
-        found: list[IncompleteUpload] = []
-        with s3_errors("listing incomplete uploads", self.bucket):
-            paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                found += [
-                    IncompleteUpload(u["Key"], u["UploadId"], u["Initiated"])
-                    for u in page.get("Uploads", [])
-                ]
-        return found
 
     # --- writes -----------------------------------------------------------------------------
     def write_args(self) -> dict[str, Any]:
