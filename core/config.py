@@ -298,6 +298,8 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
 
     Raise ConfigError listing every invalid variable by name; values are never echoed.
     """
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError([f"--env-file: {env_file} does not exist or is not a file"])
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:

@@ -122,3 +122,9 @@ def test_blnks_own_env_file_can_be_shared(tmp_path: Path) -> None:
     assert settings.s3_bucket == "ledger-backups"
     assert settings.aws_region == "eu-central-1"
     assert settings.database_url is not None
+
+
+def test_a_missing_env_file_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.env"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(missing)
