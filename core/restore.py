@@ -149,6 +149,8 @@ class RestoreService:
         )
         key: BackupKey | None = None
         try:
+            if not into or len(into.encode()) > 63:
+                raise UsageError("the new database name must be 1-63 bytes long")
             target = server.with_dbname(into)
             if self.source is not None and _same_database(target, self.source):
                 raise UsageError(f"refusing to restore into the source database {into!r}")

@@ -130,6 +130,8 @@ def test_restore_into_a_new_database_keeps_it_and_refuses_existing_or_source_nam
         restore_services.restores.restore(ACTOR, key, blnk_db.dbname, pg_server)
     with pytest.raises(UsageError, match="already exists"):
         restore_services.restores.restore(ACTOR, key, "postgres", pg_server)
+    with pytest.raises(UsageError, match="1-63 bytes"):
+        restore_services.restores.restore(ACTOR, key, "x" * 64, pg_server)
     new = f"blnk_recovered_{os.getpid()}"
     try:
         report = restore_services.restores.restore(ACTOR, key, new, pg_server)
