@@ -178,3 +178,27 @@ def test_an_overlong_reason_is_a_usage_error_and_changes_nothing(
     assert bucket_keys(s3, bucket) == []
     assert main(["audit", "--json"]) == 0
     assert _json(capsys) == []
+
+
+def test_verbose_logs_never_show_the_secrets(
+    make_settings: Any, blnk_db: PgTarget, tmp_path: Path
+) -> None:
+    from tests.conftest import settings_env
+
+    db_password = "Db-Pa55-Never-Logged"  # the local server trusts loopback, so any works
+    settings = make_settings(
+        database_url=f"postgresql://postgres:{db_password}@127.0.0.1:5432/{blnk_db.dbname}"
+    )
+    env = settings_env(settings, PATH=os.environ["PATH"], HOME=str(tmp_path))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "blnk-backup"), "-v", "backup", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DEBUG" in done.stderr  # verbose really was on
+    for secret in (SECRET_KEY, db_password):
+        assert secret not in done.stdout and secret not in done.stderr
