@@ -179,6 +179,7 @@ class _BackupRun:
         self.key: BackupKey | None = None
         self.upload: MultipartUpload | None = None
         self.completed = False
+        self.replicated = False
         self.local_path: Path | None = None
         self.expected_bytes: int | None = None
 
@@ -330,9 +331,7 @@ class _BackupRun:
             return []
         assert self.key is not None
         self.emit("replicating", completed.size)
-        same = (self.settings.s3_replica_endpoint_url or self.settings.s3_endpoint_url) == (
-            self.settings.s3_endpoint_url
-        )
+        same = self.settings.s3_replica_endpoint_url in (None, self.settings.s3_endpoint_url)
         record = Replicator(
             self.store,
             replica,
@@ -347,6 +346,8 @@ class _BackupRun:
         )
         if record.status != "verified":
             self._replication_failed(record.error or "unknown error")
+        else:
+            self.replicated = True
         return [record]
 
     def _replication_failed(self, cause: str) -> None:
@@ -464,6 +465,11 @@ class _BackupRun:
             self.local_path.unlink(missing_ok=True)
         if self.upload is None or self.key is None:
             return
+        if self.replicated and self.s.replica is not None:
+            try:  # a copy of a backup that failed afterwards must not linger there either
+                self.s.replica.delete(self.key.key)
+            except StorageError as exc:
+                log.error("could not remove the replica of %s: %s", self.key, exc)
         try:
             if self.completed:
                 self.store.delete(self.key.key)

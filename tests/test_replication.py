@@ -129,3 +129,29 @@ def test_large_objects_are_copied_part_by_part_with_the_primarys_layout(
     assert record.checksum.split("-")[0] == manifest.store_checksum.split("-")[0]
     body = s3.get_object(Bucket=replica, Key=manifest.key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == manifest.sha256
+
+
+def test_a_backup_that_fails_after_replication_leaves_no_copy_on_either_side(
+    make_settings: Any, s3: Any, bucket: str, proxy: FaultProxy, s3_server: Any
+) -> None:
+    import pytest
+
+    from core.errors import StorageError
+
+    replica = _replica_bucket(s3)
+    proxy.faults.fail = lambda r: (
+        (500, "InternalError") if r.method == "PUT" and r.path.endswith(".manifest.json") else None
+    )
+    services = Services(
+        make_settings(
+            s3_endpoint_url=proxy.endpoint,
+            s3_replica_bucket=replica,
+            s3_replica_endpoint_url=s3_server.endpoint,
+            s3_max_attempts=1,
+        )
+    )
+    with pytest.raises(StorageError, match="manifest"):
+        services.backups.run(ACTOR)
+    assert bucket_keys(s3, bucket) == [] and bucket_keys(s3, replica) == []
+    assert incomplete_uploads(s3, bucket) == [] and incomplete_uploads(s3, replica) == []
+    services.close()
