@@ -169,17 +169,21 @@ class S3Store:
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
-    def get_manifest(self, key: BackupKey) -> Manifest | None:
-        """Return the manifest of a backup, or None if it has none."""
+    def _read_small(self, key: str) -> bytes | None:
+        """Return the bytes of a small object (manifest, record), or None if it is absent."""
         try:
-            with s3_errors(f"reading the manifest of {key}"):
-                body = self.client.get_object(Bucket=self.bucket, Key=key.manifest_key)["Body"]
-                raw = body.read()
+            with s3_errors(f"reading {key}"):
+                body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except StorageError as exc:
             if exc.s3_code in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise
-        return Manifest.from_json(raw)
+        return body
+
+    def get_manifest(self, key: BackupKey) -> Manifest | None:
+        """Return the manifest of a backup, or None if it has none."""
+        raw = self._read_small(key.manifest_key)
+        return Manifest.from_json(raw) if raw is not None else None
 
     def list_backups(self) -> list[StoredBackup]:
         """Return every dump matching the naming pattern, oldest first.
@@ -241,14 +245,8 @@ class S3Store:
 
     def get_json(self, key: str) -> Any | None:
         """Return the parsed JSON object at key, or None if it does not exist."""
-        try:
-            with s3_errors(f"reading {key}"):
-                raw = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except StorageError as exc:
-            if exc.s3_code in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise
-        return json.loads(raw)
+        raw = self._read_small(key)
+        return json.loads(raw) if raw is not None else None
 
     def put_json(self, key: str, body: Any) -> None:
         with s3_errors(f"writing {key}", self.bucket):
