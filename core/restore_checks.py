@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from core.database import PgTarget, ledger_totals, object_counts, row_counts
+from core.database import PgTarget
+from core.dbstats import ledger_totals, object_counts, row_counts
 from core.manifest import Manifest
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from core.audit import Actor
-from core.database import PgTarget, create_database, drop_database, ledger_totals, object_counts
+from core.database import PgTarget, create_database, drop_database
+from core.dbstats import ledger_totals, object_counts
 from core.services import Services
 from tests.conftest import bucket_keys, incomplete_uploads
 

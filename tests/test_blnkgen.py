@@ -7,7 +7,8 @@ from decimal import Decimal
 import pytest
 
 from core.blnkgen import generate
-from core.database import PgTarget, ledger_totals, object_counts
+from core.database import PgTarget
+from core.dbstats import ledger_totals, object_counts
 from core.errors import UsageError
 
 

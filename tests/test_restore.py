@@ -15,14 +15,8 @@ import pytest
 
 from core.audit import Actor
 from core.cli import main
-from core.database import (
-    PgTarget,
-    databases_like,
-    drop_database,
-    ledger_totals,
-    object_counts,
-    row_counts,
-)
+from core.database import PgTarget, databases_like, drop_database
+from core.dbstats import ledger_totals, object_counts, row_counts
 from core.errors import ConfigError, RestoreCheckError, UsageError
 from core.restore import SCRATCH_PREFIX
 from core.services import Services
