@@ -1,25 +1,43 @@
 """The append-only audit log (SQLModel; SQLite by default, any SQLAlchemy URL works).
 
-Every action lands here as events; a run is a ``started`` event followed by a ``succeeded`` or
-``failed`` event with the same ``run_id``. The program never updates or deletes a row, and on
-SQLite triggers refuse UPDATE and DELETE so a bug cannot either.
+Every action lands here as events. A run — a backup, a restore test, a prune — is one
+``with audit.run(action, actor) as run:`` block: a ``started`` event, then ``succeeded``,
+``failed`` (error code and a masked, truncated cause) or an outcome the use case chose
+(``planned`` for a dry run), all with the same ``run_id``. A run whose process was killed outright
+stays ``started`` until the next run of its kind, holding the lock the dead one held, closes it
+with ``abandoned``. The program never updates or deletes a row, and triggers refuse UPDATE and
+DELETE so a bug cannot either.
+
+Subscribers (``subscribe``) see every event after it is stored: that is where alerts hook in.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+from core.errors import ConfigError, UsageError, describe_failure
+from core.redact import check_plain_text, first_line, truncate_cause
+
+log = logging.getLogger("blnk_backup.audit")
 
 TRIGGERS = ("cli", "slack", "schedule", "api")
+MAX_ACTOR_LENGTH = 100
+ENDED = ("succeeded", "failed", "abandoned", "planned")
 
 
 class AuditEvent(SQLModel, table=True):
@@ -28,8 +46,8 @@ class AuditEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(index=True)
     run_id: str = Field(index=True)
-    action: str = Field(index=True)  # backup, orphaned_upload, orphan_aborted, ...
-    outcome: str  # started, succeeded, failed, recorded
+    action: str = Field(index=True)  # backup, restore_test, prune, orphan_aborted, ...
+    outcome: str  # started, succeeded, failed, planned, abandoned, recorded
     actor: str
     trigger: str
     reason: str | None = None
@@ -41,10 +59,20 @@ class AuditEvent(SQLModel, table=True):
     error_cause: str | None = None
     details: str | None = None  # JSON
 
+    def details_dict(self) -> dict[str, Any]:
+        """Return the details as a dict ({} when absent or not an object)."""
+        try:
+            body = json.loads(self.details) if self.details else {}
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+
 
 @dataclass(frozen=True)
 class Actor:
-    """Who or what asked for an action, and through which front end."""
+    """Who or what asked for an action, and through which front end.
+
+    Raise UsageError if the name is empty, too long or holds control characters."""
 
     name: str
     trigger: str
@@ -52,6 +80,10 @@ class Actor:
     def __post_init__(self) -> None:
         if self.trigger not in TRIGGERS:
             raise ValueError(f"trigger must be one of {TRIGGERS}")
+        checked = check_plain_text("actor name", self.name, MAX_ACTOR_LENGTH)
+        if not checked:
+            raise UsageError("the actor name must not be empty")
+        object.__setattr__(self, "name", checked)
 
 
 _APPEND_ONLY_SQLITE = [
@@ -60,7 +92,6 @@ _APPEND_ONLY_SQLITE = [
     """CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
 ]
-
 
 _APPEND_ONLY_POSTGRESQL = [
     """CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger
@@ -77,28 +108,69 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class AuditLog:
-    """One engine per process; a short session per write."""
-
-    def __init__(self, url: str) -> None:
+def open_engine(url: str, variable: str = "AUDIT_DATABASE_URL") -> Engine:
+    """Given a SQLAlchemy URL, return an engine that is known to work (SQLite: WAL, busy
+    timeout, shareable between threads). Raise ConfigError naming ``variable`` if the URL is
+    malformed or the database cannot be opened; the URL itself is never echoed."""
+    try:
         parsed = make_url(url)
-        self._sqlite = parsed.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {}
-        if self._sqlite:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        sqlite = parsed.get_backend_name() == "sqlite"
+        if sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False}
         elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        self.engine: Engine = create_engine(parsed, **kwargs)
-        if self._sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine, tables=[AuditEvent.__table__])  # type: ignore[attr-defined]
-        guards = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRESQL}
-        with self.engine.begin() as conn:
-            for statement in guards.get(parsed.get_backend_name(), []):
-                conn.execute(text(statement))
+        engine = create_engine(parsed, **kwargs)
+        if sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        with engine.connect():
+            pass
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError([f"{variable}: not a usable database URL ({first_line(exc)})"]) from None
+    except (SQLAlchemyError, OSError) as exc:
+        password = _password_of(url)
+        reason = truncate_cause(first_line(exc), [password])[:300]
+        raise ConfigError([f"{variable}: the database cannot be opened ({reason})"]) from None
+    return engine
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except (ArgumentError, ValueError):
+        return None
+
+
+Subscriber = Callable[[AuditEvent], None]
+
+
+class AuditLog:
+    """One engine per process; a short session per write. Safe to share between threads."""
+
+    def __init__(self, url: str, *, secrets: list[str | None] | None = None) -> None:
+        self.engine: Engine = open_engine(url)
+        self._secrets = [s for s in (secrets or []) if s]
+        self._subscribers: list[Subscriber] = []
+        try:
+            SQLModel.metadata.create_all(self.engine, tables=[AuditEvent.__table__])  # type: ignore[attr-defined]
+            guards = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRESQL}
+            with self.engine.begin() as conn:
+                for statement in guards.get(self.engine.dialect.name, []):
+                    conn.execute(text(statement))
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            reason = truncate_cause(first_line(exc), self._secrets)[:300]
+            raise ConfigError(
+                [f"AUDIT_DATABASE_URL: the audit table cannot be set up ({reason})"]
+            ) from None
         self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call subscriber with every event recorded from now on (after it is stored).
+        A subscriber that raises is logged and never breaks the action being audited."""
+        self._subscribers.append(subscriber)
 
     def record(
         self,
@@ -111,6 +183,8 @@ class AuditLog:
     ) -> AuditEvent:
         """Append one event and return it."""
         details = fields.pop("details", None)
+        if fields.get("error_cause") is not None:
+            fields["error_cause"] = truncate_cause(str(fields["error_cause"]), self._secrets)
         entry = AuditEvent(
             at=datetime.now(UTC),
             run_id=run_id or uuid.uuid4().hex,
@@ -125,7 +199,100 @@ class AuditLog:
             session.add(entry)
             session.commit()
             session.refresh(entry)
+            session.expunge(entry)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(entry)
+            except Exception:
+                log.exception("an audit subscriber failed on %s %s", action, outcome)
         return entry
+
+    @contextmanager
+    def run(
+        self,
+        action: str,
+        actor: Actor,
+        *,
+        reason: str | None = None,
+        key: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Iterator[AuditRun]:
+        """Audit one run: record ``started`` now, then on leaving the block ``succeeded`` (or
+        the outcome the block chose with ``run.end``), or ``failed`` with the exception's code
+        and masked, truncated cause — and re-raise."""
+        started = self.record(
+            action=action, outcome="started", actor=actor, reason=reason, key=key, details=details
+        )
+        run = AuditRun(started.run_id, started.at, key=key)
+        began = time.monotonic()
+        try:
+            yield run
+        except BaseException as exc:
+            code, cause = describe_failure(exc)
+            self.record(
+                action=action,
+                outcome="failed",
+                actor=actor,
+                run_id=run.run_id,
+                reason=reason,
+                error_code=code,
+                error_cause=cause,
+                **run.closing_fields(time.monotonic() - began),
+            )
+            raise
+        self.record(
+            action=action,
+            outcome=run.outcome,
+            actor=actor,
+            run_id=run.run_id,
+            reason=reason,
+            error_code=run.error_code,
+            error_cause=run.error_cause,
+            **run.closing_fields(time.monotonic() - began),
+        )
+
+    def close_abandoned(
+        self, action: str, actor: Actor, *, scope: dict[str, Any], before: datetime
+    ) -> list[AuditEvent]:
+        """Close every ``started`` run of ``action`` with no end whose details match ``scope``
+        and that started before ``before``, with an ``abandoned`` event; return the runs closed.
+
+        Call only while holding the lock those runs held: then none of them can still be alive.
+        """
+        closed = []
+        for run in self._open_runs(action, before):
+            details = run.details_dict()
+            if any(details.get(k) != v for k, v in scope.items()):
+                continue
+            self.record(
+                action=action,
+                outcome="abandoned",
+                actor=actor,
+                run_id=run.run_id,
+                key=run.key,
+                reason=run.reason,
+                error_code="abandoned",
+                error_cause=(
+                    f"the run started at {run.at:%Y-%m-%d %H:%M:%S} UTC by {run.trigger}:"
+                    f"{run.actor} never ended: its process was killed (SIGKILL, OOM, restart)"
+                ),
+            )
+            closed.append(run)
+        return closed
+
+    def _open_runs(self, action: str, before: datetime) -> list[AuditEvent]:
+        ended = select(AuditEvent.run_id).where(
+            AuditEvent.action == action, col(AuditEvent.outcome).in_(ENDED)
+        )
+        query = (
+            select(AuditEvent)
+            .where(AuditEvent.action == action, AuditEvent.outcome == "started")
+            .where(AuditEvent.at < before)
+            .where(col(AuditEvent.run_id).not_in(ended))
+            .order_by(col(AuditEvent.id))
+        )
+        with Session(self.engine) as session:
+            return list(session.exec(query).all())
 
     def events(
         self, *, limit: int = 50, action: str | None = None, run_id: str | None = None
@@ -136,22 +303,41 @@ class AuditLog:
             query = query.where(AuditEvent.action == action)
         if run_id:
             query = query.where(AuditEvent.run_id == run_id)
-        query = query.order_by(AuditEvent.id.desc()).limit(limit)  # type: ignore[union-attr]
+        query = query.order_by(col(AuditEvent.id).desc()).limit(limit)
         with Session(self.engine) as session:
             return list(session.exec(query).all())
 
-    def open_orphans(self) -> list[AuditEvent]:
-        """Return recorded orphaned multipart uploads not yet aborted."""
-        with Session(self.engine) as session:
-            orphans = session.exec(
-                select(AuditEvent).where(AuditEvent.action == "orphaned_upload")
-            ).all()
-            cleared = set(
-                session.exec(
-                    select(AuditEvent.run_id).where(AuditEvent.action == "orphan_aborted")
-                ).all()
-            )
-        return [o for o in orphans if o.run_id not in cleared]
-
     def close(self) -> None:
         self.engine.dispose()
+
+
+@dataclass
+class AuditRun:
+    """A run being audited: what the block learns (key, size, ...) goes into its closing event."""
+
+    run_id: str
+    started_at: datetime
+    key: str | None = None
+    outcome: str = "succeeded"
+    error_code: str | None = None
+    error_cause: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, **fields: Any) -> None:
+        """Remember fields (key, size, sha256, duration_seconds, details) for the closing event."""
+        if "key" in fields:
+            self.key = fields.pop("key")
+        self.fields.update(fields)
+
+    def end(
+        self, outcome: str, *, error_code: str | None = None, error_cause: str | None = None
+    ) -> None:
+        """Close the run with this outcome instead of ``succeeded`` (e.g. ``planned`` for a dry
+        run, ``failed`` for a restore test whose checks failed without an exception)."""
+        self.outcome, self.error_code, self.error_cause = outcome, error_code, error_cause
+
+    def closing_fields(self, seconds: float) -> dict[str, Any]:
+        fields = dict(self.fields)
+        fields.setdefault("duration_seconds", round(seconds, 3))
+        fields["key"] = self.key
+        return fields

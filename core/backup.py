@@ -1,49 +1,52 @@
 """The backup use case: snapshot → pg_dump → streamed multipart upload → verify → manifest.
 
-Invariants kept here (DESIGN.md 1-3):
+Invariants kept here (DESIGN.md 1-3, 8):
 - success is reported only after pg_dump exited 0, the upload completed and the store's size
   and checksum matched what was streamed; the manifest is written last;
-- any failure kills pg_dump, aborts the multipart upload (or records it as orphaned for the
-  next run to abort when the store is unreachable), deletes an unverified object and records
-  the cause in the audit log;
-- one backup per database at a time (an in-process lock plus a PostgreSQL advisory lock).
+- any failure kills pg_dump, aborts the multipart upload (or, when the store is unreachable,
+  leaves it for the next run, which finds it in the store's own listing), deletes an
+  unverified object and records the cause in the audit log;
+- one backup per database at a time (an in-process lock plus a PostgreSQL advisory lock);
+- a run killed outright leaves nothing that lasts: holding the lock, the next backup aborts
+  every incomplete upload of a backup key that started before it (primary and replica) and
+  closes the dead run's audit record as ``abandoned``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-import psycopg
-
 from core import __version__
-from core.audit import Actor, AuditLog
+from core.audit import Actor, AuditLog, AuditRun
 from core.config import Settings
 from core.database import PgTarget, SnapshotSession, backup_lock, server_version
 from core.errors import (
     AlreadyRunningError,
     BackupError,
+    ConfigError,
     DumpError,
+    LocalCopyError,
     PreflightError,
     StorageError,
-    UsageError,
     VerificationError,
-    describe_failure,
 )
 from core.keys import BackupKey
 from core.manifest import Manifest, SnapshotStats
 from core.multipart import CompletedUpload, MiB, MultipartUpload
-from core.processes import StreamingProcess, find_tool, mask, tool_version
+from core.processes import StreamingProcess, find_tool, tool_version
+from core.redact import check_plain_text
 from core.replication import ReplicaRecord, Replicator
 from core.s3store import S3Store
 
@@ -95,6 +98,10 @@ class BackupService:
         self.clock = clock
         self.replica = replica
         self._running = threading.Lock()
+        self._holder: str | None = None
+        # A run that started this long before ours and never ended cannot still be waiting for
+        # the lock (that takes seconds), so holding the lock proves it dead.
+        self.abandon_after = timedelta(minutes=2)
 
     @property
     def running(self) -> bool:
@@ -105,57 +112,92 @@ class BackupService:
     ) -> BackupResult:
         """Run one backup and return its verified manifest.
 
-        Raise AlreadyRunningError if a backup of this database runs, PreflightError/ConfigError
-        if nothing could start, DumpError/StorageError/VerificationError if it failed.
-        Every outcome is in the audit log.
+        Raise UsageError for a bad reason, AlreadyRunningError if a backup of this database
+        runs, PreflightError/ConfigError if nothing could start, DumpError/StorageError/
+        VerificationError/LocalCopyError if it failed. Every outcome is in the audit log.
         """
-        if reason is not None and len(reason) > MAX_REASON_LENGTH:
-            raise UsageError(f"the reason is longer than {MAX_REASON_LENGTH} characters")
-        started = self.clock()
-        run = self.audit.record(
-            action="backup",
-            outcome="started",
-            actor=actor,
-            reason=reason,
-            details={"database": self.target.display, "store": self.store.location},
-        )
-        attempt = _BackupRun(self, run.run_id, actor, reason, on_progress)
-        try:
+        reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
+        with self.audit.run(
+            "backup", actor, reason=reason, details={"database": self.target.display}
+        ) as run:
             if not self._running.acquire(blocking=False):
                 raise AlreadyRunningError(
-                    f"a backup of {self.target.dbname} is already running; try again when it ends"
+                    f"a backup of {self.target.dbname} is already running"
+                    + (f" (started by {self._holder})" if self._holder else "")
+                    + "; try again when it ends"
                 )
             try:
+                self._holder = f"{actor.trigger}:{actor.name}"
                 with backup_lock(self.target):
+                    self._recover_from_crashes(actor, run)
+                    attempt = _BackupRun(self, run, actor, reason, on_progress)
                     manifest = attempt.execute()
             finally:
+                self._holder = None
                 self._running.release()
-        except BaseException as exc:
-            code, cause = describe_failure(exc)
-            self.audit.record(
-                action="backup",
-                outcome="failed",
-                actor=actor,
-                run_id=run.run_id,
-                reason=reason,
-                key=attempt.key.key if attempt.key else None,
-                error_code=code,
-                error_cause=mask(cause, [self.target.password])[:4000],
-                duration_seconds=(self.clock() - started).total_seconds(),
+            run.note(
+                key=manifest.key,
+                size=manifest.size,
+                sha256=manifest.sha256,
+                duration_seconds=manifest.duration_seconds,
             )
-            raise
-        self.audit.record(
-            action="backup",
-            outcome="succeeded",
-            actor=actor,
-            run_id=run.run_id,
-            reason=reason,
-            key=manifest.key,
-            size=manifest.size,
-            sha256=manifest.sha256,
-            duration_seconds=manifest.duration_seconds,
-        )
         return BackupResult(run.run_id, manifest)
+
+    @property
+    def holder(self) -> str | None:
+        """Who started the backup running in this process, if one runs."""
+        return self._holder
+
+    def _recover_from_crashes(self, actor: Actor, run: AuditRun) -> None:
+        """Holding the per-database lock, clean up after runs that were killed outright: abort
+        the incomplete uploads of backup keys that began before this run (from the store's own
+        listing, so a lost audit file does not matter) and close their audit records."""
+        before = run.started_at - self.abandon_after
+        self.audit.close_abandoned(
+            "backup", actor, scope={"database": self.target.display}, before=before
+        )
+        for store in [self.store] + ([self.replica] if self.replica is not None else []):
+            try:
+                uploads = store.incomplete_uploads()
+            except BackupError as exc:  # the janitor must never stop a backup
+                self.audit.record(
+                    action="orphan_cleanup",
+                    outcome="failed",
+                    actor=actor,
+                    run_id=run.run_id,
+                    error_code=exc.code,
+                    error_cause=f"listing incomplete uploads in {store.location}: {exc.cause}",
+                )
+                continue
+            for upload in uploads:
+                if upload.initiated is not None and upload.initiated >= run.started_at:
+                    continue  # not from before this run
+                try:
+                    store.abort_upload(upload.key, upload.upload_id)
+                except BackupError as exc:
+                    self.audit.record(
+                        action="orphan_cleanup",
+                        outcome="failed",
+                        actor=actor,
+                        run_id=run.run_id,
+                        key=upload.key,
+                        error_code=exc.code,
+                        error_cause=f"aborting an incomplete upload: {exc.cause}",
+                    )
+                    continue
+                self.audit.record(
+                    action="orphan_aborted",
+                    outcome="recorded",
+                    actor=actor,
+                    run_id=run.run_id,
+                    key=upload.key,
+                    details={
+                        "store": store.location,
+                        "upload_id": upload.upload_id,
+                        "initiated": upload.initiated,
+                    },
+                )
+                log.warning("aborted an incomplete upload of %s in %s", upload.key, store.location)
 
 
 class _BackupRun:
@@ -164,7 +206,7 @@ class _BackupRun:
     def __init__(
         self,
         service: BackupService,
-        run_id: str,
+        run: AuditRun,
         actor: Actor,
         reason: str | None,
         on_progress: ProgressCallback | None,
@@ -172,7 +214,8 @@ class _BackupRun:
         self.s = service
         self.settings = service.settings
         self.store = service.store
-        self.run_id = run_id
+        self.run = run
+        self.run_id = run.run_id
         self.actor = actor
         self.reason = reason
         self._progress = on_progress or (lambda _event: None)
@@ -210,30 +253,29 @@ class _BackupRun:
             server_major, self.server_version = server_version(conn)
         if dump_major < server_major:
             raise PreflightError(
-                f"pg_dump {dump_version} cannot dump a PostgreSQL {self.server_version} server: "
-                f"install the PostgreSQL {server_major} client tools or set PG_BIN_DIR"
+                f"pg_dump {dump_version} (at {pg_dump}) cannot dump a PostgreSQL "
+                f"{self.server_version} server: install the PostgreSQL {server_major} client "
+                "tools or point PG_BIN_DIR at them"
             )
+        self._check_local_dir()
         self.store.check_bucket()
-        self._abort_orphaned_uploads()
-        previous = [b for b in self.store.list_backups() if b.complete]
+        previous = self.store.inventory(read_manifests=False).backups
         self.expected_bytes = previous[-1].size if previous else None
         return pg_dump, dump_version
 
-    def _abort_orphaned_uploads(self) -> None:
-        """Abort uploads that an earlier failed run could not abort (the store was down)."""
-        for orphan in self.s.audit.open_orphans():
-            if orphan.key is None or orphan.details is None:
-                continue
-            upload_id = json.loads(orphan.details)["upload_id"]
-            self.store.abort_upload(orphan.key, upload_id)
-            self.s.audit.record(
-                action="orphan_aborted",
-                outcome="recorded",
-                actor=self.actor,
-                run_id=orphan.run_id,
-                key=orphan.key,
-            )
-            log.info("aborted the orphaned upload of %s", orphan.key)
+    def _check_local_dir(self) -> None:
+        """With BACKUP_KEEP_LOCAL_COPY, prove BACKUP_LOCAL_DIR writable before anything starts."""
+        if not self.settings.backup_keep_local_copy:
+            return
+        directory = self.settings.backup_local_dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".blnk-write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                [f"BACKUP_LOCAL_DIR: {directory} is not a writable directory ({exc.strerror})"]
+            ) from None
 
     def _free_key(self) -> BackupKey:
         """Return a key nobody has used; if this second's key is taken, wait for the next."""
@@ -274,8 +316,8 @@ class _BackupRun:
                         sha256 = self._stream(dump)
                 except DumpError:
                     # If the counts already failed, that is the root cause to report.
-                    if stats.done() and isinstance(stats.exception(), psycopg.Error):
-                        self._stats_result(stats)
+                    if stats.done() and isinstance(stats.exception(), DumpError):
+                        stats.result()
                     raise
                 completed = self._finish_upload(stats)
             except BaseException:
@@ -359,7 +401,7 @@ class _BackupRun:
             run_id=self.run_id,
             key=self.key.key,
             error_code="replication_failed",
-            error_cause=cause[:4000],
+            error_cause=cause,
             details={"replica": self.s.replica.location if self.s.replica else None},
         )
 
@@ -386,11 +428,18 @@ class _BackupRun:
                 if local is not None:
                     local.write(chunk)
             returncode = dump.wait()
+            if local is not None:
+                local.close()
+        except OSError as exc:  # only the local copy does file I/O here
+            raise LocalCopyError(
+                f"writing the local copy {self.local_path} failed: {exc.strerror}"
+            ) from None
         finally:
             if timer is not None:
                 timer.cancel()
-            if local is not None:
-                local.close()
+            if local is not None and not local.closed:
+                with contextlib.suppress(OSError):
+                    local.close()
         if timed_out.is_set():
             raise DumpError(
                 f"pg_dump did not finish within BACKUP_TIMEOUT_MINUTES="
@@ -406,16 +455,9 @@ class _BackupRun:
             raise DumpError(f"pg_dump {how}: {tail}", cause=f"pg_dump {how}: {tail}")
         return hasher.hexdigest()
 
-    def _stats_result(self, stats: Future[SnapshotStats]) -> SnapshotStats:
-        try:
-            return stats.result()
-        except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DumpError(f"counting rows in the dump's snapshot failed: {reason}") from None
-
     def _finish_upload(self, stats: Future[SnapshotStats]) -> CompletedUpload:
         assert self.upload is not None
-        self._stats_result(stats)  # counts failed → fail before anything is completed
+        stats.result()  # counts failed (a DumpError) → fail before anything is completed
         return self.upload.complete()
 
     def _verify(self, completed: CompletedUpload) -> None:
@@ -447,43 +489,54 @@ class _BackupRun:
         if not self.settings.backup_keep_local_copy:
             return None
         assert self.key is not None
-        directory = self.settings.backup_local_dir
-        directory.mkdir(parents=True, exist_ok=True)
-        self.local_path = directory / (self.key.name + ".partial")
-        return self.local_path.open("wb")
+        path = self.settings.backup_local_dir / (self.key.name + ".partial")
+        try:
+            handle = path.open("xb")
+        except OSError as exc:
+            raise LocalCopyError(f"cannot write the local copy {path}: {exc.strerror}") from None
+        self.local_path = path
+        return handle
 
     def _keep_local_copy(self) -> None:
         if self.local_path is not None:
             final = self.local_path.with_suffix("")  # drop ".partial"
-            self.local_path.rename(final)
+            try:
+                self.local_path.rename(final)
+            except OSError as exc:
+                raise LocalCopyError(
+                    f"cannot finish the local copy {final}: {exc.strerror}"
+                ) from None
             self.local_path = None
 
     # --- failure ------------------------------------------------------------------------------
     def _clean_up(self) -> None:
-        """Leave nothing behind: abort the upload or delete the unverified object."""
-        if self.local_path is not None:
-            self.local_path.unlink(missing_ok=True)
-        if self.upload is None or self.key is None:
-            return
-        if self.replicated and self.s.replica is not None:
-            try:  # a copy of a backup that failed afterwards must not linger there either
-                self.s.replica.delete(self.key.key)
-            except StorageError as exc:
-                log.error("could not remove the replica of %s: %s", self.key, exc)
-        try:
-            if self.completed:
-                self.store.delete(self.key.key)
-            else:
-                self.upload.abort()
-        except StorageError as exc:
-            log.error("could not clean up %s: %s", self.key, exc)
-            if not self.completed:
+        """Leave nothing behind: abort the upload or delete the unverified object, remove a
+        replica copy and the partial local copy. Each step runs even if another one fails."""
+        if self.upload is not None and self.key is not None:
+            if self.replicated and self.s.replica is not None:
+                try:  # a copy of a backup that failed afterwards must not linger there either
+                    self.s.replica.delete(self.key.key)
+                except BackupError as exc:
+                    log.error("could not remove the replica of %s: %s", self.key, exc)
+            try:
+                if self.completed:
+                    self.store.delete(self.key.key)
+                else:
+                    self.upload.abort()
+            except BackupError as exc:
+                log.error("could not clean up %s: %s", self.key, exc)
                 self.s.audit.record(
                     action="orphaned_upload",
                     outcome="recorded",
                     actor=self.actor,
+                    run_id=self.run_id,
                     key=self.key.key,
-                    error_code=exc.s3_code,
-                    error_cause=exc.cause,
-                    details={"upload_id": self.upload.upload_id, "backup_run": self.run_id},
+                    error_code=exc.code,
+                    error_cause=f"{exc.cause} (the next backup removes it)",
+                    details={"upload_id": self.upload.upload_id, "completed": self.completed},
                 )
+        if self.local_path is not None:
+            try:
+                self.local_path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("could not remove the partial local copy %s: %s", self.local_path, exc)

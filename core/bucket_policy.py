@@ -17,12 +17,13 @@ Existing lifecycle rules with other IDs are kept as they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.audit import Actor, AuditLog
 from core.config import Settings
 from core.errors import StorageError
-from core.s3errors import s3_errors
 from core.s3store import S3Store
 
 RULE_PREFIX = "blnk-backup-"
@@ -30,19 +31,36 @@ ARCHIVE_CLASS = "GLACIER_IR"
 ARCHIVE_AFTER_DAYS = 30
 ABORT_INCOMPLETE_AFTER_DAYS = 1
 NONCURRENT_DAYS = 30
-_NOT_CONFIGURED = {
-    "NoSuchLifecycleConfiguration",
-    "ServerSideEncryptionConfigurationNotFoundError",
-    "NoSuchPublicAccessBlockConfiguration",
-}
+_UNSUPPORTED = {"NotImplemented", "MethodNotAllowed", "NotSupported", "501", "405"}
+_PUBLIC_ACCESS_FLAGS = (
+    "BlockPublicAcls",
+    "IgnorePublicAcls",
+    "BlockPublicPolicy",
+    "RestrictPublicBuckets",
+)
 
 
 @dataclass(frozen=True)
 class PolicyItem:
+    """One recommendation and how the bucket stands: ``ok``, or what it has now. An item the
+    store does not implement is ``unsupported`` (not ok, but not a failure of the others)."""
+
     name: str
     ok: bool
     current: str
     recommended: str
+    unsupported: bool = False
+
+
+@dataclass(frozen=True)
+class StorePolicies:
+    location: str
+    items: list[PolicyItem]
+    errors: list[str]  # what could not be read or applied, per item
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(i.ok or i.unsupported for i in self.items)
 
 
 def recommended_rules(prefix: str, monthly_days: int) -> list[dict[str, Any]]:
@@ -91,21 +109,12 @@ def _same_rule(found: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
 
 
 class BucketPolicies:
+    """Check and apply the recommended configuration of one bucket, item by item: an item the
+    store does not implement is reported as unsupported and the others still run."""
+
     def __init__(self, store: S3Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.client = store.client
-        self.bucket = store.bucket
-
-    def _get(self, operation: str) -> dict[str, Any] | None:
-        try:
-            with s3_errors(f"reading {operation} of {self.bucket}", self.bucket):
-                response: dict[str, Any] = getattr(self.client, operation)(Bucket=self.bucket)
-                return response
-        except StorageError as exc:
-            if exc.s3_code in _NOT_CONFIGURED:
-                return None
-            raise
 
     def _wanted_encryption(self) -> dict[str, Any]:
         default: dict[str, Any] = {"SSEAlgorithm": "AES256"}
@@ -115,95 +124,156 @@ class BucketPolicies:
                 default["KMSMasterKeyID"] = self.settings.s3_sse_kms_key_id
         return default
 
-    def check(self) -> list[PolicyItem]:
-        """Return one item per recommendation, with what the bucket has now."""
-        items = []
-        versioning = (self._get("get_bucket_versioning") or {}).get("Status", "never enabled")
-        items.append(PolicyItem("versioning", versioning == "Enabled", versioning, "Enabled"))
+    def _rules(self) -> list[dict[str, Any]]:
+        return recommended_rules(self.store.prefix, self.settings.retention_monthly_days)
 
-        encryption = self._get("get_bucket_encryption")
-        rules = (encryption or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+    def check(self) -> StorePolicies:
+        """Return one item per recommendation, with what the bucket has now."""
+        items: list[PolicyItem] = []
+        errors: list[str] = []
+        self._item(items, errors, "versioning", self._check_versioning)
+        self._item(items, errors, "default encryption", self._check_encryption)
+        self._item(items, errors, "public access block", self._check_public_access)
+        try:
+            existing = {r.get("ID"): r for r in self._lifecycle_rules()}
+        except StorageError as exc:
+            for rule in self._rules():
+                items.append(self._failed_item(f"lifecycle {rule['ID']}", exc, errors))
+        else:
+            for rule in self._rules():
+                found = existing.get(rule["ID"])
+                items.append(
+                    PolicyItem(
+                        f"lifecycle {rule['ID']}",
+                        _same_rule(found, rule),
+                        _describe_rule(found),
+                        _describe_rule(rule),
+                    )
+                )
+        return StorePolicies(self.store.location, items, errors)
+
+    def _item(
+        self,
+        items: list[PolicyItem],
+        errors: list[str],
+        name: str,
+        check: Callable[[], PolicyItem],
+    ) -> None:
+        try:
+            items.append(check())
+        except StorageError as exc:
+            items.append(self._failed_item(name, exc, errors))
+
+    def _failed_item(self, name: str, exc: StorageError, errors: list[str]) -> PolicyItem:
+        if exc.s3_code in _UNSUPPORTED:
+            return PolicyItem(name, False, "not supported by this store", "-", unsupported=True)
+        errors.append(f"{name}: {exc}")
+        return PolicyItem(name, False, f"unknown ({exc.s3_code})", "-")
+
+    def _check_versioning(self) -> PolicyItem:
+        status = (self.store.bucket_setting("versioning") or {}).get("Status", "never enabled")
+        return PolicyItem("versioning", status == "Enabled", status, "Enabled")
+
+    def _check_encryption(self) -> PolicyItem:
+        encryption = self.store.bucket_setting("encryption") or {}
+        rules = encryption.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         algorithms = [
             r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in rules
         ]
         wanted = self._wanted_encryption()["SSEAlgorithm"]
-        items.append(
-            PolicyItem(
-                "default encryption",
-                bool(algorithms) and (wanted == "AES256" or wanted in algorithms),
-                ", ".join(str(a) for a in algorithms) or "none",
-                wanted,
-            )
+        return PolicyItem(
+            "default encryption",
+            bool(algorithms) and (wanted == "AES256" or wanted in algorithms),
+            ", ".join(str(a) for a in algorithms) or "none",
+            wanted,
         )
 
-        block = (self._get("get_public_access_block") or {}).get(
+    def _check_public_access(self) -> PolicyItem:
+        block = (self.store.bucket_setting("public_access_block") or {}).get(
             "PublicAccessBlockConfiguration", {}
         )
-        flags = (
-            "BlockPublicAcls",
-            "IgnorePublicAcls",
-            "BlockPublicPolicy",
-            "RestrictPublicBuckets",
-        )
-        off = [f for f in flags if not block.get(f)]
-        items.append(
-            PolicyItem(
-                "public access block",
-                not off,
-                "all on" if not off else f"off: {', '.join(off)}",
-                "all on",
-            )
-        )
-
-        existing = {r.get("ID"): r for r in self._lifecycle_rules()}
-        for rule in recommended_rules(self.store.prefix, self.settings.retention_monthly_days):
-            found = existing.get(rule["ID"])
-            items.append(
-                PolicyItem(
-                    f"lifecycle {rule['ID']}",
-                    _same_rule(found, rule),
-                    _describe_rule(found),
-                    _describe_rule(rule),
-                )
-            )
-        return items
+        off = [f for f in _PUBLIC_ACCESS_FLAGS if not block.get(f)]
+        current = "all on" if not off else f"off: {', '.join(off)}"
+        return PolicyItem("public access block", not off, current, "all on")
 
     def _lifecycle_rules(self) -> list[dict[str, Any]]:
-        response = self._get("get_bucket_lifecycle_configuration")
-        return list((response or {}).get("Rules", []))
+        return list((self.store.bucket_setting("lifecycle") or {}).get("Rules", []))
 
-    def apply(self) -> list[PolicyItem]:
-        """Apply every missing or different recommendation, keeping unrelated lifecycle
-        rules; return the check made afterwards."""
-        before = {item.name: item for item in self.check()}
-        with s3_errors(f"changing the policies of {self.bucket}", self.bucket):
-            if not before["versioning"].ok:
-                self.client.put_bucket_versioning(
-                    Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
-                )
-            if not before["default encryption"].ok:
-                configuration: Any = {
-                    "Rules": [{"ApplyServerSideEncryptionByDefault": self._wanted_encryption()}]
+    def apply(self) -> StorePolicies:
+        """Apply every missing or different recommendation the store supports, keeping
+        unrelated lifecycle rules; return the check made afterwards (with any item that could
+        not be applied among its errors)."""
+        before = self.check()
+        wrong = {i.name for i in before.items if not i.ok and not i.unsupported}
+        errors: list[str] = []
+        changes: list[tuple[str, Callable[[], None]]] = [
+            (
+                "versioning",
+                lambda: self.store.put_bucket_setting("versioning", {"Status": "Enabled"}),
+            ),
+            (
+                "default encryption",
+                lambda: self.store.put_bucket_setting(
+                    "encryption",
+                    {"Rules": [{"ApplyServerSideEncryptionByDefault": self._wanted_encryption()}]},
+                ),
+            ),
+            (
+                "public access block",
+                lambda: self.store.put_bucket_setting(
+                    "public_access_block", dict.fromkeys(_PUBLIC_ACCESS_FLAGS, True)
+                ),
+            ),
+        ]
+        for name, change in changes:
+            if name in wrong:
+                self._try(name, change, errors)
+        if any(name.startswith("lifecycle ") for name in wrong):
+            self._try("lifecycle", self._apply_lifecycle, errors)
+        after = self.check()
+        return StorePolicies(after.location, after.items, after.errors + errors)
+
+    def _apply_lifecycle(self) -> None:
+        ours = self._rules()
+        ids = {r["ID"] for r in ours}
+        kept = [r for r in self._lifecycle_rules() if r.get("ID") not in ids]
+        self.store.put_bucket_setting("lifecycle", {"Rules": kept + ours})
+
+    @staticmethod
+    def _try(name: str, change: Callable[[], None], errors: list[str]) -> None:
+        try:
+            change()
+        except StorageError as exc:
+            errors.append(f"applying {name}: {exc}")
+
+
+class BucketPolicyService:
+    """The use case behind ``bucket check|apply``: every store (primary and replica)."""
+
+    def __init__(self, settings: Settings, stores: list[S3Store], audit: AuditLog) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.audit = audit
+
+    def check(self) -> list[StorePolicies]:
+        return [BucketPolicies(store, self.settings).check() for store in self.stores]
+
+    def apply(self, actor: Actor) -> list[StorePolicies]:
+        """Apply the recommendations to every store; audited as one ``bucket_apply`` run,
+        ``failed`` if any item could not be applied."""
+        with self.audit.run(
+            "bucket_apply", actor, details={"stores": [s.location for s in self.stores]}
+        ) as run:
+            results = [BucketPolicies(store, self.settings).apply() for store in self.stores]
+            run.note(
+                details={
+                    r.location: {"ok": [i.name for i in r.items if i.ok], "errors": r.errors}
+                    for r in results
                 }
-                self.client.put_bucket_encryption(
-                    Bucket=self.bucket, ServerSideEncryptionConfiguration=configuration
+            )
+            errors = [e for r in results for e in r.errors]
+            if errors:
+                run.end(
+                    "failed", error_code="bucket_apply_incomplete", error_cause="; ".join(errors)
                 )
-            if not before["public access block"].ok:
-                self.client.put_public_access_block(
-                    Bucket=self.bucket,
-                    PublicAccessBlockConfiguration={
-                        "BlockPublicAcls": True,
-                        "IgnorePublicAcls": True,
-                        "BlockPublicPolicy": True,
-                        "RestrictPublicBuckets": True,
-                    },
-                )
-            ours = recommended_rules(self.store.prefix, self.settings.retention_monthly_days)
-            if not all(before[f"lifecycle {r['ID']}"].ok for r in ours):
-                ids = {r["ID"] for r in ours}
-                kept = [r for r in self._lifecycle_rules() if r.get("ID") not in ids]
-                self.client.put_bucket_lifecycle_configuration(
-                    Bucket=self.bucket,
-                    LifecycleConfiguration={"Rules": kept + ours},  # type: ignore[typeddict-item]
-                )
-        return self.check()
+        return results

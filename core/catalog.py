@@ -1,13 +1,14 @@
 """Read-side use cases: the list of backups and the freshness status.
 
-Only complete backups (manifest present) count. S3 lists keys in ascending order, and keys sort
-by their UTC start time, so the newest backup is the *last* complete key, never the first.
+Only complete backups (a manifest that parses and matches its dump) count; everything else is
+listed as incomplete with the reason. S3 lists keys in ascending order and keys sort by their
+UTC start time, so the newest backup is the *last* complete key, never the first.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,10 +26,15 @@ class BackupEntry:
     size: int
     complete: bool
     manifest: Manifest | None = None
+    problem: str | None = None  # why it is not complete
 
     @property
     def started_at(self) -> datetime:
         return self.key.started_at
+
+    @classmethod
+    def of(cls, backup: StoredBackup) -> BackupEntry:
+        return cls(backup.key, backup.size, backup.complete, backup.manifest, backup.problem)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class FreshnessStatus:
     oldest: BackupEntry | None
     last_restore_test: dict[str, Any] | None = None  # the newest restore-test record
     breaches: list[str] = field(default_factory=list)
+    incomplete: list[BackupEntry] = field(default_factory=list)
 
     @property
     def newest_age_hours(self) -> float | None:
@@ -57,90 +64,92 @@ class FreshnessStatus:
 
 
 class BackupCatalog:
-    def __init__(self, store: S3Store) -> None:
+    """Lists backups and judges freshness against the thresholds it was built with."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        *,
+        stale_after_hours: float,
+        restore_test_max_age_days: float | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.store = store
+        self.stale_after_hours = stale_after_hours
+        self.restore_test_max_age_days = restore_test_max_age_days
+        self.clock = clock
 
     def list(self, limit: int = 20, include_incomplete: bool = False) -> list[BackupEntry]:
-        """Return the newest backups first, with manifests for complete ones."""
+        """Return the newest backups first (complete ones only, unless include_incomplete)."""
         backups = [b for b in self.store.list_backups() if include_incomplete or b.complete]
-        newest_first = list(reversed(backups))[:limit]
-        return [self._entry(b) for b in newest_first]
-
-    def _entry(self, backup: StoredBackup) -> BackupEntry:
-        manifest = None
-        if backup.complete:
-            try:
-                manifest = self.store.get_manifest(backup.key)
-            except ValueError:  # listed and counted, but its details cannot be shown
-                log.warning("the manifest of %s is unreadable", backup.key)
-        return BackupEntry(backup.key, backup.size, backup.complete, manifest)
+        return [BackupEntry.of(b) for b in reversed(backups)][:limit]
 
     def _last_restore_test(self, backups: Sequence[StoredBackup]) -> dict[str, Any] | None:
-        tested = [b for b in backups if b.restore_tested_at is not None]
+        tested = [b for b in backups if b.complete and b.restore_tested_at is not None]
         if not tested:
             return None
         newest = max(tested, key=lambda b: b.restore_tested_at or b.last_modified)
         record = self.store.get_json(newest.key.restore_test_key)
         return record if isinstance(record, dict) else None
 
-    def status(
-        self,
-        stale_after_hours: float,
-        now: datetime | None = None,
-        restore_test_max_age_days: float | None = None,
-    ) -> FreshnessStatus:
+    def status(self) -> FreshnessStatus:
         """Return the freshness status: newest complete backup, its age, the last restore
         test and any breaches (no backups, stale, last restore test failed or too old)."""
-        now = now or datetime.now(UTC)
+        now = self.clock()
         backups = self.store.list_backups()
         complete = [b for b in backups if b.complete]
-        newest = self._entry(complete[-1]) if complete else None
-        oldest = BackupEntry(complete[0].key, complete[0].size, True) if complete else None
+        newest = BackupEntry.of(complete[-1]) if complete else None
+        oldest = BackupEntry.of(complete[0]) if complete else None
         breaches = []
         last_test = self._last_restore_test(backups)
-        if last_test is not None and not last_test.get("passed"):
+        if last_test is not None and last_test.get("passed") is not True:
             breaches.append(
                 f"last restore test failed: {last_test.get('key')} "
                 f"({last_test.get('error') or 'checks failed'})"
             )
-        if restore_test_max_age_days is not None and complete:
-            limit = timedelta(days=restore_test_max_age_days)
+        if self.restore_test_max_age_days is not None and complete:
+            limit = timedelta(days=self.restore_test_max_age_days)
             tested_at = _parse_time(last_test.get("finished_at")) if last_test else None
             running_for = now - complete[0].key.started_at
             if tested_at is None and running_for > limit:
                 breaches.append(
                     f"no restore test yet, and backups go back {running_for.days} days "
-                    f"(RESTORE_TEST_MAX_AGE_DAYS={restore_test_max_age_days:g})"
+                    f"(RESTORE_TEST_MAX_AGE_DAYS={self.restore_test_max_age_days:g})"
                 )
             elif tested_at is not None and now - tested_at > limit:
                 breaches.append(
                     f"the last restore test is {(now - tested_at).days} days old "
-                    f"(RESTORE_TEST_MAX_AGE_DAYS={restore_test_max_age_days:g})"
+                    f"(RESTORE_TEST_MAX_AGE_DAYS={self.restore_test_max_age_days:g})"
                 )
         if newest is None:
             breaches.append("no backups: no complete backup exists in the bucket")
         else:
             age = (now - newest.started_at).total_seconds() / 3600
-            if age > stale_after_hours:
+            if age > self.stale_after_hours:
                 breaches.append(
                     f"stale: the newest backup is {age:.1f} h old "
-                    f"(STALE_AFTER_HOURS={stale_after_hours:g})"
+                    f"(STALE_AFTER_HOURS={self.stale_after_hours:g})"
                 )
+        incomplete = [BackupEntry.of(b) for b in backups if not b.complete]
         return FreshnessStatus(
             checked_at=now,
-            stale_after_hours=stale_after_hours,
+            stale_after_hours=self.stale_after_hours,
             complete_count=len(complete),
-            incomplete_count=len(backups) - len(complete),
+            incomplete_count=len(incomplete),
             total_size=sum(b.size for b in complete),
             newest=newest,
             oldest=oldest,
             last_restore_test=last_test,
             breaches=breaches,
+            incomplete=incomplete,
         )
 
 
 def _parse_time(raw: Any) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(raw)) if raw else None
+        parsed = datetime.fromisoformat(str(raw)) if raw else None
     except ValueError:
         return None
+    if parsed is not None and parsed.tzinfo is None:
+        return None
+    return parsed

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -117,9 +126,11 @@ class Settings(BaseSettings):
     retention_weekly_days: int = Field(30, ge=0, validation_alias=_env("RETENTION_WEEKLY_DAYS"))
     retention_monthly_days: int = Field(365, ge=0, validation_alias=_env("RETENTION_MONTHLY_DAYS"))
     retention_min_keep: int = Field(3, ge=1, validation_alias=_env("RETENTION_MIN_KEEP"))
-    stale_after_hours: float = Field(24, gt=0, validation_alias=_env("STALE_AFTER_HOURS"))
+    stale_after_hours: float = Field(
+        24, gt=0, allow_inf_nan=False, validation_alias=_env("STALE_AFTER_HOURS")
+    )
     restore_test_max_age_days: float = Field(
-        35, gt=0, validation_alias=_env("RESTORE_TEST_MAX_AGE_DAYS")
+        35, gt=0, allow_inf_nan=False, validation_alias=_env("RESTORE_TEST_MAX_AGE_DAYS")
     )
     backup_schedule: str = Field("0 3 * * *", validation_alias=_env("BACKUP_SCHEDULE"))
     retention_schedule: str = Field("0 4 * * 0", validation_alias=_env("RETENTION_SCHEDULE"))
@@ -176,12 +187,20 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", "restore_test_database_url")
     @classmethod
-    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+    def _postgres_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None:
             return None
         raw = value.get_secret_value().strip()
         if "://" in raw and not raw.startswith(("postgres://", "postgresql://")):
             raise ValueError("must be a postgres:// or postgresql:// URL or a libpq conninfo")
+        try:
+            params = conninfo_to_dict(raw)
+        except psycopg.ProgrammingError:
+            raise ValueError("cannot be parsed as a postgres URL or libpq conninfo") from None
+        if info.field_name == "database_url" and not params.get("dbname"):
+            # libpq would fall back to the user's name, usually the empty "postgres" database:
+            # backing that up and calling it healthy is worse than refusing.
+            raise ValueError("names no database: add it, e.g. postgresql://user@host:5432/blnk")
         return SecretStr(raw)
 
     @field_validator("s3_bucket", "s3_replica_bucket")
@@ -201,8 +220,16 @@ class Settings(BaseSettings):
     @field_validator("s3_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+            raise ValueError("must not contain control characters")
         if value.startswith("/"):
             raise ValueError("must not start with '/'")
+        if "//" in value:
+            raise ValueError("must not contain empty segments ('//')")
+        if any(segment in {".", ".."} for segment in value.split("/")):
+            raise ValueError("must not contain '.' or '..' segments")
+        if len(value.encode()) > 512:
+            raise ValueError("is longer than 512 bytes")
         if value and not value.endswith("/") and not value.endswith("_"):
             # A bare "prod" would make keys like "prodblnk_backup_...": almost never intended.
             raise ValueError("should end with '/' (for example 'blnk/prod/')")
@@ -298,9 +325,23 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
 
     Raise ConfigError listing every invalid variable by name; values are never echoed.
     """
-    if env_file is not None and not Path(env_file).is_file():
-        raise ConfigError([f"--env-file: {env_file} does not exist or is not a file"])
+    if env_file is not None:
+        path = Path(env_file)
+        if not path.is_file():
+            raise ConfigError([f"--env-file: {env_file} does not exist or is not a file"])
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [f"--env-file: {env_file} is not UTF-8 text (byte {exc.start})"]
+            ) from None
+        except OSError as exc:
+            raise ConfigError([f"--env-file: {env_file} cannot be read ({exc.strerror})"]) from None
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(
+            _env_file=env_file,  # type: ignore[call-arg]
+            _env_file_encoding="utf-8",
+            **overrides,
+        )
     except ValidationError as exc:
         raise ConfigError(sorted(set(_problems(exc)))) from None

@@ -11,14 +11,16 @@ import contextlib
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from core.dbstats import ledger_totals, object_counts, row_counts
-from core.errors import AlreadyRunningError, PreflightError, UsageError
+from core.errors import AlreadyRunningError, DumpError, PreflightError, UsageError
 from core.manifest import SnapshotStats
+from core.redact import has_control_characters
 
 # Any constants work; they only have to be the same in every process of this program.
 BACKUP_LOCK_ID = 0x626C6E6B_6261636B  # "blnkback"
@@ -49,11 +51,15 @@ class PgTarget:
 
     @property
     def display(self) -> str:
-        """A password-free description, safe for logs and messages."""
-        host = self.params.get("host", "localhost")
-        port = self.params.get("port", "5432")
-        user = self.params.get("user", "")
-        return f"postgresql://{user + '@' if user else ''}{host}:{port}/{self.dbname}"
+        """A password-free URL, safe for logs and messages and to paste: user, host and
+        database name are percent-encoded."""
+        raw_host = self.params.get("host", "localhost")
+        host = f"[{raw_host}]" if ":" in raw_host else quote(raw_host, safe="")
+        port = quote(self.params.get("port", "5432"), safe="")
+        user = quote(self.params.get("user", ""), safe="")
+        return (
+            f"postgresql://{user + '@' if user else ''}{host}:{port}/{quote(self.dbname, safe='')}"
+        )
 
     def with_dbname(self, dbname: str) -> PgTarget:
         return PgTarget({**self.params, "dbname": dbname}, self.password)
@@ -144,10 +150,19 @@ def database_exists(server: PgTarget, name: str) -> bool:
     return row is not None
 
 
-def create_database(server: PgTarget, name: str) -> None:
-    """Create an empty database on the server of ``server``. Raise UsageError if it exists."""
+def check_database_name(name: str) -> str:
+    """Return name if it can be a new database's name; raise UsageError saying why not.
+    Any printable text is fine: names are always quoted as identifiers, never pasted raw."""
     if not name or len(name.encode()) > 63:
         raise UsageError("database names must be 1-63 bytes long")
+    if has_control_characters(name):
+        raise UsageError("database names must not contain control characters")
+    return name
+
+
+def create_database(server: PgTarget, name: str) -> None:
+    """Create an empty database on the server of ``server``. Raise UsageError if it exists."""
+    check_database_name(name)
     with server.connect(autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists:
@@ -188,13 +203,20 @@ class SnapshotSession:
         """Return row counts, ledger aggregates and object counts as of the snapshot.
 
         Runs inside a savepoint: if a count fails (say, permission denied), the exporting
-        transaction stays alive, so pg_dump is not left with a vanished snapshot."""
-        with self._conn.transaction():
-            return SnapshotStats(
-                row_counts=row_counts(self._conn),
-                ledger=ledger_totals(self._conn),
-                objects=object_counts(self._conn),
-            )
+        transaction stays alive, so pg_dump is not left with a vanished snapshot. Raise
+        DumpError with the server's reason if a count fails."""
+        try:
+            with self._conn.transaction():
+                return SnapshotStats(
+                    row_counts=row_counts(self._conn),
+                    ledger=ledger_totals(self._conn),
+                    objects=object_counts(self._conn),
+                )
+        except psycopg.Error as exc:
+            reason = _first_line(str(exc), None)
+            raise DumpError(
+                f"counting rows in the dump's snapshot failed: {reason}", cause=reason
+            ) from None
 
     def cancel(self) -> None:
         """Cancel a running statement (thread-safe); used when the backup already failed."""

@@ -12,6 +12,7 @@ boundary (``raise StorageError(...) from exc``) so front ends only ever see this
     ├── DumpError              pg_dump failed; carries the tail of its stderr
     ├── StorageError           S3 refused or failed; carries the S3 error code
     ├── VerificationError      what the store holds differs from what was streamed
+    ├── LocalCopyError         the optional local copy (BACKUP_KEEP_LOCAL_COPY) failed
     └── RestoreCheckError      a backup is corrupt or did not restore
 """
 
@@ -74,6 +75,10 @@ class StorageError(BackupError):
 
 class VerificationError(BackupError):
     code = "verification_failed"
+
+
+class LocalCopyError(BackupError):
+    code = "local_copy_failed"
 
 
 class RestoreCheckError(BackupError):

@@ -1,17 +1,31 @@
 """The manifest: a small JSON object written next to a dump, last, only after verification.
 
-A backup without a manifest is not a backup: listing, retention and restore tests count only
-keys whose manifest exists and says ``"status": "verified"``.
+A manifest read back from a bucket is untrusted input. ``parse_manifest`` is the one place that
+decides whether its bytes are a manifest, and ``completeness_problem`` whether it makes its dump
+a complete backup: it must parse, have every field with the right type, say
+``"status": "verified"``, and name the same key and size as the dump beside it. Anything else
+makes the backup *incomplete* for listing, status, retention and restore tests alike.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 FORMAT_VERSION = 1
+COMPLETE_STATUS = "verified"
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KiB; anything this big is not one
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestError(ValueError):
+    """The bytes are not a valid manifest; the message says what is wrong, in one line."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +44,7 @@ class SnapshotStats:
 
     row_counts: dict[str, int]
     ledger: dict[str, LedgerTotals]
-    objects: dict[str, int]  # tables, indexes, constraints, functions, triggers
+    objects: dict[str, int]  # tables, indexes, constraints, functions, triggers, ...
 
 
 @dataclass(frozen=True)
@@ -68,14 +82,61 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Manifest:
-        """Given manifest JSON, return a Manifest. Raise ValueError if it is malformed."""
-        try:
-            body = json.loads(raw)
-            stats = body.pop("stats")
-            ledger = {cur: LedgerTotals(**tot) for cur, tot in stats["ledger"].items()}
-            body["stats"] = SnapshotStats(stats["row_counts"], ledger, stats["objects"])
-            body["started_at"] = datetime.fromisoformat(body["started_at"])
-            body["finished_at"] = datetime.fromisoformat(body["finished_at"])
-            return cls(**body)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed manifest: {exc}") from exc
+        """Given manifest JSON, return a Manifest. Raise ManifestError if it is not one."""
+        return parse_manifest(raw)
+
+
+_ADAPTER: TypeAdapter[Manifest] | None = None
+
+
+def _adapter() -> TypeAdapter[Manifest]:
+    global _ADAPTER  # built on first use: it costs a few ms that a CLI start should not pay
+    if _ADAPTER is None:
+        _ADAPTER = TypeAdapter(Manifest)
+    return _ADAPTER
+
+
+def parse_manifest(raw: bytes | str) -> Manifest:
+    """Given the bytes of a manifest, return the Manifest.
+
+    Raise ManifestError (one line, naming the first problem) if it is not JSON, misses a field,
+    has a field of the wrong type, a time without a time zone, a malformed SHA-256 or amount,
+    or a negative size.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest is {len(raw)} bytes, larger than any real manifest")
+    try:
+        manifest = _adapter().validate_json(raw, strict=True)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in error["loc"]) or "document"
+        raise ManifestError(f"manifest field {where}: {error['msg']}") from None
+    except ValueError as exc:  # not JSON at all
+        raise ManifestError(f"manifest is not JSON ({type(exc).__name__})") from None
+    if manifest.started_at.tzinfo is None or manifest.finished_at.tzinfo is None:
+        raise ManifestError("manifest times have no time zone")
+    if not _SHA256_HEX.match(manifest.sha256):
+        raise ManifestError("manifest sha256 is not 64 lowercase hex digits")
+    if manifest.size < 0 or manifest.part_count < 0:
+        raise ManifestError("manifest size or part count is negative")
+    for currency, totals in manifest.stats.ledger.items():
+        for amount in (totals.balance_sum, totals.transaction_amount_sum):
+            try:
+                Decimal(amount)
+            except InvalidOperation:
+                raise ManifestError(
+                    f"manifest ledger {currency}: {amount!r} is not an amount"
+                ) from None
+    return manifest
+
+
+def completeness_problem(manifest: Manifest, key: str, dump_size: int) -> str | None:
+    """Given a parsed manifest and the dump it sits next to, return why it does not make that
+    dump a complete backup, or None if it does."""
+    if manifest.status != COMPLETE_STATUS:
+        return f"manifest status is {manifest.status!r}, not {COMPLETE_STATUS!r}"
+    if manifest.key != key:
+        return f"manifest names another key ({manifest.key!r})"
+    if manifest.size != dump_size:
+        return f"manifest says {manifest.size} bytes but the dump has {dump_size}"
+    return None

@@ -1,6 +1,8 @@
 """Streaming multipart upload: a stream of unknown length written as S3 parts, up to
 ``concurrency`` parts in flight while the next one fills, each with its own SHA-256.
 
+It knows nothing of boto3: parts go to a ``PartStore`` (core/s3store.py's S3Store).
+
 Memory stays bounded: the writer blocks when every worker is busy (back-pressure into pg_dump),
 and parts above IN_MEMORY_PART_LIMIT spill to a temporary file. Part sizes grow so that a stream
 of unknown length can reach more than 5 TiB within S3's 10,000 parts.
@@ -15,13 +17,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 from core.errors import StorageError
-from core.s3errors import s3_errors
-
-if TYPE_CHECKING:
-    from core.s3store import S3Store
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -44,6 +42,32 @@ def part_size(part_number: int, base: int) -> int:
 def max_stream_size(base: int) -> int:
     """Return the largest stream the part schedule can carry within 10,000 parts."""
     return sum(part_size(n, base) for n in range(1, MAX_PARTS + 1))
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    """What is known of a part before it is sent: its size and checksum(s), base64."""
+
+    size: int
+    sha256_b64: str | None
+    md5_b64: str | None
+
+
+class PartStore(Protocol):
+    """Where parts go: the S3 adapter."""
+
+    bucket: str
+    checksum: str  # "sha256" or "md5"
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | IO[bytes], part: UploadedPart
+    ) -> str: ...
+
+    def complete_upload(
+        self, key: str, upload_id: str, parts: list[dict[str, Any]], *, exclusive: bool = True
+    ) -> None: ...
+
+    def abort_upload(self, key: str, upload_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -112,7 +136,7 @@ class MultipartUpload:
 
     def __init__(
         self,
-        store: S3Store,
+        store: PartStore,
         key: str,
         upload_id: str,
         first_part_size: int,
@@ -172,26 +196,19 @@ class MultipartUpload:
 
     def _upload_part(self, part: _PartBuffer, number: int) -> dict[str, Any]:
         try:
-            body, sha256, md5 = part.body_and_digests(with_md5=self.store.checksum == "md5")
-            args: dict[str, Any] = {}
+            sha256_mode = self.store.checksum == "sha256"
+            body, sha256, md5 = part.body_and_digests(with_md5=not sha256_mode)
+            described = UploadedPart(
+                part.length,
+                base64.b64encode(sha256).decode() if sha256_mode else None,
+                base64.b64encode(md5).decode() if md5 is not None else None,
+            )
             entry: dict[str, Any] = {"PartNumber": number}
-            if self.store.checksum == "sha256":
-                digest = base64.b64encode(sha256).decode()
-                args = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": digest}
-                entry["ChecksumSHA256"] = digest
-            else:
-                args = {"ContentMD5": base64.b64encode(md5 or b"").decode()}
-            with s3_errors(f"uploading part {number} of {self.key}", self.store.bucket):
-                response = self.store.client.upload_part(
-                    Bucket=self.store.bucket,
-                    Key=self.key,
-                    UploadId=self.upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    ContentLength=part.length,
-                    **args,
-                )
-            entry["ETag"] = response["ETag"]
+            if described.sha256_b64 is not None:
+                entry["ChecksumSHA256"] = described.sha256_b64
+            entry["ETag"] = self.store.upload_part(
+                self.key, self.upload_id, number, body, described
+            )
             entry["_sha256"] = sha256
             with self._lock:
                 self._uploaded_bytes += part.length
@@ -225,14 +242,7 @@ class MultipartUpload:
             joined = b"".join(p["_sha256"] for p in parts)
             composite = f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(parts)}"
         listed = [{k: v for k, v in p.items() if not k.startswith("_")} for p in parts]
-        with s3_errors(f"completing the upload of {self.key}", self.store.bucket):
-            self.store.client.complete_multipart_upload(
-                Bucket=self.store.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
-                IfNoneMatch="*",  # never overwrite an existing backup
-            )
+        self.store.complete_upload(self.key, self.upload_id, listed, exclusive=True)
         self.finished = True
         return CompletedUpload(self.size, len(parts), composite)
 

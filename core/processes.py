@@ -20,18 +20,11 @@ from pathlib import Path
 from types import TracebackType
 
 from core.errors import PreflightError
+from core.redact import mask
 
 _STDERR_TAIL_LINES = 20
 _F_SETPIPE_SZ = 1031  # Linux: grow the pipe so pg_dump is not woken every 64 KiB.
 _PIPE_SIZE = 1 << 20
-
-
-def mask(text: str, secrets: Iterable[str | None]) -> str:
-    """Given text and secret values, return the text with every secret replaced by ***."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 class StreamingProcess:
@@ -128,11 +121,13 @@ def run_tool(
     return done.returncode, done.stdout, mask("\n".join(lines), secrets)
 
 
-_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+# "pg_dump (PostgreSQL) 18.6", "pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)",
+# "pg_dump (PostgreSQL) 19devel": the version is the token after "(PostgreSQL)".
+_VERSION = re.compile(r"\(PostgreSQL\)\s+((\d+)(?:\.\d+)*(?:[a-z]+\d*)?)")
 
 
 def tool_version(binary: str) -> tuple[int, str]:
-    """Given a pg_dump/pg_restore path, return (major, full version text)."""
+    """Given a pg_dump/pg_restore path, return (major, version text such as "15.20")."""
     try:
         out = run([binary, "--version"], timeout=10).stdout.strip()
     except OSError as exc:
@@ -140,7 +135,7 @@ def tool_version(binary: str) -> tuple[int, str]:
     match = _VERSION.search(out)
     if not match:
         raise PreflightError(f"cannot read the version of {binary} from {out!r}")
-    return int(match[1]), out.split(")")[-1].strip()
+    return int(match[2]), match[1]
 
 
 def find_tool(name: str, bin_dir: str | None) -> str:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from core.audit import Actor, AuditLog
 from core.config import Settings
-from core.errors import StorageError, describe_failure
+from core.errors import StorageError
 from core.retention import RetentionPlan, RetentionPolicy, plan
 from core.s3store import S3Store
 
@@ -37,7 +37,9 @@ class PruneReport:
     location: str
     plan: RetentionPlan
     applied: bool
-    incomplete: list[str] = field(default_factory=list)  # dumps without manifest: untouched
+    # dumps that are not complete backups (no manifest, an unreadable or mismatched one), with
+    # the reason: never planned, never deleted
+    incomplete: dict[str, str] = field(default_factory=dict)
     orphan_side_files: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -59,46 +61,31 @@ class PruneService:
     def prune(self, actor: Actor, *, apply: bool = False) -> list[PruneReport]:
         """Plan retention for every store; delete only with apply. Return one report per store.
 
-        A store whose listing fails gets a paused plan (nothing deleted) and an error."""
+        A store whose listing fails gets a paused plan (nothing deleted) and an error. Audited
+        as one ``prune`` run: ``planned`` for a dry run, ``failed`` if anything could not be
+        listed or deleted."""
         now = self.clock()
         policy = policy_from(self.settings)
-        run = self.audit.record(
-            action="prune", outcome="started", actor=actor, details={"apply": apply}
-        )
-        reports = []
-        try:
-            for store in self.stores:
-                reports.append(self._prune_store(store, policy, now, apply))
-        except BaseException as exc:
-            code, cause = describe_failure(exc)
-            self.audit.record(
-                action="prune",
-                outcome="failed",
-                actor=actor,
-                run_id=run.run_id,
-                error_code=code,
-                error_cause=cause[:4000],
+        with self.audit.run("prune", actor, details={"apply": apply}) as run:
+            reports = [self._prune_store(store, policy, now, apply) for store in self.stores]
+            errors = [e for r in reports for e in r.errors]
+            run.note(
+                details=[
+                    {
+                        "store": r.location,
+                        "paused": r.plan.paused,
+                        "keep": len(r.plan.to_keep),
+                        "delete": [k.key for k in r.plan.to_delete][:500],
+                        "deleted": r.deleted[:500],
+                        "incomplete": dict(list(r.incomplete.items())[:100]),
+                    }
+                    for r in reports
+                ]
             )
-            raise
-        errors = [e for r in reports for e in r.errors]
-        self.audit.record(
-            action="prune",
-            outcome=("failed" if errors else "succeeded") if apply else "planned",
-            actor=actor,
-            run_id=run.run_id,
-            error_code="delete_failed" if errors else None,
-            error_cause="; ".join(errors)[:4000] if errors else None,
-            details=[
-                {
-                    "store": r.location,
-                    "paused": r.plan.paused,
-                    "keep": len(r.plan.to_keep),
-                    "delete": [k.key for k in r.plan.to_delete][:500],
-                    "deleted": r.deleted[:500],
-                }
-                for r in reports
-            ],
-        )
+            if errors:
+                run.end("failed", error_code="prune_incomplete", error_cause="; ".join(errors))
+            elif not apply:
+                run.end("planned")
         return reports
 
     def _prune_store(
@@ -115,7 +102,7 @@ class PruneService:
             store.location,
             decided,
             apply,
-            incomplete=[b.key.key for b in inventory.backups if not b.complete],
+            incomplete={b.key.key: b.problem or "" for b in inventory.backups if not b.complete},
             orphan_side_files=list(inventory.orphan_side_files),
         )
         if not apply or decided.paused:

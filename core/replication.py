@@ -26,7 +26,6 @@ from typing import Any
 
 from core.errors import BackupError, StorageError, VerificationError
 from core.multipart import MAX_PARTS, part_size
-from core.s3errors import s3_errors
 from core.s3store import S3Store
 
 log = logging.getLogger("blnk_backup.replication")
@@ -80,7 +79,7 @@ class Replicator:
             if method == "server-side copy":
                 checksum = self._copy_object(key, size, sha256)
             elif method == "multipart server-side copy":
-                checksum = self._multipart_copy(key, size, store_checksum, first_part_size)
+                checksum = self._multipart_copy(key, size, sha256, store_checksum, first_part_size)
             else:
                 checksum = self._streamed_copy(key, size, sha256, first_part_size)
         except BackupError as exc:
@@ -105,28 +104,13 @@ class Replicator:
 
     # --- methods ------------------------------------------------------------------------------
     def _copy_object(self, key: str, size: int, sha256: str) -> str | None:
-        args = self.replica.write_args()
-        if self.replica.checksum == "sha256":
-            args["ChecksumAlgorithm"] = "SHA256"
-        with s3_errors(f"copying {key} to the replica", self.replica.bucket):
-            self.replica.client.copy_object(
-                Bucket=self.replica.bucket,
-                Key=key,
-                CopySource={"Bucket": self.primary.bucket, "Key": key},
-                **args,
-            )
-        full = base64.b64encode(bytes.fromhex(sha256)).decode()
-        return self._verify(key, size, accept={full})
+        self.replica.copy_from(self.primary, key)
+        return self._verify(key, size, sha256, primary_composite=None)
 
     def _multipart_copy(
-        self, key: str, size: int, store_checksum: str | None, first_part_size: int
+        self, key: str, size: int, sha256: str, store_checksum: str | None, first_part_size: int
     ) -> str | None:
-        client, bucket = self.replica.client, self.replica.bucket
-        args = self.replica.write_args()
-        if self.replica.checksum == "sha256":
-            args["ChecksumAlgorithm"] = "SHA256"
-        with s3_errors(f"copying {key} to the replica", bucket):
-            upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **args)["UploadId"]
+        upload_id = self.replica.create_upload(key)
         try:
             parts, offset, number = [], 0, 0
             while offset < size:
@@ -134,31 +118,15 @@ class Replicator:
                 if number > MAX_PARTS:
                     raise StorageError("the part layout exceeds 10,000 parts")
                 end = min(size, offset + part_size(number, first_part_size)) - 1
-                with s3_errors(f"copying part {number} of {key}", bucket):
-                    result = client.upload_part_copy(
-                        Bucket=bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        CopySource={"Bucket": self.primary.bucket, "Key": key},
-                        CopySourceRange=f"bytes={offset}-{end}",
-                    )["CopyPartResult"]
-                part: dict[str, Any] = {"PartNumber": number, "ETag": result["ETag"]}
-                if result.get("ChecksumSHA256"):
-                    part["ChecksumSHA256"] = result["ChecksumSHA256"]
-                parts.append(part)
-                offset = end + 1
-            with s3_errors(f"completing the copy of {key}", bucket):
-                client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                parts.append(
+                    self.replica.upload_part_copy(key, upload_id, number, self.primary, offset, end)
                 )
+                offset = end + 1
+            self.replica.complete_upload(key, upload_id, parts, exclusive=False)
         except BaseException:
             self.replica.abort_upload(key, upload_id)
             raise
-        return self._verify(key, size, accept={store_checksum} if store_checksum else set())
+        return self._verify(key, size, sha256, primary_composite=store_checksum)
 
     def _streamed_copy(self, key: str, size: int, sha256: str, first_part_size: int) -> str | None:
         upload = self.replica.start_upload(
@@ -166,11 +134,9 @@ class Replicator:
         )
         hasher = hashlib.sha256()
         try:
-            with s3_errors(f"reading {key} from the primary", self.primary.bucket):
-                body = self.primary.client.get_object(Bucket=self.primary.bucket, Key=key)["Body"]
-                while chunk := body.read(1 << 20):
-                    hasher.update(chunk)
-                    upload.write(chunk)
+            for chunk in self.primary.read_chunks(key):
+                hasher.update(chunk)
+                upload.write(chunk)
             if hasher.hexdigest() != sha256:
                 raise VerificationError(
                     f"{key} read back from the primary has SHA-256 {hasher.hexdigest()}, "
@@ -181,24 +147,44 @@ class Replicator:
             if not upload.finished:
                 upload.abort()
             raise
-        accept = {completed.checksum_sha256} if completed.checksum_sha256 else set()
-        return self._verify(key, size, accept=accept)
+        return self._verify(key, size, sha256, primary_composite=completed.checksum_sha256)
 
     # --- verification and clean-up -------------------------------------------------------------
-    def _verify(self, key: str, size: int, accept: set[str]) -> str | None:
+    def _verify(
+        self, key: str, size: int, sha256: str, *, primary_composite: str | None
+    ) -> str | None:
+        """Check the replica's size, then its checksum like with like: a full-object SHA-256
+        against the manifest's; a one-part composite (``X-1``, what some stores answer for a
+        server-side copy) against the SHA-256 of the full digest; an N-part composite (with or
+        without its ``-N``) against the primary's composite of the same layout. When the store
+        gives no checksum or one that cannot be compared, read the copy back and hash it: a
+        mismatch there is a VerificationError."""
         info = self.replica.head(key)
         if info is None or info.size != size:
             found = "nothing" if info is None else f"{info.size} bytes"
             raise VerificationError(f"replica of {key}: expected {size} bytes, found {found}")
-        if not accept:  # md5 mode: the store checked each part on receipt
-            return info.checksum_sha256
-        got = (info.checksum_sha256 or "").split("-")[0]
-        if got not in {a.split("-")[0] for a in accept}:
+        got = info.checksum_sha256
+        full = base64.b64encode(bytes.fromhex(sha256)).decode()
+        one_part = base64.b64encode(hashlib.sha256(bytes.fromhex(sha256)).digest()).decode()
+        known = {full, one_part, one_part + "-1"}
+        if primary_composite:  # the same part layout gives the same composite
+            known |= {primary_composite, primary_composite.partition("-")[0]}
+        if got is not None and got in known:
+            return got
+        # No checksum, or one over a part layout we cannot reproduce: read the copy back.
+        return self._read_back(key, size, sha256)
+
+    def _read_back(self, key: str, size: int, sha256: str) -> str:
+        hasher, length = hashlib.sha256(), 0
+        for chunk in self.replica.read_chunks(key):
+            hasher.update(chunk)
+            length += len(chunk)
+        if length != size or hasher.hexdigest() != sha256:
             raise VerificationError(
-                f"replica of {key}: checksum {info.checksum_sha256} does not match "
-                f"{', '.join(sorted(accept))}"
+                f"replica of {key} read back: {length} bytes, SHA-256 {hasher.hexdigest()} "
+                f"(expected {size} bytes, {sha256})"
             )
-        return info.checksum_sha256
+        return "read back: sha256 " + sha256
 
     def _remove_partial(self, key: str) -> None:
         try:

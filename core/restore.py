@@ -4,35 +4,40 @@ A restore test downloads a backup (checking its SHA-256 against the manifest bef
 else), restores it with ``pg_restore -j N`` into a scratch database on the server of
 ``RESTORE_TEST_DATABASE_URL``, compares what it finds with what the manifest recorded in the
 dump's snapshot, runs ``amcheck`` on the B-tree indexes, and always drops the scratch database.
-The source database is never touched (invariant 5).
+The source database is never touched (invariant 5). A restore test killed outright leaves
+its scratch database and downloaded dump behind; the next restore test on that server, holding
+its lock, removes both and closes the dead run's audit record as ``abandoned``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from core.audit import Actor, AuditLog
+from core.audit import Actor, AuditLog, AuditRun
 from core.config import Settings
 from core.database import (
     RESTORE_LOCK_ID,
     AdvisoryLock,
     PgTarget,
+    check_database_name,
     create_database,
     database_exists,
     databases_like,
     drop_database,
 )
-from core.errors import BackupError, RestoreCheckError, UsageError, describe_failure
+from core.errors import BackupError, RestoreCheckError, UsageError
 from core.keys import BackupKey
 from core.manifest import Manifest
 from core.processes import find_tool, run_tool
@@ -42,6 +47,9 @@ from core.s3store import S3Store
 log = logging.getLogger("blnk_backup.restore")
 
 SCRATCH_PREFIX = "blnk_restore_test_"
+# A restore test that started this long before ours and never ended cannot still be waiting for
+# the lock, so holding the lock proves it dead.
+ABANDON_AFTER = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -108,25 +116,42 @@ class RestoreService:
 
         Return the report (``passed`` False if a check failed). Raise UsageError for a key that
         is not a complete backup, RestoreCheckError if the backup is corrupt or does not
-        restore. The scratch database is always dropped. Every outcome is audited and recorded
+        restore. The scratch database and the downloaded dump are always removed (by the next
+        restore test if this one is killed outright). Every outcome is audited and recorded
         next to the backup.
         """
         stage = on_stage or (lambda _s: None)
         scratch_server = self.scratch_server  # a ConfigError before anything is recorded
-        run = self.audit.record(action="restore_test", outcome="started", actor=actor, key=which)
-        key: BackupKey | None = None
-        try:
-            key, manifest = self._resolve(which)
-            with AdvisoryLock(scratch_server, RESTORE_LOCK_ID, "a restore test is already running"):
-                self._drop_leftovers()
-                name = f"{SCRATCH_PREFIX}{datetime.now(UTC):%Y%m%d%H%M%S}_{secrets.token_hex(3)}"
-                report = self._restore_and_check(
-                    key, manifest, self.scratch_server, name, stage, keep=False, no_owner=True
-                )
-        except BaseException as exc:
-            self._record_failure(run.run_id, actor, key, exc, "restore_test")
-            raise
-        self._record_report(run.run_id, actor, report, "restore_test")
+        scope = {"scratch_server": scratch_server.display}
+        with self.audit.run("restore_test", actor, key=which, details=scope) as run:
+            key: BackupKey | None = None
+            try:
+                key, manifest = self._resolve(which)
+                run.note(key=key.key)
+                with AdvisoryLock(
+                    scratch_server, RESTORE_LOCK_ID, "a restore test is already running"
+                ):
+                    self.audit.close_abandoned(
+                        "restore_test", actor, scope=scope, before=run.started_at - ABANDON_AFTER
+                    )
+                    self._drop_leftovers()
+                    workdir = self._workdir_root() / run.run_id
+                    workdir.mkdir(parents=True)
+                    try:
+                        name = (
+                            f"{SCRATCH_PREFIX}{datetime.now(UTC):%Y%m%d%H%M%S}_"
+                            f"{secrets.token_hex(3)}"
+                        )
+                        report = self._restore_and_check(
+                            key, manifest, scratch_server, name, workdir, stage, keep=False
+                        )
+                    finally:
+                        shutil.rmtree(workdir, ignore_errors=True)
+            except RestoreCheckError as exc:
+                if key is not None:
+                    self._record_failed_test(key, exc)
+                raise
+            self._record_report(run, report)
         return report
 
     def restore(
@@ -139,18 +164,15 @@ class RestoreService:
     ) -> RestoreReport:
         """Restore a backup into a new database ``into`` on ``server`` and check it.
 
-        Raise UsageError if ``into`` exists or is the source database. The new database is kept
-        once restored (also when a check fails, so a person can look at it); a restore that
-        fails or is interrupted drops it again.
+        Raise UsageError if ``into`` is not a usable new name, exists, or is the source
+        database. The new database is kept once restored (also when a check fails, so a person
+        can look at it); a restore that fails or is interrupted drops it again.
         """
         stage = on_stage or (lambda _s: None)
-        run = self.audit.record(
-            action="restore", outcome="started", actor=actor, key=which, details={"into": into}
-        )
-        key: BackupKey | None = None
-        try:
-            if not into or len(into.encode()) > 63:
-                raise UsageError("the new database name must be 1-63 bytes long")
+        check_database_name(into)
+        with self.audit.run(
+            "restore", actor, key=which, details={"into": into, "server": server.display}
+        ) as run:
             target = server.with_dbname(into)
             if self.source is not None and _same_database(target, self.source):
                 raise UsageError(f"refusing to restore into the source database {into!r}")
@@ -159,37 +181,50 @@ class RestoreService:
             if database_exists(server, into):
                 raise UsageError(f"database {into!r} already exists; choose a new name")
             key, manifest = self._resolve(which)
-            report = self._restore_and_check(
-                key, manifest, server, into, stage, keep=True, no_owner=False
-            )
-        except BaseException as exc:
-            self._record_failure(run.run_id, actor, key, exc, "restore")
-            raise
-        self._record_report(run.run_id, actor, report, "restore")
+            run.note(key=key.key)
+            with tempfile.TemporaryDirectory(prefix="blnk-restore-into-") as workdir:
+                report = self._restore_and_check(
+                    key, manifest, server, into, Path(workdir), stage, keep=True
+                )
+            self._record_report(run, report)
         return report
 
     # --- steps --------------------------------------------------------------------------------
     def _resolve(self, which: str) -> tuple[BackupKey, Manifest]:
+        """Return the key and validated manifest of a complete backup. Raise UsageError naming
+        why a key is not one (absent, no manifest, unreadable or mismatched manifest)."""
         if which == "latest":
             complete = [b for b in self.store.list_backups() if b.complete]
             if not complete:
                 raise UsageError("there is no complete backup to restore")
-            key = complete[-1].key
+            chosen = complete[-1]
         else:
             key = BackupKey.parse_or_raise(which, self.store.prefix)
-        manifest = self.store.get_manifest(key)
-        if manifest is None:
-            exists = self.store.exists(key.key)
-            raise UsageError(
-                f"{key} has no manifest: it is not a complete backup"
-                if exists
-                else f"{key} does not exist in {self.store.location}"
-            )
-        return key, manifest
+            found = self.store.backup(key)
+            if found is None:
+                raise UsageError(f"{key} does not exist in {self.store.location}")
+            chosen = found
+        if not chosen.complete or chosen.manifest is None:
+            raise UsageError(f"{chosen.key} is not a complete backup: {chosen.problem}")
+        return chosen.key, chosen.manifest
+
+    def _workdir_root(self) -> Path:
+        """Where restore tests against this scratch server download dumps: one directory per
+        server, so the next restore test (holding that server's lock) can empty it."""
+        tag = hashlib.sha256(self.scratch_server.display.encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"blnk-restore-test-{tag}"
 
     def _drop_leftovers(self) -> None:
-        """Drop scratch databases left by a restore test that crashed (we hold the lock, so
-        no other restore test is using them)."""
+        """Remove what a restore test killed outright left: its scratch databases and its
+        downloaded dump (we hold the lock, so no other restore test is using them)."""
+        root = self._workdir_root()
+        if root.is_dir():
+            for leftover in root.iterdir():
+                log.warning("removing %s, left behind by an earlier restore test", leftover)
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
         for name in databases_like(self.scratch_server, SCRATCH_PREFIX):
             if self.source is not None and _same_database(
                 self.scratch_server.with_dbname(name), self.source
@@ -204,29 +239,33 @@ class RestoreService:
         manifest: Manifest,
         server: PgTarget,
         name: str,
+        workdir: Path,
         stage: Progress,
         *,
         keep: bool,
-        no_owner: bool,
     ) -> RestoreReport:
+        """Download, verify and restore into a new database ``name``, then check it. With
+        ``keep`` False (a restore test) the database is a scratch copy: restored without owners
+        and privileges, and dropped at the end."""
         began = time.monotonic()
         durations: dict[str, float] = {}
         target = server.with_dbname(name)
         pg_restore = find_tool("pg_restore", self.settings.pg_bin_dir)
-        with tempfile.TemporaryDirectory(prefix="blnk-restore-") as workdir:
-            dump = Path(workdir) / key.name
-            stage("downloading")
-            with _timed(durations, "download"):
-                self._download_verified(key, manifest, dump)
-            stage("restoring")
-            with _timed(durations, "restore"):
-                self._check_archive(pg_restore, dump, key)
-                create_database(server, name)
-                try:
-                    self._pg_restore(pg_restore, dump, target, no_owner)
-                except BaseException:
-                    drop_database(server, name)  # a half-restored database helps nobody
-                    raise
+        dump = workdir / key.name
+        stage("downloading")
+        with _timed(durations, "download"):
+            self._download_verified(key, manifest, dump)
+        stage("restoring")
+        with _timed(durations, "restore"):
+            self._check_archive(pg_restore, dump, key)
+            create_database(server, name)
+            try:
+                self._pg_restore(pg_restore, dump, target, no_owner=not keep)
+            except BaseException:
+                drop_database(server, name)  # a half-restored database helps nobody
+                raise
+            finally:
+                dump.unlink(missing_ok=True)
         try:
             stage("checking")
             with _timed(durations, "checks"):
@@ -283,54 +322,38 @@ class RestoreService:
             )
 
     # --- records ------------------------------------------------------------------------------
-    def _record_report(self, run_id: str, actor: Actor, report: RestoreReport, action: str) -> None:
+    def _record_report(self, run: AuditRun, report: RestoreReport) -> None:
+        """Close the audited run with the report; a restore test's summary is also kept next
+        to the backup, where ``status`` finds it."""
         summary = report.summary()
-        if action == "restore_test":
-            self.store.put_json(
-                BackupKey.parse_or_raise(report.key, self.store.prefix).restore_test_key, summary
+        if not report.kept:
+            key = BackupKey.parse_or_raise(report.key, self.store.prefix)
+            self.store.put_json(key.restore_test_key, summary)
+        run.note(duration_seconds=report.durations.get("total"), details=summary)
+        if not report.passed:
+            run.end(
+                "failed",
+                error_code="check_failed",
+                error_cause="; ".join(
+                    f"{c.name}: expected {c.expected}, found {c.found}"
+                    for c in report.failed_checks
+                ),
             )
-        self.audit.record(
-            action=action,
-            outcome="succeeded" if report.passed else "failed",
-            actor=actor,
-            run_id=run_id,
-            key=report.key,
-            duration_seconds=report.durations.get("total"),
-            error_code=None if report.passed else "check_failed",
-            error_cause=None
-            if report.passed
-            else "; ".join(
-                f"{c.name}: expected {c.expected}, found {c.found}" for c in report.failed_checks
-            )[:4000],
-            details=summary,
-        )
 
-    def _record_failure(
-        self, run_id: str, actor: Actor, key: BackupKey | None, exc: BaseException, action: str
-    ) -> None:
-        code, cause = describe_failure(exc)
-        if action == "restore_test" and key is not None and isinstance(exc, RestoreCheckError):
-            try:
-                self.store.put_json(
-                    key.restore_test_key,
-                    {
-                        "key": key.key,
-                        "passed": False,
-                        "error": exc.message,
-                        "finished_at": datetime.now(UTC).isoformat(),
-                    },
-                )
-            except BackupError:
-                log.exception("could not record the failed restore test next to %s", key)
-        self.audit.record(
-            action=action,
-            outcome="failed",
-            actor=actor,
-            run_id=run_id,
-            key=key.key if key else None,
-            error_code=code,
-            error_cause=cause[:4000],
-        )
+    def _record_failed_test(self, key: BackupKey, exc: RestoreCheckError) -> None:
+        """Keep a failed restore test (corrupt, did not restore) next to the backup too."""
+        try:
+            self.store.put_json(
+                key.restore_test_key,
+                {
+                    "key": key.key,
+                    "passed": False,
+                    "error": exc.message,
+                    "finished_at": datetime.now(UTC).isoformat(),
+                },
+            )
+        except BackupError:
+            log.exception("could not record the failed restore test next to %s", key)
 
 
 @contextmanager

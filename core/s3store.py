@@ -1,13 +1,16 @@
-"""The S3 adapter: one bucket and prefix holding backups — client configuration, reads the
-verification trusts, complete listings, manifests, deletes and aborts. Streaming uploads are in
-core/multipart.py; botocore errors are translated by core/s3errors.py at this boundary.
+"""The S3 adapter, and the only module (with s3errors.py) that knows boto3: one bucket and
+prefix holding backups — client configuration, the reads verification trusts, complete
+listings with validated manifests, multipart parts, server-side copies, bucket configuration,
+deletes and aborts. botocore errors are translated by core/s3errors.py at this boundary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -18,8 +21,8 @@ from botocore.config import Config
 from core.config import Settings
 from core.errors import StorageError
 from core.keys import MANIFEST_SUFFIX, RESTORE_TEST_SUFFIX, BackupKey
-from core.manifest import Manifest
-from core.multipart import MiB, MultipartUpload
+from core.manifest import Manifest, ManifestError, completeness_problem, parse_manifest
+from core.multipart import MiB, MultipartUpload, UploadedPart
 from core.s3errors import s3_errors
 
 if TYPE_CHECKING:
@@ -28,6 +31,35 @@ else:
     S3Client = Any
 
 _READ_BLOCK = MiB
+_MANIFEST_READERS = 8
+_MANIFEST_CACHE_LIMIT = 4096
+_ABSENT = {"404", "NoSuchKey", "NotFound"}
+NO_MANIFEST = "no manifest: the backup did not finish (or is still running)"
+
+# Bucket configuration kinds, each a (get, put) pair of S3 operations and the argument name.
+BUCKET_SETTINGS: dict[str, tuple[str, str, str]] = {
+    "versioning": ("get_bucket_versioning", "put_bucket_versioning", "VersioningConfiguration"),
+    "encryption": (
+        "get_bucket_encryption",
+        "put_bucket_encryption",
+        "ServerSideEncryptionConfiguration",
+    ),
+    "public_access_block": (
+        "get_public_access_block",
+        "put_public_access_block",
+        "PublicAccessBlockConfiguration",
+    ),
+    "lifecycle": (
+        "get_bucket_lifecycle_configuration",
+        "put_bucket_lifecycle_configuration",
+        "LifecycleConfiguration",
+    ),
+}
+_NOT_CONFIGURED = {
+    "NoSuchLifecycleConfiguration",
+    "ServerSideEncryptionConfigurationNotFoundError",
+    "NoSuchPublicAccessBlockConfiguration",
+}
 
 
 def make_client(
@@ -67,27 +99,45 @@ def make_client(
 class ObjectInfo:
     size: int
     checksum_sha256: str | None
+    last_modified: datetime | None = None
 
 
 @dataclass(frozen=True)
 class StoredBackup:
-    """A dump found in the bucket; ``complete`` only if its manifest exists."""
+    """A dump found in the bucket. It is ``complete`` only if its manifest exists, parses and
+    matches it; otherwise ``problem`` says why not."""
 
     key: BackupKey
     size: int
     last_modified: datetime
-    complete: bool
+    manifest: Manifest | None = None
+    problem: str | None = NO_MANIFEST
     restore_tested_at: datetime | None = None  # when its restore-test record was written
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None and self.problem is None
 
 
 @dataclass(frozen=True)
 class Inventory:
-    backups: list[StoredBackup]
-    orphan_side_files: list[str]
+    backups: list[StoredBackup]  # oldest first
+    orphan_side_files: list[str]  # manifests and records whose dump is gone
+
+    @property
+    def complete(self) -> list[StoredBackup]:
+        return [b for b in self.backups if b.complete]
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    key: str
+    upload_id: str
+    initiated: datetime | None
 
 
 class S3Store:
-    """One bucket and prefix holding backups."""
+    """One bucket and prefix holding backups. Safe to share between threads."""
 
     def __init__(
         self,
@@ -107,6 +157,9 @@ class S3Store:
         self.sse = sse
         self.kms_key_id = kms_key_id
         self.checksum = checksum
+        # Manifests never change once written: parsed ones are cached by (key, ETag).
+        self._manifests: dict[tuple[str, str], Manifest | ManifestError] = {}
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -148,6 +201,11 @@ class S3Store:
         return f"s3://{self.bucket}/{self.prefix}"
 
     # --- reads ------------------------------------------------------------------------------
+    def create_bucket(self) -> None:
+        """Create the bucket (for demos and the local console's own S3 server)."""
+        with s3_errors(f"creating the bucket {self.bucket}"):
+            self.client.create_bucket(Bucket=self.bucket)
+
     def check_bucket(self) -> None:
         """Raise ConfigError if the bucket is missing, StorageError if unreachable."""
         with s3_errors("checking the bucket", self.bucket):
@@ -161,10 +219,12 @@ class S3Store:
                     Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
                 )
         except StorageError as exc:
-            if exc.s3_code in {"404", "NoSuchKey", "NotFound"}:
+            if exc.s3_code in _ABSENT:
                 return None
             raise
-        return ObjectInfo(response["ContentLength"], response.get("ChecksumSHA256"))
+        return ObjectInfo(
+            response["ContentLength"], response.get("ChecksumSHA256"), response.get("LastModified")
+        )
 
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
@@ -175,29 +235,47 @@ class S3Store:
             with s3_errors(f"reading {key}"):
                 body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except StorageError as exc:
-            if exc.s3_code in {"404", "NoSuchKey", "NotFound"}:
+            if exc.s3_code in _ABSENT:
                 return None
             raise
         return body
 
     def get_manifest(self, key: BackupKey) -> Manifest | None:
-        """Return the manifest of a backup, or None if it has none."""
+        """Return the manifest of a backup, or None if it has none. Raise ManifestError if it
+        exists but is not a valid manifest."""
         raw = self._read_small(key.manifest_key)
-        return Manifest.from_json(raw) if raw is not None else None
+        return parse_manifest(raw) if raw is not None else None
+
+    def backup(self, key: BackupKey) -> StoredBackup | None:
+        """Return one backup as listing would show it (complete or why not), or None if no
+        dump exists at key."""
+        info = self.head(key.key)
+        if info is None:
+            return None
+        modified = info.last_modified or key.started_at
+        try:
+            manifest = self.get_manifest(key)
+        except ManifestError as exc:
+            return StoredBackup(key, info.size, modified, None, f"unreadable {exc}")
+        if manifest is None:
+            return StoredBackup(key, info.size, modified)
+        problem = completeness_problem(manifest, key.key, info.size)
+        return StoredBackup(key, info.size, modified, manifest, problem)
 
     def list_backups(self) -> list[StoredBackup]:
-        """Return every dump matching the naming pattern, oldest first.
+        """Return every dump matching the naming pattern, oldest first, each with its
+        validated manifest or the reason it is incomplete.
 
         The listing is complete or this raises StorageError: callers that delete rely on it.
         """
         return self.inventory().backups
 
-    def inventory(self) -> Inventory:
-        """List the prefix once: the dumps (with manifest and restore-test flags) and the
-        side files (manifests, restore-test records) whose dump is gone — what an interrupted
-        prune leaves. Complete or StorageError."""
+    def inventory(self, *, read_manifests: bool = True) -> Inventory:
+        """List the prefix once: the dumps (with manifests read and validated, unless
+        ``read_manifests`` is False) and the side files (manifests, restore-test records) whose
+        dump is gone — what an interrupted prune leaves. Complete or StorageError."""
         dumps: dict[str, tuple[int, datetime]] = {}
-        manifests: set[str] = set()
+        manifests: dict[str, str] = {}  # dump key -> manifest ETag
         restore_tests: dict[str, datetime] = {}
         with s3_errors("listing backups", self.bucket):
             paginator = self.client.get_paginator("list_objects_v2")
@@ -205,20 +283,36 @@ class S3Store:
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
                     if key.endswith(MANIFEST_SUFFIX):
-                        manifests.add(key.removesuffix(MANIFEST_SUFFIX))
+                        manifests[key.removesuffix(MANIFEST_SUFFIX)] = obj.get("ETag", "")
                     elif key.endswith(RESTORE_TEST_SUFFIX):
                         restore_tests[key.removesuffix(RESTORE_TEST_SUFFIX)] = obj["LastModified"]
                     elif BackupKey.parse(key, self.prefix):
                         dumps[key] = (obj["Size"], obj["LastModified"])
+        parsed = self._read_manifests(
+            {k: manifests[k] for k in dumps if k in manifests} if read_manifests else {}
+        )
         found = []
         for key, (size, modified) in dumps.items():
-            parsed = BackupKey.parse(key, self.prefix)
-            assert parsed is not None
+            backup_key = BackupKey.parse(key, self.prefix)
+            assert backup_key is not None
+            manifest: Manifest | None = None
+            problem: str | None = NO_MANIFEST
+            outcome = parsed.get(key)
+            if key in manifests and not read_manifests:
+                problem = "manifest not read"
+            elif isinstance(outcome, ManifestError):
+                problem = f"unreadable {outcome}"
+            elif outcome is not None:
+                manifest, problem = outcome, completeness_problem(outcome, key, size)
             found.append(
-                StoredBackup(parsed, size, modified, key in manifests, restore_tests.get(key))
+                StoredBackup(backup_key, size, modified, manifest, problem, restore_tests.get(key))
             )
         orphans = sorted(
-            [k + MANIFEST_SUFFIX for k in manifests - set(dumps) if BackupKey.parse(k, self.prefix)]
+            [
+                k + MANIFEST_SUFFIX
+                for k in set(manifests) - set(dumps)
+                if BackupKey.parse(k, self.prefix)
+            ]
             + [
                 k + RESTORE_TEST_SUFFIX
                 for k in set(restore_tests) - set(dumps)
@@ -227,26 +321,74 @@ class S3Store:
         )
         return Inventory(sorted(found, key=lambda b: b.key), orphans)
 
+    def _read_manifests(self, wanted: dict[str, str]) -> dict[str, Manifest | ManifestError | None]:
+        """Given dump keys and their manifests' ETags, return each parsed manifest (or why it
+        is unreadable), reading the ones not cached yet a few at a time."""
+        results: dict[str, Manifest | ManifestError | None] = {}
+        missing = []
+        with self._cache_lock:
+            for key, etag in wanted.items():
+                cached = self._manifests.get((key, etag)) if etag else None
+                if cached is not None:
+                    results[key] = cached
+                else:
+                    missing.append(key)
+
+        def read(key: str) -> Manifest | ManifestError | None:
+            raw = self._read_small(key + MANIFEST_SUFFIX)
+            if raw is None:
+                return None  # deleted between the listing and now
+            try:
+                return parse_manifest(raw)
+            except ManifestError as exc:
+                return exc
+
+        if missing:
+            with ThreadPoolExecutor(min(_MANIFEST_READERS, len(missing))) as pool:
+                for key, outcome in zip(missing, pool.map(read, missing), strict=True):
+                    results[key] = outcome
+            with self._cache_lock:
+                if len(self._manifests) > _MANIFEST_CACHE_LIMIT:
+                    self._manifests.clear()
+                for key in missing:
+                    outcome = results[key]
+                    if outcome is not None and wanted[key]:
+                        self._manifests[(key, wanted[key])] = outcome
+        return results
+
     def download(
         self, key: str, destination: IO[bytes], on_bytes: Callable[[int], None] | None = None
     ) -> tuple[int, str]:
         """Stream key into destination; return (size, SHA-256 hex) of the bytes received."""
         sha256 = hashlib.sha256()
         size = 0
-        with s3_errors(f"downloading {key}", self.bucket):
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            while chunk := body.read(_READ_BLOCK):
-                sha256.update(chunk)
-                destination.write(chunk)
-                size += len(chunk)
-                if on_bytes is not None:
-                    on_bytes(size)
+        for chunk in self.read_chunks(key):
+            sha256.update(chunk)
+            destination.write(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(size)
         return size, sha256.hexdigest()
 
+    def read_chunks(self, key: str, block: int = _READ_BLOCK) -> Iterator[bytes]:
+        """Yield the bytes of key in blocks, streamed (never the whole object in memory)."""
+        with s3_errors(f"reading {key}", self.bucket):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                while chunk := body.read(block):
+                    yield chunk
+            finally:
+                body.close()
+
     def get_json(self, key: str) -> Any | None:
-        """Return the parsed JSON object at key, or None if it does not exist."""
+        """Return the parsed JSON at key, or None if it does not exist or is not JSON."""
         raw = self._read_small(key)
-        return json.loads(raw) if raw is not None else None
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
 
     def put_json(self, key: str, body: Any) -> None:
         with s3_errors(f"writing {key}", self.bucket):
@@ -258,6 +400,21 @@ class S3Store:
                 **self.write_args(),
             )
 
+    def incomplete_uploads(self) -> list[IncompleteUpload]:
+        """Return the store's in-progress multipart uploads of backup keys under the prefix
+        (what a killed process leaves), whatever the local audit log knows."""
+        found = []
+        with s3_errors("listing incomplete uploads", self.bucket):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "blnk_backup_"):
+                for upload in page.get("Uploads", []):
+                    key = upload.get("Key", "")
+                    if BackupKey.parse(key, self.prefix) and upload.get("UploadId"):
+                        found.append(
+                            IncompleteUpload(key, upload["UploadId"], upload.get("Initiated"))
+                        )
+        return found
+
     # --- writes -----------------------------------------------------------------------------
     def write_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"StorageClass": self.storage_class}
@@ -267,6 +424,16 @@ class S3Store:
             args["SSEKMSKeyId"] = self.kms_key_id
         return args
 
+    def create_upload(self, key: str) -> str:
+        """Begin a multipart upload of key and return its id. This is also the bucket's
+        write-permission check."""
+        args = self.write_args()
+        if self.checksum == "sha256":
+            args["ChecksumAlgorithm"] = "SHA256"
+        with s3_errors(f"starting the upload of {key}", self.bucket):
+            response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **args)
+        return response["UploadId"]
+
     def start_upload(
         self,
         key: str,
@@ -275,15 +442,79 @@ class S3Store:
         concurrency: int,
         on_part: Callable[[int, int], None] | None = None,
     ) -> MultipartUpload:
-        """Begin a multipart upload of key. This is also the bucket's write-permission check."""
+        """Begin a streaming multipart upload of key (see core/multipart.py)."""
+        upload_id = self.create_upload(key)
+        return MultipartUpload(self, key, upload_id, first_part_size, concurrency, on_part)
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | IO[bytes], part: UploadedPart
+    ) -> str:
+        """Upload one part with its checksum (SHA-256, or Content-MD5 in md5 mode); return its
+        ETag."""
+        args: dict[str, Any] = {}
+        if part.sha256_b64 is not None:
+            args = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": part.sha256_b64}
+        elif part.md5_b64 is not None:
+            args = {"ContentMD5": part.md5_b64}
+        with s3_errors(f"uploading part {number} of {key}", self.bucket):
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=part.size,
+                **args,
+            )
+        return response["ETag"]
+
+    def upload_part_copy(
+        self, key: str, upload_id: str, number: int, source: S3Store, first: int, last: int
+    ) -> dict[str, Any]:
+        """Copy bytes first..last of the same key in ``source`` as part ``number``, server-side;
+        return the part entry for completion (ETag, and ChecksumSHA256 when given)."""
+        with s3_errors(f"copying part {number} of {key}", self.bucket):
+            result = self.client.upload_part_copy(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": source.bucket, "Key": key},
+                CopySourceRange=f"bytes={first}-{last}",
+            )["CopyPartResult"]
+        part: dict[str, Any] = {"PartNumber": number, "ETag": result["ETag"]}
+        if result.get("ChecksumSHA256"):
+            part["ChecksumSHA256"] = result["ChecksumSHA256"]
+        return part
+
+    def complete_upload(
+        self, key: str, upload_id: str, parts: list[dict[str, Any]], *, exclusive: bool = True
+    ) -> None:
+        """Complete a multipart upload from its parts; with ``exclusive`` send
+        ``If-None-Match: *`` so a store that supports it refuses to overwrite a backup."""
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if exclusive else {}
+        with s3_errors(f"completing the upload of {key}", self.bucket):
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                **extra,
+            )
+
+    def copy_from(self, source: S3Store, key: str) -> None:
+        """Server-side copy of the same key from ``source`` (up to 5 GiB), asking the store for
+        a SHA-256 checksum of the copy."""
         args = self.write_args()
         if self.checksum == "sha256":
             args["ChecksumAlgorithm"] = "SHA256"
-        with s3_errors(f"starting the upload of {key}", self.bucket):
-            response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **args)
-        return MultipartUpload(
-            self, key, response["UploadId"], first_part_size, concurrency, on_part
-        )
+        with s3_errors(f"copying {key} to {self.location}", self.bucket):
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": source.bucket, "Key": key},
+                **args,
+            )
 
     def put_manifest(self, manifest: Manifest) -> None:
         key = manifest.key + MANIFEST_SUFFIX
@@ -340,3 +571,24 @@ class S3Store:
         except StorageError as exc:
             if exc.s3_code != "NoSuchUpload":
                 raise
+
+    # --- bucket configuration -----------------------------------------------------------------
+    def bucket_setting(self, kind: str) -> dict[str, Any] | None:
+        """Return the bucket's configuration of ``kind`` (a BUCKET_SETTINGS name), or None if
+        it has none. Raise StorageError (s3_code NotImplemented, ...) if the store cannot say."""
+        getter, _setter, _arg = BUCKET_SETTINGS[kind]
+        try:
+            with s3_errors(f"reading the {kind} of {self.bucket}", self.bucket):
+                response: dict[str, Any] = getattr(self.client, getter)(Bucket=self.bucket)
+        except StorageError as exc:
+            if exc.s3_code in _NOT_CONFIGURED:
+                return None
+            raise
+        response.pop("ResponseMetadata", None)
+        return response
+
+    def put_bucket_setting(self, kind: str, configuration: dict[str, Any]) -> None:
+        """Set the bucket's configuration of ``kind``. Raise StorageError if refused."""
+        _getter, setter, arg = BUCKET_SETTINGS[kind]
+        with s3_errors(f"changing the {kind} of {self.bucket}", self.bucket):
+            getattr(self.client, setter)(Bucket=self.bucket, **{arg: configuration})

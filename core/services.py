@@ -1,15 +1,21 @@
 """The composition root of the engine: settings → adapters → use cases.
 
-Front ends (CLI, HTTP API, Slack bot, scheduler) build one ``Services`` and call its use cases;
-adapters are created lazily so a command only needs the configuration it uses.
+Every front end (CLI, Slack, HTTP API, scheduler, console) builds one ``Services`` and calls its
+use cases. Parts are built on first use, so a command needs only the configuration it uses, and
+exactly once even when several threads ask at the same moment (a per-instance lock; a bare
+``functools.cached_property`` has no lock since Python 3.12, and two ``BackupService`` objects
+would each have their own in-process lock).
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 
 from core.audit import AuditLog
 from core.backup import BackupService
+from core.bucket_policy import BucketPolicyService
 from core.catalog import BackupCatalog
 from core.config import Settings
 from core.database import PgTarget
@@ -17,33 +23,87 @@ from core.prune import PruneService
 from core.restore import RestoreService
 from core.s3store import S3Store
 
+T = TypeVar("T")
+
+
+class _built_once(Generic[T]):
+    """Like functools.cached_property, but built under the owner's lock: once per instance."""
+
+    def __init__(self, build: Callable[[Services], T]) -> None:
+        self._build = build
+        self._name = build.__name__
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> _built_once[T]: ...
+
+    @overload
+    def __get__(self, instance: Services, owner: type[Any]) -> T: ...
+
+    def __get__(self, instance: Services | None, owner: type[Any]) -> T | _built_once[T]:
+        if instance is None:
+            return self
+        parts = instance._parts
+        if self._name not in parts:
+            with instance._lock:
+                if self._name not in parts:
+                    parts[self._name] = self._build(instance)
+        value: T = parts[self._name]
+        return value
+
 
 class Services:
+    """The engine's use cases, shared by every front end. Safe to share between threads."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._parts: dict[str, Any] = {}
+        self._lock = threading.RLock()
 
-    @cached_property
+    @_built_once
     def audit(self) -> AuditLog:
-        return AuditLog(self.settings.audit_database_url)
+        s = self.settings
+        secrets = [
+            v.get_secret_value() if v is not None else None
+            for v in (
+                s.aws_secret_access_key,
+                s.blnk_api_key,
+                s.slack_bot_token,
+                s.slack_app_token,
+                s.slack_signing_secret,
+            )
+        ]
+        for url in (s.database_url, s.restore_test_database_url):
+            if url is not None:
+                secrets.append(PgTarget.from_url(url.get_secret_value()).password)
+        return AuditLog(s.audit_database_url, secrets=secrets)
 
-    @cached_property
+    @_built_once
     def store(self) -> S3Store:
         return S3Store.from_settings(self.settings)
 
-    @cached_property
+    @_built_once
+    def replica(self) -> S3Store | None:
+        return S3Store.replica_from_settings(self.settings)
+
+    @property
+    def stores(self) -> list[S3Store]:
+        """The primary store, then the replica when one is configured."""
+        return [self.store] + ([self.replica] if self.replica is not None else [])
+
+    @_built_once
     def target(self) -> PgTarget:
         self.settings.require("database_url")
         assert self.settings.database_url is not None
         return PgTarget.from_url(self.settings.database_url.get_secret_value())
 
-    @cached_property
+    @_built_once
     def backups(self) -> BackupService:
         self.settings.require("database_url", "s3_bucket")
         return BackupService(
             self.settings, self.target, self.store, self.audit, replica=self.replica
         )
 
-    @cached_property
+    @_built_once
     def restores(self) -> RestoreService:
         self.settings.require("s3_bucket")
         source = self.target if self.settings.database_url is not None else None
@@ -51,19 +111,24 @@ class Services:
         scratch = PgTarget.from_url(url.get_secret_value()) if url is not None else None
         return RestoreService(self.settings, self.store, self.audit, source, scratch)
 
-    @cached_property
-    def replica(self) -> S3Store | None:
-        return S3Store.replica_from_settings(self.settings)
-
-    @cached_property
+    @_built_once
     def pruner(self) -> PruneService:
-        stores = [self.store] + ([self.replica] if self.replica is not None else [])
-        return PruneService(self.settings, stores, self.audit)
+        return PruneService(self.settings, self.stores, self.audit)
 
-    @cached_property
+    @_built_once
+    def bucket_policies(self) -> BucketPolicyService:
+        return BucketPolicyService(self.settings, self.stores, self.audit)
+
+    @_built_once
     def catalog(self) -> BackupCatalog:
-        return BackupCatalog(self.store)
+        return BackupCatalog(
+            self.store,
+            stale_after_hours=self.settings.stale_after_hours,
+            restore_test_max_age_days=self.settings.restore_test_max_age_days,
+        )
 
     def close(self) -> None:
-        if "audit" in self.__dict__:
-            self.audit.close()
+        with self._lock:
+            audit = self._parts.get("audit")
+            if isinstance(audit, AuditLog):
+                audit.close()

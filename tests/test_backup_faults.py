@@ -22,8 +22,8 @@ from core.errors import (
     VerificationError,
 )
 from core.services import Services
-from tests.conftest import SECRET_KEY, bucket_keys, incomplete_uploads, make_database
 from tests.support.faultproxy import FaultProxy, Request
+from tests.support.helpers import SECRET_KEY, bucket_keys, incomplete_uploads, make_database
 from tests.support.pgcluster import PasswordCluster
 
 ACTOR = Actor("bob", "cli")
@@ -121,17 +121,20 @@ def test_s3_down_mid_upload_fails_cleanly_and_the_next_run_aborts_the_orphan(
     assert SECRET_KEY not in str(raised.value)
     failure = _last_failure(services)
     assert failure.error_code == "storage_error"
-    # The store was down, so the abort could not happen: recorded, and still there.
-    assert len(services.audit.open_orphans()) == 1
-    assert len(incomplete_uploads(s3, bucket)) == 1
+    # The store was down, so the abort could not happen: recorded (an alert), and still there.
+    [orphaned] = services.audit.events(action="orphaned_upload")
+    [left] = incomplete_uploads(s3, bucket)
+    assert orphaned.key == left["Key"]
     assert bucket_keys(s3, bucket) == []
 
-    # The store comes back; the next backup aborts the orphan first, then succeeds.
+    # The store comes back; the next backup finds the upload in the store's own listing,
+    # aborts it first, then succeeds.
     proxy.faults.after = lambda _r: None
     proxy.start()
     manifest = services.backups.run(ACTOR).manifest
     assert incomplete_uploads(s3, bucket) == []
-    assert services.audit.open_orphans() == []
+    [aborted] = services.audit.events(action="orphan_aborted")
+    assert aborted.key == left["Key"]
     assert sorted(bucket_keys(s3, bucket)) == [manifest.key, manifest.key + ".manifest.json"]
     services.close()
 
@@ -234,11 +237,14 @@ def test_pg_dump_older_than_the_server_is_refused_naming_both_versions(
 ) -> None:
     old = tmp_path / "pg14" / "pg_dump"
     old.parent.mkdir()
-    old.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11'\n")
+    # Debian's wording, with the packaging version after the real one.
+    old.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11 (Debian 14.11-1.pgdg120+2)'\n")
     old.chmod(0o755)
     services = Services(make_settings(pg_bin_dir=str(old.parent)))
-    with pytest.raises(PreflightError, match=r"pg_dump 14\.11 cannot dump a PostgreSQL 1\d"):
+    with pytest.raises(PreflightError) as raised:
         services.backups.run(ACTOR)
+    assert raised.value.message.startswith("pg_dump 14.11 (at ")
+    assert "cannot dump a PostgreSQL 15." in raised.value.message
     assert bucket_keys(s3, bucket) == []
     services.close()
 

@@ -16,7 +16,7 @@ from core.audit import Actor
 from core.database import PgTarget, create_database, drop_database
 from core.dbstats import ledger_totals, object_counts
 from core.services import Services
-from tests.conftest import bucket_keys, incomplete_uploads
+from tests.support.helpers import bucket_keys, incomplete_uploads
 
 ACTOR = Actor("alice", "cli")
 
@@ -217,7 +217,7 @@ def test_local_copy_is_kept_when_asked_and_matches_the_upload(
 def test_multipart_backup_with_many_parts_verifies(
     make_settings: Any, s3: Any, bucket: str, pg_server: PgTarget
 ) -> None:
-    from tests.conftest import make_database
+    from tests.support.helpers import make_database
 
     name = make_database(pg_server, 20_000)
     try:

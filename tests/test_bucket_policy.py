@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from bot.cli import main
 from core.bucket_policy import BucketPolicies
-from core.cli import main
 from core.services import Services
 
 UNRELATED_RULE = {
@@ -28,8 +28,9 @@ def test_check_reports_everything_missing_on_a_plain_bucket(
     cli_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["bucket", "check", "--json"]) == 1
-    [items] = json.loads(capsys.readouterr().out).values()
-    assert {i["name"] for i in items if not i["ok"]} == {
+    [store] = json.loads(capsys.readouterr().out).values()
+    assert store["ok"] is False and store["errors"] == []
+    assert {i["name"] for i in store["items"] if not i["ok"]} == {
         "versioning",
         "default encryption",
         "public access block",
@@ -82,8 +83,8 @@ def test_a_changed_rule_of_ours_is_reported_and_restored(
         if rule["ID"] == "blnk-backup-expire":
             rule["Expiration"]["Days"] = 10  # someone shortened it by hand
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
-    bad = [i for i in policies.check() if not i.ok]
+    bad = [i for i in policies.check().items if not i.ok]
     assert [i.name for i in bad] == ["lifecycle blnk-backup-expire"]
     assert "expire after 10 d" in bad[0].current
-    assert all(i.ok for i in policies.apply())
+    assert policies.apply().ok
     services.close()

@@ -6,14 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.cli import main
+from bot.cli import main
 from core.database import PgTarget
-from tests.conftest import SECRET_KEY, bucket_keys
+from tests.support.helpers import SECRET_KEY, bucket_keys
+from tests.support.seeding import seed
 
 
 @pytest.fixture
@@ -81,8 +83,7 @@ def test_status_reports_stale_when_the_newest_backup_is_too_old(
     assert main(["backup", "--json"]) == 0
     capsys.readouterr()
     # An older complete backup must not be taken for the newest (S3 lists ascending).
-    s3.put_object(Bucket=bucket, Key="blnk_backup_20200101_000000.dump", Body=b"old")
-    s3.put_object(Bucket=bucket, Key="blnk_backup_20200101_000000.dump.manifest.json", Body=b"{}")
+    seed(s3, bucket, [0], now=datetime(2020, 1, 1, tzinfo=UTC))
     assert main(["status", "--json"]) == 1
     status = _json(capsys)
     assert status["complete_backups"] == 2
@@ -183,7 +184,7 @@ def test_an_overlong_reason_is_a_usage_error_and_changes_nothing(
 def test_verbose_logs_never_show_the_secrets(
     make_settings: Any, blnk_db: PgTarget, tmp_path: Path
 ) -> None:
-    from tests.conftest import settings_env
+    from tests.support.helpers import settings_env
 
     db_password = "Db-Pa55-Never-Logged"  # the local server trusts loopback, so any works
     settings = make_settings(

@@ -11,8 +11,14 @@ from typing import Any
 
 from core.audit import AuditLog
 from core.database import PgTarget, drop_database
-from tests.conftest import SECRET_KEY, bucket_keys, incomplete_uploads, make_database, settings_env
 from tests.support.faultproxy import FaultProxy, Request
+from tests.support.helpers import (
+    SECRET_KEY,
+    bucket_keys,
+    incomplete_uploads,
+    make_database,
+    settings_env,
+)
 
 
 def test_sigterm_during_upload_aborts_the_upload_and_exits_143(

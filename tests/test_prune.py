@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
+from bot.cli import main
 from core.audit import Actor
-from core.cli import main
 from core.keys import BackupKey
 from core.prune import PruneService
 from core.services import Services
-from tests.conftest import bucket_keys
 from tests.support.faultproxy import FaultProxy, Request
+from tests.support.helpers import bucket_keys
+from tests.support.seeding import seed
 
 ACTOR = Actor("heidi", "cli")
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -24,15 +25,6 @@ UNRELATED = {
     "blnk_backup_20200101_000000.dump.bak": b"near miss",
     "other/blnk_backup_20200101_000000.dump": b"another prefix",
 }
-
-
-def seed(s3: Any, bucket: str, days_ago: list[float], prefix: str = "") -> list[BackupKey]:
-    """Backups as the program writes them: a dump, then its manifest (content is not read)."""
-    keys = [BackupKey.at(NOW - timedelta(days=d), prefix) for d in days_ago]
-    for key in keys:
-        s3.put_object(Bucket=bucket, Key=key.key, Body=b"PGDMP...")
-        s3.put_object(Bucket=bucket, Key=key.manifest_key, Body=b"{}")
-    return keys
 
 
 def pruner(make_settings: Any, **overrides: Any) -> tuple[Services, PruneService]:
@@ -56,7 +48,8 @@ def test_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(
     assert sorted(bucket_keys(s3, bucket)) == before
     doomed = {k.key for k in dry.plan.to_delete}
     assert doomed == {keys[-2].key, keys[-1].key}  # 400 and 500 days old
-    assert dry.incomplete == [incomplete.key]
+    assert list(dry.incomplete) == [incomplete.key]
+    assert "no manifest" in dry.incomplete[incomplete.key]
 
     [done] = service.prune(ACTOR, apply=True)
     assert set(done.deleted) == doomed and done.errors == []

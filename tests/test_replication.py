@@ -9,10 +9,10 @@ from typing import Any
 
 from core.audit import Actor
 from core.services import Services
-from tests.conftest import bucket_keys, incomplete_uploads
 from tests.support.faultproxy import FaultProxy
+from tests.support.helpers import bucket_keys, incomplete_uploads
 from tests.support.s3server import free_port
-from tests.test_prune import seed
+from tests.support.seeding import seed
 
 ACTOR = Actor("ivan", "schedule")
 
@@ -98,7 +98,7 @@ def test_large_objects_are_copied_part_by_part_with_the_primarys_layout(
     from core.database import drop_database
     from core.replication import Replicator
     from core.s3store import S3Store
-    from tests.conftest import make_database
+    from tests.support.helpers import make_database
 
     name = make_database(pg_server, 20_000)
     try:

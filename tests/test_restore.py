@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
+from bot.cli import main
 from core.audit import Actor
-from core.cli import main
 from core.database import PgTarget, databases_like, drop_database
 from core.dbstats import ledger_totals, object_counts, row_counts
 from core.errors import ConfigError, RestoreCheckError, UsageError
 from core.restore import SCRATCH_PREFIX
 from core.services import Services
-from tests.conftest import PG_URL, make_database, settings_env
+from tests.support.helpers import PG_URL, make_database, settings_env
 
 ACTOR = Actor("grace", "cli")
 
@@ -55,7 +55,7 @@ def test_a_good_backup_passes_every_check_and_the_scratch_database_is_dropped(
     assert databases_like(pg_server, SCRATCH_PREFIX) == []
     assert _snapshot(blnk_db) == before  # the source was never modified
 
-    status = restore_services.catalog.status(24)
+    status = restore_services.catalog.status()
     assert status.last_restore_test is not None
     assert status.last_restore_test["passed"] is True
     assert status.last_restore_test["key"] == backup.key
@@ -77,7 +77,7 @@ def test_a_flipped_byte_fails_as_corrupt_before_any_restore(
     assert databases_like(pg_server, SCRATCH_PREFIX) == []
     failure = restore_services.audit.events(action="restore_test")[0]
     assert failure.outcome == "failed" and failure.error_code == "restore_failed"
-    status = restore_services.catalog.status(24)
+    status = restore_services.catalog.status()
     assert any(b.startswith("last restore test failed") for b in status.breaches)
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.services import Services
-from tests.test_prune import seed
+from tests.support.seeding import seed
 
 NOW = datetime.now(UTC)
 
@@ -15,7 +15,7 @@ NOW = datetime.now(UTC)
 def _status(make_settings: Any) -> Any:
     services = Services(make_settings())
     try:
-        return services.catalog.status(24, restore_test_max_age_days=35)
+        return services.catalog.status()
     finally:
         services.close()
 

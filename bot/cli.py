@@ -1,8 +1,10 @@
-"""The ``blnk-backup`` command line: one front end of the engine, for cron, Kubernetes
-CronJobs and humans.
+"""The ``blnk-backup`` command line: one door into the engine, for cron, Kubernetes CronJobs
+and humans. Each command parses its arguments, builds an Actor, calls one use case on the
+shared Services and renders the result (text, or JSON with ``--json``).
 
 Exit status: 0 ok, 1 the operation failed (or ``status`` found a breach), 2 configuration or
-usage error. Errors are one clear line on stderr; tracebacks only go to the log (``-v``).
+usage error. Errors are one clear line on stderr — with ``--json`` also a JSON error object on
+stdout; tracebacks only go to the log (``-v``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core import __version__, render
+from bot.render import json as render_json
+from bot.render import text as render_text
+from core import __version__
 from core.audit import Actor
 from core.backup import BackupProgress
 from core.config import Settings, load_settings
@@ -30,7 +34,7 @@ from core.services import Services
 log = logging.getLogger("blnk_backup.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _out(text: str) -> None:
@@ -43,16 +47,9 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
-def _emit_json(body: Any) -> None:
-    _out(json.dumps(body, indent=2, default=str))
-
-
-def _show(args: argparse.Namespace, as_json: Callable[[], Any], as_text: Callable[[], str]) -> None:
+def _show(args: argparse.Namespace, body: Callable[[], Any], text: Callable[[], str]) -> None:
     """Print a result as JSON with --json, as text otherwise."""
-    if getattr(args, "json", False):
-        _emit_json(as_json())
-    else:
-        _out(as_text())
+    _out(json.dumps(body(), indent=2, default=str) if args.json else text())
 
 
 class _ProgressPrinter:
@@ -75,7 +72,11 @@ class _ProgressPrinter:
                 pct = ""
                 if event.expected_bytes:
                     pct = f" (~{min(99, 100 * event.bytes_uploaded // event.expected_bytes)}%)"
-                _err(f"  uploaded {render.human_size(event.bytes_uploaded)}{pct}")
+                _err(f"  uploaded {render_text.human_size(event.bytes_uploaded)}{pct}")
+
+
+def _stage(stage: str) -> None:
+    _err(f"… {stage}")
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -86,107 +87,91 @@ def cmd_backup(services: Services, args: argparse.Namespace) -> int:
     bucket = services.store.bucket
     _show(
         args,
-        lambda: render.backup_json(result.manifest, bucket),
-        lambda: render.backup_text(result.manifest, bucket),
+        lambda: render_json.backup(result.manifest, bucket),
+        lambda: render_text.backup(result.manifest, bucket),
     )
     return EXIT_OK
 
 
 def cmd_list(services: Services, args: argparse.Namespace) -> int:
     entries = services.catalog.list(limit=args.limit, include_incomplete=args.all)
-    _show(args, lambda: [render.entry_json(e) for e in entries], lambda: render.list_text(entries))
+    _show(args, lambda: render_json.entries(entries), lambda: render_text.entries(entries))
     return EXIT_OK
 
 
 def cmd_status(services: Services, args: argparse.Namespace) -> int:
-    status = services.catalog.status(
-        services.settings.stale_after_hours,
-        restore_test_max_age_days=services.settings.restore_test_max_age_days,
-    )
-    _show(args, lambda: render.status_json(status), lambda: render.status_text(status))
+    status = services.catalog.status()
+    _show(args, lambda: render_json.status(status), lambda: render_text.status(status))
     return EXIT_OK if status.healthy else EXIT_FAILED
 
 
 def cmd_restore_test(services: Services, args: argparse.Namespace) -> int:
     report = services.restores.test(_actor(args), args.key, on_stage=None if args.json else _stage)
-    _show(args, lambda: render.restore_json(report), lambda: render.restore_text(report))
+    _show(args, lambda: render_json.restore(report), lambda: render_text.restore(report))
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
 def cmd_restore(services: Services, args: argparse.Namespace) -> int:
+    actor = _actor(args)
     if not args.yes:
         raise UsageError(
             f"restoring creates database {args.into!r} from {args.key}; add --yes to go ahead"
         )
     server = PgTarget.from_url(args.server_url) if args.server_url else services.target
     report = services.restores.restore(
-        _actor(args), args.key, args.into, server, on_stage=None if args.json else _stage
+        actor, args.key, args.into, server, on_stage=None if args.json else _stage
     )
-    if args.json:
-        _emit_json(render.restore_json(report))
-        return EXIT_OK if report.passed else EXIT_FAILED
-    _out(render.restore_text(report))
-    new = server.with_dbname(args.into)
-    _out(
-        "\nTo switch Blnk over: stop Blnk, point BLNK_DATA_SOURCE_DNS (or data_source.dns in "
-        f"blnk.json) at\n  {new.display}\nkeeping your user and password, then start Blnk. "
-        "Or swap names while Blnk is stopped:\n"
-        f'  ALTER DATABASE "{services.target.dbname}" RENAME TO '
-        f'"{services.target.dbname}_before_restore";\n'
-        f'  ALTER DATABASE "{args.into}" RENAME TO "{services.target.dbname}";'
+    _show(
+        args,
+        lambda: render_json.restore(report),
+        lambda: (
+            render_text.restore(report)
+            + "\n\n"
+            + render_text.switch_over(server.with_dbname(args.into), services.target.dbname)
+        ),
     )
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
-def _stage(stage: str) -> None:
-    _err(f"… {stage}")
-
-
 def cmd_prune(services: Services, args: argparse.Namespace) -> int:
     reports = services.pruner.prune(_actor(args), apply=args.apply)
-    _show(args, lambda: render.prune_json(reports), lambda: render.prune_text(reports))
+    _show(args, lambda: render_json.prune(reports), lambda: render_text.prune(reports))
     return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
 
 
 def cmd_bucket(services: Services, args: argparse.Namespace) -> int:
-    from core.bucket_policy import BucketPolicies
-
-    if args.action == "apply" and not args.yes:
-        raise UsageError("bucket apply changes bucket settings; add --yes to go ahead")
-    stores = [services.store] + ([services.replica] if services.replica is not None else [])
-    results = {}
-    for store in stores:
-        policies = BucketPolicies(store, services.settings)
-        results[store.location] = policies.apply() if args.action == "apply" else policies.check()
     if args.action == "apply":
-        services.audit.record(
-            action="bucket_apply",
-            outcome="succeeded",
-            actor=_actor(args),
-            details={loc: [i.name for i in items if i.ok] for loc, items in results.items()},
-        )
+        actor = _actor(args)
+        if not args.yes:
+            raise UsageError("bucket apply changes bucket settings; add --yes to go ahead")
+        results = services.bucket_policies.apply(actor)
+    else:
+        results = services.bucket_policies.check()
     _show(
         args,
-        lambda: {loc: [render.policy_json(i) for i in items] for loc, items in results.items()},
-        lambda: render.policy_text(results, applied=args.action == "apply"),
+        lambda: render_json.policies(results),
+        lambda: render_text.policies(results, applied=args.action == "apply"),
     )
-    return EXIT_OK if all(i.ok for items in results.values() for i in items) else EXIT_FAILED
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
 def cmd_audit(services: Services, args: argparse.Namespace) -> int:
     events = services.audit.events(limit=args.limit, action=args.action)
-    _show(args, lambda: [render.audit_json(e) for e in events], lambda: render.audit_text(events))
+    _show(args, lambda: render_json.audit(events), lambda: render_text.audit(events))
     return EXIT_OK
 
 
-def cmd_generate_db(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_generate_db(_settings: Settings, args: argparse.Namespace) -> int:
     from core.blnkgen import generate
 
-    server = PgTarget.from_url(args.server_url or _server_url(settings))
+    server = PgTarget.from_url(args.server_url or LOCAL_SERVER)
     _err(f"… generating {args.name} with {args.transactions} transactions on {server.display}")
-    made = generate(server, args.name, args.transactions, replace=args.replace)
+    made = generate(
+        server, args.name, args.transactions, replace=args.replace, edge_objects=args.edge_objects
+    )
     body = {
         "database": made.name,
+        "server": server.display,
         "transactions": made.transactions,
         "size": made.size_bytes,
         "seconds": round(made.seconds, 2),
@@ -195,23 +180,18 @@ def cmd_generate_db(settings: Settings, args: argparse.Namespace) -> int:
         args,
         lambda: body,
         lambda: (
-            f"✓ created {made.name}: {made.transactions} transactions, "
-            f"{render.human_size(made.size_bytes)} in {render.human_duration(made.seconds)}"
+            f"✓ created {made.name} on {server.display}: {made.transactions} transactions, "
+            f"{render_text.human_size(made.size_bytes)} in "
+            f"{render_text.human_duration(made.seconds)}"
         ),
     )
     return EXIT_OK
 
 
-def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from core.demo import run_demo
+def cmd_demo(_settings: Settings, args: argparse.Namespace) -> int:
+    from bot.demo import run_demo
 
-    return run_demo(args.transactions, server_url=args.server_url or _LOCAL_SERVER)
-
-
-def _server_url(settings: Settings) -> str:
-    if settings.database_url is None:
-        return _LOCAL_SERVER
-    return settings.database_url.get_secret_value()
+    return run_demo(args.transactions, server_url=args.server_url or LOCAL_SERVER)
 
 
 def _actor(args: argparse.Namespace) -> Actor:
@@ -230,77 +210,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    backup = commands.add_parser("backup", help="back up the database to S3 now")
+    def command(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, **kwargs)
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        return sub
+
+    backup = command("backup", "back up the database to S3 now")
     backup.add_argument("--reason", help='why, e.g. "before migration 42" (audited)')
-    backup.add_argument("--json", action="store_true", help="print the result as JSON")
     backup.set_defaults(handler=cmd_backup)
 
-    listing = commands.add_parser("list", help="list recent complete backups, newest first")
+    listing = command("list", "list recent complete backups, newest first")
     listing.add_argument("--limit", type=_positive, default=20)
-    listing.add_argument("--all", action="store_true", help="include dumps without manifest")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--all", action="store_true", help="include incomplete backups")
     listing.set_defaults(handler=cmd_list)
 
-    status = commands.add_parser(
-        "status", help="age of the newest backup against STALE_AFTER_HOURS (exit 1 if stale)"
+    status = command(
+        "status", "age of the newest backup against STALE_AFTER_HOURS (exit 1 on a breach)"
     )
-    status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
 
-    restore_test = commands.add_parser(
-        "restore-test", help="prove a backup restorable: restore into a scratch database, check"
+    restore_test = command(
+        "restore-test", "prove a backup restorable: restore into a scratch database, check"
     )
     restore_test.add_argument("key", nargs="?", default="latest", help="KEY or latest")
-    restore_test.add_argument("--json", action="store_true")
     restore_test.set_defaults(handler=cmd_restore_test)
 
-    restore = commands.add_parser(
-        "restore", help="restore a backup into a NEW database, verified and checked"
-    )
+    restore = command("restore", "restore a backup into a NEW database, verified and checked")
     restore.add_argument("key", help="KEY or latest")
     restore.add_argument("--into", required=True, metavar="NEWDB", help="database to create")
     restore.add_argument("--server-url", help="server to create it on (default: Blnk's)")
     restore.add_argument("--yes", action="store_true", help="confirm: this creates a database")
-    restore.add_argument("--json", action="store_true")
     restore.set_defaults(handler=cmd_restore)
 
-    prune = commands.add_parser(
-        "prune", help="apply the retention policy (a dry run unless --apply)"
-    )
+    prune = command("prune", "apply the retention policy (a dry run unless --apply)")
     prune.add_argument("--apply", action="store_true", help="really delete what the plan says")
-    prune.add_argument("--json", action="store_true")
     prune.set_defaults(handler=cmd_prune)
 
-    bucket = commands.add_parser(
-        "bucket", help="check or apply versioning, encryption, public access block, lifecycle"
+    bucket = command(
+        "bucket", "check or apply versioning, encryption, public access block, lifecycle"
     )
     bucket.add_argument("action", choices=["check", "apply"])
     bucket.add_argument("--yes", action="store_true", help="confirm apply")
-    bucket.add_argument("--json", action="store_true")
     bucket.set_defaults(handler=cmd_bucket)
 
-    audit = commands.add_parser("audit", help="show the audit log, newest first")
+    audit = command("audit", "show the audit log, newest first")
     audit.add_argument("--limit", type=_positive, default=50)
     audit.add_argument("--action", help="only this action (e.g. backup)")
-    audit.add_argument("--json", action="store_true")
     audit.set_defaults(handler=cmd_audit)
 
-    generate = commands.add_parser(
-        "generate-db", help="create a realistic Blnk-shaped database (demos, tests, benchmarks)"
+    generate = command(
+        "generate-db", "create a realistic Blnk-shaped database (demos, tests, benchmarks)"
     )
     generate.add_argument("name", help="name of the database to create")
     generate.add_argument("--transactions", type=_positive, default=10_000)
-    generate.add_argument("--server-url", help="server to create it on (default: local)")
+    generate.add_argument(
+        "--server-url",
+        help=f"server to create it on (default: {LOCAL_SERVER}; BLNK_DATABASE_URL is not used)",
+    )
     generate.add_argument("--replace", action="store_true", help="drop it first if it exists")
-    generate.add_argument("--json", action="store_true")
+    generate.add_argument(
+        "--edge-objects",
+        action="store_true",
+        help="add partitioned, unlogged, quoted-name, large-object and other unusual objects",
+    )
     generate.set_defaults(settings_handler=cmd_generate_db)
 
     demo = commands.add_parser(
         "demo", help="generate a database, start a local S3 server, back up, list and status"
     )
     demo.add_argument("--transactions", type=_positive, default=20_000)
-    demo.add_argument("--server-url", help=f"PostgreSQL server to use (default: {_LOCAL_SERVER})")
-    demo.set_defaults(settings_handler=cmd_demo)
+    demo.add_argument("--server-url", help=f"PostgreSQL server to use (default: {LOCAL_SERVER})")
+    demo.set_defaults(settings_handler=cmd_demo, json=False)
     return parser
 
 
@@ -332,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("botocore").setLevel(logging.ERROR)
-    return run_with_error_boundary(lambda: _dispatch(args))
+    return run_with_error_boundary(lambda: _dispatch(args), as_json=bool(args.json))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -348,15 +328,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         services.close()
 
 
-def run_with_error_boundary(action: Callable[[], int]) -> int:
-    """Run a command; map engine errors to exit codes and one clear line on stderr."""
+def run_with_error_boundary(action: Callable[[], int], *, as_json: bool = False) -> int:
+    """Run a command; map engine errors to exit codes and one clear line on stderr (and, with
+    --json, a JSON error object on stdout)."""
     try:
         return action()
     except (ConfigError, UsageError) as exc:
-        _err(f"error: {exc}")
+        _fail(exc, f"error: {exc}", as_json)
         return EXIT_USAGE
     except BackupError as exc:
-        _err(f"✗ {exc.code}: {exc}")
+        _fail(exc, f"✗ {exc.code}: {exc}", as_json)
         return EXIT_FAILED
     except KeyboardInterrupt:
         _err("interrupted: clean-up done")
@@ -366,8 +347,18 @@ def run_with_error_boundary(action: Callable[[], int]) -> int:
         return 143
     except Exception as exc:
         log.debug("internal error", exc_info=True)
-        _err(f"✗ internal error ({type(exc).__name__}): run again with -v for details")
+        internal = BackupError(
+            f"internal error ({type(exc).__name__}): run again with -v for details"
+        )
+        internal.code = "internal_error"
+        _fail(internal, f"✗ {internal.message}", as_json)
         return EXIT_FAILED
+
+
+def _fail(exc: BackupError, line: str, as_json: bool) -> None:
+    if as_json:
+        _out(json.dumps(render_json.error(exc), indent=2))
+    _err(line)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""JSON shapes of engine results: ``--json`` on the command line and the HTTP API's bodies.
+
+JSON escapes control characters itself, so stored text (reasons, causes) is safe here as is.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from core.audit import AuditEvent
+from core.bucket_policy import PolicyItem, StorePolicies
+from core.catalog import BackupEntry, FreshnessStatus
+from core.errors import BackupError, ConfigError
+from core.manifest import Manifest
+from core.prune import PruneReport
+from core.restore import RestoreReport
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def error(exc: BackupError) -> dict[str, Any]:
+    """The error object of a failed command or request: a code and a message."""
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
+    if isinstance(exc, ConfigError):
+        body["error"]["problems"] = exc.problems
+    return body
+
+
+def backup(manifest: Manifest, bucket: str) -> dict[str, Any]:
+    return {
+        "message": f"backup uploaded to s3://{bucket}/{manifest.key} and verified",
+        "key": manifest.key,
+        "bucket": bucket,
+        "size": manifest.size,
+        "sha256": manifest.sha256,
+        "store_checksum": manifest.store_checksum,
+        "verification": manifest.verification,
+        "started_at": _iso(manifest.started_at),
+        "finished_at": _iso(manifest.finished_at),
+        "duration_seconds": manifest.duration_seconds,
+        "database": manifest.database,
+        "compression_level": manifest.compression_level,
+        "replicas": manifest.replicas,
+    }
+
+
+def entry(item: BackupEntry) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "key": item.key.key,
+        "started_at": _iso(item.started_at),
+        "size": item.size,
+        "complete": item.complete,
+    }
+    if item.problem is not None:
+        body["problem"] = item.problem
+    if item.manifest is not None:
+        body |= {
+            "sha256": item.manifest.sha256,
+            "duration_seconds": item.manifest.duration_seconds,
+            "trigger": item.manifest.trigger,
+            "actor": item.manifest.actor,
+            "reason": item.manifest.reason,
+        }
+    return body
+
+
+def entries(items: list[BackupEntry]) -> list[dict[str, Any]]:
+    return [entry(i) for i in items]
+
+
+def status(state: FreshnessStatus) -> dict[str, Any]:
+    return {
+        "healthy": state.healthy,
+        "breaches": state.breaches,
+        "checked_at": _iso(state.checked_at),
+        "stale_after_hours": state.stale_after_hours,
+        "complete_backups": state.complete_count,
+        "incomplete_backups": state.incomplete_count,
+        "incomplete": [entry(e) for e in state.incomplete],
+        "total_size": state.total_size,
+        "newest": entry(state.newest) if state.newest else None,
+        "newest_age_hours": (
+            round(state.newest_age_hours, 3) if state.newest_age_hours is not None else None
+        ),
+        "oldest": entry(state.oldest) if state.oldest else None,
+        "last_restore_test": state.last_restore_test,
+    }
+
+
+def audit_event(event: AuditEvent) -> dict[str, Any]:
+    return event.model_dump(mode="json")
+
+
+def audit(events: list[AuditEvent]) -> list[dict[str, Any]]:
+    return [audit_event(e) for e in events]
+
+
+def restore(report: RestoreReport) -> dict[str, Any]:
+    return {
+        "key": report.key,
+        "passed": report.passed,
+        "database": report.database,
+        "kept": report.kept,
+        "durations": report.durations,
+        "amcheck": report.amcheck,
+        "checks": [
+            {"name": c.name, "passed": c.passed, "expected": c.expected, "found": c.found}
+            for c in report.checks
+        ],
+    }
+
+
+def prune(reports: list[PruneReport]) -> list[dict[str, Any]]:
+    return [
+        {
+            "store": r.location,
+            "applied": r.applied,
+            "paused": r.plan.paused,
+            "decisions": [
+                {"key": d.key.key, "keep": d.keep, "reasons": list(d.reasons)}
+                for d in r.plan.decisions
+            ],
+            "incomplete_untouched": r.incomplete,
+            "orphan_side_files": r.orphan_side_files,
+            "deleted": r.deleted,
+            "errors": r.errors,
+        }
+        for r in reports
+    ]
+
+
+def policy_item(item: PolicyItem) -> dict[str, Any]:
+    return {
+        "name": item.name,
+        "ok": item.ok,
+        "unsupported": item.unsupported,
+        "current": item.current,
+        "recommended": item.recommended,
+    }
+
+
+def policies(results: list[StorePolicies]) -> dict[str, Any]:
+    return {
+        r.location: {"ok": r.ok, "items": [policy_item(i) for i in r.items], "errors": r.errors}
+        for r in results
+    }

@@ -1,0 +1,218 @@
+"""Plain-text renderings of engine results for terminals (the CLI and the console).
+
+Everything read back from storage — reasons, actors, keys, causes — is untrusted: ``_safe``
+makes control characters visible, so a stored reason can never print a fake
+"✓ backup uploaded and verified" line or move the cursor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.audit import AuditEvent
+from core.bucket_policy import StorePolicies
+from core.catalog import BackupEntry, FreshnessStatus
+from core.database import PgTarget
+from core.manifest import Manifest
+from core.prune import PruneReport
+from core.redact import neutralise
+from core.restore import RestoreReport
+
+
+def _safe(value: Any) -> str:
+    return neutralise("" if value is None else str(value))
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def backup(manifest: Manifest, bucket: str) -> str:
+    lines = [
+        "✓ backup uploaded and verified",
+        f"  key       s3://{bucket}/{_safe(manifest.key)}",
+        f"  size      {human_size(manifest.size)} "
+        f"({manifest.size} bytes, {manifest.part_count} parts)",
+        f"  sha256    {manifest.sha256}",
+        f"  verified  {manifest.verification}",
+        f"  duration  {human_duration(manifest.duration_seconds)}",
+        f"  database  {_safe(manifest.database)} (PostgreSQL {_safe(manifest.server_version)}), "
+        f"{sum(manifest.stats.row_counts.values())} rows in "
+        f"{len(manifest.stats.row_counts)} tables",
+    ]
+    for replica in manifest.replicas:
+        mark = "✓" if replica.get("status") == "verified" else "✗"
+        lines.append(
+            f"  replica   {mark} s3://{_safe(replica.get('bucket'))}/{_safe(replica.get('key'))} "
+            f"({_safe(replica.get('method'))}"
+            + (f": {_safe(replica.get('error'))}" if replica.get("error") else "")
+            + ")"
+        )
+    return "\n".join(lines)
+
+
+def entries(items: list[BackupEntry]) -> str:
+    if not items:
+        return "no backups yet"
+    rows = [f"{'KEY':<44} {'STARTED (UTC)':<20} {'SIZE':>10}  {'BY':<16} REASON"]
+    for e in items:
+        m = e.manifest
+        if e.complete and m is not None:
+            by, note = f"{m.trigger}:{m.actor}", m.reason or ""
+        else:
+            by, note = "(incomplete)", e.problem or ""
+        rows.append(
+            f"{_safe(e.key.key):<44} {e.started_at:%Y-%m-%d %H:%M:%S}  "
+            f"{human_size(e.size):>10}  {_safe(by)[:16]:<16} {_safe(note)}"
+        )
+    return "\n".join(rows)
+
+
+def status(state: FreshnessStatus) -> str:
+    head = "✓ healthy" if state.healthy else "✗ " + "; ".join(_safe(b) for b in state.breaches)
+    lines = [head]
+    if state.newest is not None and state.newest_age_hours is not None:
+        lines.append(
+            f"  newest    {_safe(state.newest.key.key)} ({state.newest_age_hours:.1f} h old, "
+            f"limit {state.stale_after_hours:g} h)"
+        )
+    if state.oldest is not None:
+        lines.append(f"  oldest    {_safe(state.oldest.key.key)}")
+    test = state.last_restore_test
+    if test is None:
+        lines.append("  restore   no restore test yet: run blnk-backup restore-test latest")
+    elif test.get("passed") is True:
+        when = _safe(test.get("finished_at"))[:19].replace("T", " ")
+        lines.append(
+            f"  restore   last backup proven restorable: {_safe(test.get('key'))}, at {when} UTC"
+        )
+    else:
+        lines.append(f"  restore   last restore test FAILED: {_safe(test.get('key'))}")
+    lines.append(
+        f"  backups   {state.complete_count} complete, {human_size(state.total_size)} in all"
+        + (f", {state.incomplete_count} incomplete" if state.incomplete_count else "")
+    )
+    for e in state.incomplete[:10]:
+        lines.append(f"  ! {_safe(e.key.key)}: {_safe(e.problem)}")
+    if len(state.incomplete) > 10:
+        lines.append(f"  ! … and {len(state.incomplete) - 10} more (blnk-backup list --all)")
+    return "\n".join(lines)
+
+
+def audit(events: list[AuditEvent]) -> str:
+    if not events:
+        return "the audit log is empty"
+    rows = []
+    for e in events:
+        what = e.key or ""
+        if e.error_code:
+            cause = (e.error_cause or "").splitlines()[0] if e.error_cause else ""
+            what = f"{e.error_code}: {cause[:100]}"
+        elif e.reason:
+            what = f"{what} ({e.reason})" if what else e.reason
+        rows.append(
+            f"{e.at:%Y-%m-%d %H:%M:%S}  {_safe(e.action):<16} {_safe(e.outcome):<10} "
+            f"{_safe(e.trigger)}:{_safe(e.actor):<12} {_safe(what)}"
+        )
+    return "\n".join(rows)
+
+
+def restore(report: RestoreReport) -> str:
+    what = "restored into" if report.kept else "restore-tested in scratch database"
+    head = "✓" if report.passed else "✗"
+    verdict = (
+        "all checks passed" if report.passed else f"{len(report.failed_checks)} check(s) FAILED"
+    )
+    d = report.durations
+    lines = [
+        f"{head} {_safe(report.key)} {what} {_safe(report.database)}: {verdict}",
+        f"  time      download {human_duration(d.get('download'))}, restore "
+        f"{human_duration(d.get('restore'))}, checks {human_duration(d.get('checks'))}, "
+        f"total {human_duration(d.get('total'))}",
+        f"  checks    {len(report.checks)} ({_safe(report.amcheck)})",
+    ]
+    for check in report.failed_checks:
+        lines.append(
+            f"  ✗ {_safe(check.name)}: expected {_safe(check.expected)}, found {_safe(check.found)}"
+        )
+    return "\n".join(lines)
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a PostgreSQL identifier the way the server parses it: in double quotes, with each
+    double quote doubled. Printed SQL stays one harmless statement whatever the name."""
+    return '"' + neutralise(name).replace('"', '""') + '"'
+
+
+def switch_over(new: PgTarget, current_dbname: str) -> str:
+    """How to point Blnk at a restored database: the new URL, or SQL that swaps the names."""
+    new_name = new.dbname
+    old = quote_identifier(current_dbname)
+    backup_name = quote_identifier(current_dbname[:48] + "_before_restore")
+    return (
+        "To switch Blnk over: stop Blnk, point BLNK_DATA_SOURCE_DNS (or data_source.dns in "
+        f"blnk.json) at\n  {new.display}\nkeeping your user and password, then start Blnk. "
+        "Or swap names while Blnk is stopped:\n"
+        f"  ALTER DATABASE {old} RENAME TO {backup_name};\n"
+        f"  ALTER DATABASE {quote_identifier(new_name)} RENAME TO {old};"
+    )
+
+
+def prune(reports: list[PruneReport]) -> str:
+    lines = []
+    for r in reports:
+        deleting = r.plan.to_delete
+        mode = "deleted" if r.applied and not r.plan.paused else "would delete (dry run)"
+        lines.append(f"{_safe(r.location)}: keep {len(r.plan.to_keep)}, {mode} {len(deleting)}")
+        if r.plan.paused:
+            lines.append(f"  ⏸ paused: {_safe(r.plan.paused)}")
+        for d in r.plan.decisions:
+            mark = "keep  " if d.keep else "DELETE"
+            lines.append(f"  {mark} {_safe(d.key.key)}  {'; '.join(_safe(x) for x in d.reasons)}")
+        for key, problem in r.incomplete.items():
+            lines.append(f"  skip   {_safe(key)}  not a complete backup ({_safe(problem)})")
+        for key in r.orphan_side_files:
+            verb = "removed" if r.applied and not r.plan.paused else "will remove"
+            lines.append(f"  {verb} {_safe(key)}  its dump is gone (an interrupted prune)")
+        for error in r.errors:
+            lines.append(f"  ✗ {_safe(error)}")
+    if reports and not reports[0].applied:
+        lines.append("dry run: nothing was deleted; run with --apply to delete")
+    return "\n".join(lines)
+
+
+def policies(results: list[StorePolicies], applied: bool) -> str:
+    lines = []
+    for result in results:
+        lines.append(f"{_safe(result.location)} ({'after apply' if applied else 'check'})")
+        for item in result.items:
+            if item.ok:
+                lines.append(f"  ✓ {item.name}: {_safe(item.current)}")
+            elif item.unsupported:
+                lines.append(f"  - {item.name}: not supported by this store")
+            else:
+                lines.append(
+                    f"  ✗ {item.name}: {_safe(item.current)} (recommended: {item.recommended})"
+                )
+        for error in result.errors:
+            lines.append(f"  ✗ {_safe(error)}")
+    if not applied and not all(r.ok for r in results):
+        lines.append("run `blnk-backup bucket apply --yes` to apply what is missing")
+    return "\n".join(lines)

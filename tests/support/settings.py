@@ -1,0 +1,29 @@
+"""Settings for tests, and the environment that gives a CLI run the same settings."""
+
+from __future__ import annotations
+
+from core.config import Settings
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment variables that give a CLI run (in-process or a child) these settings."""
+    secret = settings.aws_secret_access_key
+    env = {
+        "S3_BACKUP_BUCKET": settings.s3_bucket or "",
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
+        "S3_BACKUP_PREFIX": settings.s3_prefix,
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id or "",
+        "AWS_SECRET_ACCESS_KEY": secret.get_secret_value() if secret else "",
+        "AWS_REGION": settings.aws_region,
+        "AUDIT_DATABASE_URL": settings.audit_database_url,
+        "S3_MAX_ATTEMPTS": str(settings.s3_max_attempts),
+        "S3_CHECKSUM": settings.s3_checksum,
+        "BACKUP_COMPRESSION_LEVEL": str(settings.backup_compression_level),
+        "BACKUP_PART_SIZE_MIB": str(settings.backup_part_size_mib),
+        "BACKUP_UPLOAD_CONCURRENCY": str(settings.backup_upload_concurrency),
+    }
+    if settings.database_url is not None:
+        env["BLNK_DATABASE_URL"] = settings.database_url.get_secret_value()
+    if settings.restore_test_database_url is not None:
+        env["RESTORE_TEST_DATABASE_URL"] = settings.restore_test_database_url.get_secret_value()
+    return env | extra

@@ -1,0 +1,35 @@
+"""Plain S3 access for tests, as an operator's `aws s3` would see the bucket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+ACCESS_KEY = "AKIATESTTESTTEST"
+SECRET_KEY = "s3cr3t-w1ll-n3v3r-b3-pr1nt3d"
+
+
+def raw_s3(endpoint: str) -> Any:
+    """A plain boto3 client on the test S3 server."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def bucket_keys(s3: Any, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def incomplete_uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    return list(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
