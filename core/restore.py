@@ -100,6 +100,7 @@ class RestoreService:
         self.audit = audit
         self.source = source
         self._scratch_server = scratch_server
+        self.abandon_after = ABANDON_AFTER
 
     @property
     def scratch_server(self) -> PgTarget:
@@ -132,7 +133,10 @@ class RestoreService:
                     scratch_server, RESTORE_LOCK_ID, "a restore test is already running"
                 ):
                     self.audit.close_abandoned(
-                        "restore_test", actor, scope=scope, before=run.started_at - ABANDON_AFTER
+                        "restore_test",
+                        actor,
+                        scope=scope,
+                        before=run.started_at - self.abandon_after,
                     )
                     self._drop_leftovers()
                     workdir = self._workdir_root() / run.run_id
