@@ -109,6 +109,8 @@ def parse_manifest(raw: bytes | str) -> Manifest:
         manifest = _adapter().validate_json(raw, strict=True)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
+        if error["type"] == "json_invalid":
+            raise ManifestError(f"manifest is not JSON ({error['msg']})") from None
         where = ".".join(str(p) for p in error["loc"]) or "document"
         raise ManifestError(f"manifest field {where}: {error['msg']}") from None
     except ValueError as exc:  # not JSON at all

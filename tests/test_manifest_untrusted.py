@@ -1,0 +1,144 @@
+"""Manifests are untrusted input: one that is not JSON, misses fields, has wrong types, a status
+other than verified, or a key or size that does not match its dump makes the backup incomplete
+everywhere alike — list (text and JSON), status, prune and restore tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.cli import main
+from core.audit import Actor
+from core.errors import UsageError
+from core.keys import BackupKey
+from core.manifest import ManifestError, completeness_problem, parse_manifest
+from core.services import Services
+from tests.support.helpers import PG_URL, bucket_keys
+from tests.support.seeding import DUMP, manifest_for, put_manifest_body, seed
+
+ACTOR = Actor("judy", "cli")
+NOW = datetime.now(UTC).replace(microsecond=0)
+GOOD = json.loads(manifest_for(BackupKey.at(NOW)).to_json())
+
+CORRUPTIONS: dict[str, Any] = {
+    "not JSON": b"\x00\xffnot json",
+    "a JSON list": [],
+    "a missing sha256": {k: v for k, v in GOOD.items() if k != "sha256"},
+    "a size given as text": GOOD | {"size": "8"},
+    "a failed status": GOOD | {"status": "failed"},
+    "a time without a zone": GOOD | {"started_at": "2026-01-01T00:00:00"},
+    "row counts as text": GOOD | {"stats": GOOD["stats"] | {"row_counts": {"a.b": "1"}}},
+}
+
+
+def _body(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else json.dumps(value).encode()
+
+
+@pytest.mark.parametrize("what", list(CORRUPTIONS))
+def test_the_parser_refuses_a_manifest_with(what: str) -> None:
+    body = CORRUPTIONS[what]
+    if what == "a failed status":  # parses, but does not make a complete backup
+        manifest = parse_manifest(_body(body))
+        assert completeness_problem(manifest, manifest.key, manifest.size) is not None
+    else:
+        with pytest.raises(ManifestError):
+            parse_manifest(_body(body))
+
+
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_arbitrary_bytes_never_crash_the_parser(raw: bytes) -> None:
+    try:
+        parse_manifest(raw)
+    except ManifestError as exc:
+        assert "\n" not in str(exc)
+
+
+def test_a_manifest_naming_another_key_or_size_does_not_complete_its_dump() -> None:
+    key = BackupKey.at(NOW)
+    manifest = manifest_for(key)
+    assert completeness_problem(manifest, key.key, len(DUMP)) is None
+    assert "another key" in str(completeness_problem(manifest, key.key + "x", len(DUMP)))
+    assert "bytes" in str(completeness_problem(manifest, key.key, len(DUMP) + 1))
+    moved = replace(manifest, key="blnk_backup_20000101_000000.dump")
+    assert completeness_problem(moved, key.key, len(DUMP)) is not None
+
+
+@pytest.fixture
+def corrupt_newest(s3: Any, bucket: str) -> list[BackupKey]:
+    """Seven daily backups whose three newest have a broken manifest each."""
+    keys = seed(s3, bucket, [0.1, 0.5, 0.9, 1.5, 200, 300, 400], now=NOW)
+    put_manifest_body(s3, bucket, keys[0], b"{not json")
+    put_manifest_body(s3, bucket, keys[1], GOOD | {"key": "elsewhere.dump"})
+    put_manifest_body(s3, bucket, keys[2], GOOD | {"key": keys[2].key, "size": 999})
+    return keys
+
+
+def test_list_text_and_json_agree_that_broken_manifests_are_incomplete(
+    make_settings: Any,
+    use_settings: Any,
+    corrupt_newest: list[BackupKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    use_settings(make_settings())
+    assert main(["list", "--json"]) == 0
+    listed = [e["key"] for e in json.loads(capsys.readouterr().out)]
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert listed == [k.key for k in corrupt_newest[3:]]
+    for key in corrupt_newest[:3]:
+        assert key.key not in text
+    assert main(["list", "--all", "--json"]) == 0
+    everything = {e["key"]: e for e in json.loads(capsys.readouterr().out)}
+    assert [everything[k.key]["complete"] for k in corrupt_newest] == [False] * 3 + [True] * 4
+    assert "not JSON" in everything[corrupt_newest[0].key]["problem"]
+    assert "another key" in everything[corrupt_newest[1].key]["problem"]
+    assert "999 bytes" in everything[corrupt_newest[2].key]["problem"]
+
+
+def test_status_counts_only_valid_backups_and_names_the_broken_ones(
+    make_settings: Any, corrupt_newest: list[BackupKey]
+) -> None:
+    services = Services(make_settings())
+    status = services.catalog.status()
+    services.close()
+    assert status.complete_count == 4 and status.incomplete_count == 3
+    assert status.newest is not None and status.newest.key == corrupt_newest[3]
+    assert {e.key for e in status.incomplete} == set(corrupt_newest[:3])
+
+
+def test_prune_keeps_the_newest_valid_backups_and_never_deletes_a_dump_with_a_broken_manifest(
+    make_settings: Any, corrupt_newest: list[BackupKey], s3: Any, bucket: str
+) -> None:
+    services = Services(make_settings(retention_min_keep=3, retention_daily_days=0))
+    [report] = services.pruner.prune(ACTOR, apply=True)
+    services.close()
+    remaining = set(bucket_keys(s3, bucket))
+    # The broken ones stay, reported; the newest three *valid* backups are the floor.
+    assert set(report.incomplete) == {k.key for k in corrupt_newest[:3]}
+    for key in corrupt_newest[:3]:
+        assert key.key in remaining and key.manifest_key in remaining
+    kept_valid = [k for k in corrupt_newest[3:] if k.key in remaining]
+    assert kept_valid[:3] == corrupt_newest[3:6]
+    assert "not a complete backup" in "\n".join(
+        f"not a complete backup ({p})" for p in report.incomplete.values()
+    )
+
+
+def test_restore_test_of_a_backup_with_a_broken_manifest_is_a_clear_usage_error(
+    make_settings: Any, corrupt_newest: list[BackupKey]
+) -> None:
+    services = Services(make_settings(restore_test_database_url=PG_URL))
+    with pytest.raises(UsageError, match="not a complete backup: unreadable manifest"):
+        services.restores.test(ACTOR, corrupt_newest[0].key)
+    with pytest.raises(UsageError, match="another key"):
+        services.restores.test(ACTOR, corrupt_newest[1].key)
+    [failed, _started] = services.audit.events(action="restore_test", limit=2)
+    assert failed.outcome == "failed" and failed.error_code == "usage_error"
+    services.close()
