@@ -63,14 +63,20 @@ class StorePolicies:
         return not self.errors and all(i.ok or i.unsupported for i in self.items)
 
 
-def recommended_rules(prefix: str, monthly_days: int) -> list[dict[str, Any]]:
+def recommended_rules(
+    prefix: str, monthly_days: int, archive_after_days: int = ARCHIVE_AFTER_DAYS
+) -> list[dict[str, Any]]:
+    """The lifecycle rules this program recommends, scoped to its own keys. With
+    ``archive_after_days`` 0 there is no archive (transition) rule."""
     scope = {"Filter": {"Prefix": prefix + "blnk_backup_"}, "Status": "Enabled"}
-    return [
+    archive = [
         {
             "ID": RULE_PREFIX + "archive",
             **scope,
-            "Transitions": [{"Days": ARCHIVE_AFTER_DAYS, "StorageClass": ARCHIVE_CLASS}],
-        },
+            "Transitions": [{"Days": archive_after_days, "StorageClass": ARCHIVE_CLASS}],
+        }
+    ]
+    return (archive if archive_after_days else []) + [
         {"ID": RULE_PREFIX + "expire", **scope, "Expiration": {"Days": monthly_days + 30}},
         {
             "ID": RULE_PREFIX + "abort-incomplete-uploads",
@@ -115,6 +121,7 @@ class BucketPolicies:
     def __init__(self, store: S3Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self._no_transitions = False  # learnt when the store refused a transition rule
 
     def _wanted_encryption(self) -> dict[str, Any]:
         default: dict[str, Any] = {"SSEAlgorithm": "AES256"}
@@ -125,7 +132,11 @@ class BucketPolicies:
         return default
 
     def _rules(self) -> list[dict[str, Any]]:
-        return recommended_rules(self.store.prefix, self.settings.retention_monthly_days)
+        return recommended_rules(
+            self.store.prefix,
+            self.settings.retention_monthly_days,
+            self.settings.s3_archive_after_days,
+        )
 
     def check(self) -> StorePolicies:
         """Return one item per recommendation, with what the bucket has now."""
@@ -231,13 +242,38 @@ class BucketPolicies:
         if any(name.startswith("lifecycle ") for name in wrong):
             self._try("lifecycle", self._apply_lifecycle, errors)
         after = self.check()
-        return StorePolicies(after.location, after.items, after.errors + errors)
+        items = after.items
+        if self._no_transitions:
+            items = [
+                PolicyItem(
+                    i.name,
+                    False,
+                    "not supported by this store (set S3_ARCHIVE_AFTER_DAYS=0 to stop "
+                    "recommending it)",
+                    i.recommended,
+                    unsupported=True,
+                )
+                if i.name == f"lifecycle {RULE_PREFIX}archive"
+                else i
+                for i in items
+            ]
+        return StorePolicies(after.location, items, after.errors + errors)
 
     def _apply_lifecycle(self) -> None:
         ours = self._rules()
         ids = {r["ID"] for r in ours}
         kept = [r for r in self._lifecycle_rules() if r.get("ID") not in ids]
-        self.store.put_bucket_setting("lifecycle", {"Rules": kept + ours})
+        try:
+            self.store.put_bucket_setting("lifecycle", {"Rules": kept + ours})
+        except StorageError as exc:
+            transitions = [r for r in ours if "Transitions" in r]
+            if exc.s3_code not in _UNSUPPORTED or not transitions:
+                raise
+            # Some stores implement lifecycle rules but not transitions between classes:
+            # install the others, and say how to stop recommending the archive rule.
+            rest = [r for r in ours if "Transitions" not in r]
+            self.store.put_bucket_setting("lifecycle", {"Rules": kept + rest})
+            self._no_transitions = True
 
     @staticmethod
     def _try(name: str, change: Callable[[], None], errors: list[str]) -> None:

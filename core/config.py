@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     # for S3-compatible stores that reject the newer checksum headers.
     s3_checksum: ChecksumMode = Field("sha256", validation_alias=_env("S3_CHECKSUM"))
     s3_max_attempts: int = Field(8, ge=1, le=20, validation_alias=_env("S3_MAX_ATTEMPTS"))
+    # Days before the lifecycle rule moves backups to GLACIER_IR; 0: no archive rule (for
+    # stores that do not implement lifecycle transitions).
+    s3_archive_after_days: int = Field(
+        30, ge=0, le=3650, validation_alias=_env("S3_ARCHIVE_AFTER_DAYS")
+    )
     s3_replica_bucket: str | None = Field(None, validation_alias=_env("S3_REPLICA_BUCKET"))
     s3_replica_region: str | None = Field(None, validation_alias=_env("S3_REPLICA_REGION"))
     s3_replica_endpoint_url: str | None = Field(

@@ -77,7 +77,7 @@ class Replicator:
             method = "streamed copy"
         try:
             if method == "server-side copy":
-                checksum = self._copy_object(key, size, sha256)
+                checksum = self._copy_object(key, size, sha256, store_checksum)
             elif method == "multipart server-side copy":
                 checksum = self._multipart_copy(key, size, sha256, store_checksum, first_part_size)
             else:
@@ -103,9 +103,12 @@ class Replicator:
         )
 
     # --- methods ------------------------------------------------------------------------------
-    def _copy_object(self, key: str, size: int, sha256: str) -> str | None:
+    def _copy_object(
+        self, key: str, size: int, sha256: str, store_checksum: str | None
+    ) -> str | None:
         self.replica.copy_from(self.primary, key)
-        return self._verify(key, size, sha256, primary_composite=None)
+        # Some stores keep the source's composite checksum on a copy instead of a new one.
+        return self._verify(key, size, sha256, primary_composite=store_checksum)
 
     def _multipart_copy(
         self, key: str, size: int, sha256: str, store_checksum: str | None, first_part_size: int

@@ -1,5 +1,16 @@
-"""Shared fixtures: the real PostgreSQL on 127.0.0.1:5432, a real S3 server process on
-loopback, Blnk-shaped databases that each test module creates and drops, and settings."""
+"""Shared fixtures: a real PostgreSQL server, a real S3 server process on loopback, Blnk-shaped
+databases that each test module creates and drops, and settings.
+
+The same tests run against other real parts, chosen on the command line (scripts/test runs
+each pass):
+
+- ``--s3-server seaweedfs``: SeaweedFS (a second, independent S3 implementation) instead of
+  moto; tests marked ``stores`` are the ones that matter there;
+- ``--pg embedded18``: a PostgreSQL 18 server with its own 18 client tools (tests marked
+  ``pg_versions``);
+- ``--pg-client embedded18``: the machine's server with the PostgreSQL 18 client tools
+  (``PG_BIN_DIR``).
+"""
 
 from __future__ import annotations
 
@@ -14,23 +25,66 @@ from core.config import Settings, load_settings
 from core.database import PgTarget, drop_database
 from core.services import Services
 from tests.support.databases import PG_URL, make_database
+from tests.support.embedded_pg import EmbeddedPostgres, embedded_bin_dir
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3ServerProcess
+from tests.support.s3server_alt import SeaweedS3ServerProcess
 from tests.support.settings import settings_env
 from tests.support.stores import ACCESS_KEY, SECRET_KEY, raw_s3
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> PgTarget:
-    return PgTarget.from_url(PG_URL)
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--s3-server", choices=["moto", "seaweedfs"], default="moto", help="S3 implementation"
+    )
+    parser.addoption(
+        "--pg", choices=["local", "embedded18"], default="local", help="PostgreSQL server"
+    )
+    parser.addoption(
+        "--pg-client",
+        choices=["default", "embedded18"],
+        default="default",
+        help="pg_dump/pg_restore to use (PG_BIN_DIR)",
+    )
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3ServerProcess]:
-    server = S3ServerProcess()
+def pg_server(request: pytest.FixtureRequest) -> Iterator[PgTarget]:
+    if request.config.getoption("--pg") == "local":
+        yield PgTarget.from_url(PG_URL)
+        return
+    server = EmbeddedPostgres()
+    server.start()
+    try:
+        yield PgTarget.from_url(server.url)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_bin_dir(request: pytest.FixtureRequest) -> str | None:
+    """PG_BIN_DIR for this run: the 18 client tools with --pg embedded18 or --pg-client
+    embedded18, else None (the newest pg_dump found on the machine)."""
+    if "embedded18" in (request.config.getoption("--pg"), request.config.getoption("--pg-client")):
+        return str(embedded_bin_dir())
+    return None
+
+
+@pytest.fixture(scope="session")
+def s3_server(request: pytest.FixtureRequest) -> Iterator[S3ServerProcess | SeaweedS3ServerProcess]:
+    server: S3ServerProcess | SeaweedS3ServerProcess
+    if request.config.getoption("--s3-server") == "seaweedfs":
+        server = SeaweedS3ServerProcess()
+    else:
+        server = S3ServerProcess()
     server.start()
     yield server
     server.stop()
+
+
+def url_of(target: PgTarget) -> str:
+    """A connection string for settings (BLNK_DATABASE_URL, RESTORE_TEST_DATABASE_URL)."""
+    return target.secret_conninfo()
 
 
 @pytest.fixture
@@ -66,11 +120,23 @@ SettingsFactory = Callable[..., Settings]
 
 @pytest.fixture
 def make_settings(
-    tmp_path: Path, s3_server: S3ServerProcess, bucket: str, blnk_db: PgTarget
+    tmp_path: Path,
+    s3_server: S3ServerProcess,
+    bucket: str,
+    blnk_db: PgTarget,
+    pg_server: PgTarget,
+    pg_bin_dir: str | None,
 ) -> SettingsFactory:
-    def factory(**overrides: Any) -> Settings:
+    def factory(
+        *, database: str | None = None, restore_tests: bool = False, **overrides: Any
+    ) -> Settings:
+        """Settings for the test bucket and database. ``database`` names another database on
+        the test server; ``restore_tests`` sets RESTORE_TEST_DATABASE_URL to the test server;
+        any other keyword overrides that setting."""
+        target = pg_server.with_dbname(database) if database else blnk_db
         values: dict[str, Any] = {
-            "database_url": f"postgresql://postgres@127.0.0.1:5432/{blnk_db.dbname}",
+            "database_url": url_of(target),
+            "pg_bin_dir": pg_bin_dir,
             "s3_bucket": bucket,
             "s3_endpoint_url": s3_server.endpoint,
             "aws_access_key_id": ACCESS_KEY,
@@ -79,6 +145,8 @@ def make_settings(
             "s3_max_attempts": 2,
             "backup_local_dir": tmp_path / "local",
         }
+        if restore_tests:
+            values["restore_test_database_url"] = url_of(pg_server)
         values.update(overrides)
         return load_settings(**values)
 

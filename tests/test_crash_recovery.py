@@ -26,7 +26,9 @@ from core.errors import ConfigError, LocalCopyError
 from core.restore import SCRATCH_PREFIX
 from core.services import Services
 from tests.support.faultproxy import FaultProxy
-from tests.support.helpers import PG_URL, bucket_keys, incomplete_uploads, settings_env
+from tests.support.helpers import bucket_keys, incomplete_uploads, settings_env
+
+pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
 
 ACTOR = Actor("ivan", "cli")
 
@@ -77,7 +79,7 @@ def _killed_backup(
     """Start a backup in a child process, SIGKILL it with a part in flight; return settings."""
     proxy.faults.delay = lambda r: 1.0 if "partNumber=" in r.path else 0.0
     settings = make_settings(
-        database_url=f"postgresql://postgres@127.0.0.1:5432/{db_5k}",
+        database=db_5k,
         s3_endpoint_url=proxy.endpoint,
         backup_compression_level=0,
         backup_part_size_mib=5,
@@ -146,7 +148,7 @@ def test_a_run_that_started_moments_ago_is_not_declared_dead(
 def test_a_started_run_of_another_database_is_left_alone(
     make_settings: Any, db_5k: str, tmp_path: Path
 ) -> None:
-    services = Services(make_settings(database_url=f"postgresql://postgres@127.0.0.1:5432/{db_5k}"))
+    services = Services(make_settings(database=db_5k))
     other = services.audit.record(
         action="backup",
         outcome="started",
@@ -168,7 +170,7 @@ def test_incomplete_uploads_on_the_replica_are_aborted_too(
     unrelated = s3.create_multipart_upload(Bucket=replica, Key="notes/blnk_backup_x.dump")
     services = Services(
         make_settings(
-            database_url=f"postgresql://postgres@127.0.0.1:5432/{db_5k}",
+            database=db_5k,
             s3_replica_bucket=replica,
         )
     )
@@ -191,7 +193,7 @@ def test_an_unwritable_local_copy_directory_is_a_configuration_error_before_anyt
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the directory should be")
     settings = make_settings(
-        database_url=f"postgresql://postgres@127.0.0.1:5432/{db_5k}",
+        database=db_5k,
         backup_keep_local_copy=True,
         backup_local_dir=blocker / "backups",
     )
@@ -209,7 +211,7 @@ def test_a_local_copy_that_fails_mid_stream_aborts_the_upload(
     make_settings: Any, db_5k: str, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
     settings = make_settings(
-        database_url=f"postgresql://postgres@127.0.0.1:5432/{db_5k}",
+        database=db_5k,
         backup_keep_local_copy=True,
         backup_local_dir=tmp_path / "local",
         backup_compression_level=0,
@@ -244,8 +246,8 @@ def test_a_sigkilled_restore_test_leaves_a_dump_and_database_the_next_one_remove
     make_settings: Any, db_5k: str, pg_server: PgTarget, tmp_path: Path
 ) -> None:
     settings = make_settings(
-        database_url=f"postgresql://postgres@127.0.0.1:5432/{db_5k}",
-        restore_test_database_url=PG_URL,
+        database=db_5k,
+        restore_tests=True,
         backup_compression_level=0,
     )
     services = Services(settings)

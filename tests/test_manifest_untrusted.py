@@ -19,8 +19,10 @@ from core.errors import UsageError
 from core.keys import BackupKey
 from core.manifest import ManifestError, completeness_problem, parse_manifest
 from core.services import Services
-from tests.support.helpers import PG_URL, bucket_keys
+from tests.support.helpers import bucket_keys
 from tests.support.seeding import DUMP, manifest_for, put_manifest_body, seed
+
+pytestmark = pytest.mark.stores
 
 ACTOR = Actor("judy", "cli")
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -134,7 +136,7 @@ def test_prune_keeps_the_newest_valid_backups_and_never_deletes_a_dump_with_a_br
 def test_restore_test_of_a_backup_with_a_broken_manifest_is_a_clear_usage_error(
     make_settings: Any, corrupt_newest: list[BackupKey]
 ) -> None:
-    services = Services(make_settings(restore_test_database_url=PG_URL))
+    services = Services(make_settings(restore_tests=True))
     with pytest.raises(UsageError, match="not a complete backup: unreadable manifest"):
         services.restores.test(ACTOR, corrupt_newest[0].key)
     with pytest.raises(UsageError, match="another key"):

@@ -17,6 +17,8 @@ from tests.support.faultproxy import FaultProxy, Request
 from tests.support.helpers import bucket_keys
 from tests.support.seeding import seed
 
+pytestmark = pytest.mark.stores
+
 ACTOR = Actor("heidi", "cli")
 NOW = datetime.now(UTC).replace(microsecond=0)
 UNRELATED = {

@@ -20,14 +20,16 @@ from core.dbstats import ledger_totals, object_counts, row_counts
 from core.errors import ConfigError, RestoreCheckError, UsageError
 from core.restore import SCRATCH_PREFIX
 from core.services import Services
-from tests.support.helpers import PG_URL, make_database, settings_env
+from tests.support.helpers import make_database, settings_env
+
+pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
 
 ACTOR = Actor("grace", "cli")
 
 
 @pytest.fixture
 def restore_services(make_settings: Any) -> Any:
-    built = Services(make_settings(restore_test_database_url=PG_URL))
+    built = Services(make_settings(restore_tests=True))
     yield built
     built.close()
 
@@ -142,7 +144,7 @@ def test_restore_cli_needs_yes_and_prints_how_to_switch_over(
     capsys: pytest.CaptureFixture[str],
     pg_server: PgTarget,
 ) -> None:
-    use_settings(make_settings(restore_test_database_url=PG_URL))
+    use_settings(make_settings(restore_tests=True))
     assert main(["backup", "--json"]) == 0
     capsys.readouterr()
     new = f"blnk_cli_restored_{os.getpid()}"
@@ -167,8 +169,8 @@ def test_a_killed_restore_test_leaves_a_scratch_database_that_the_next_run_drops
     name = make_database(pg_server, 20_000)
     try:
         settings = make_settings(
-            database_url=f"postgresql://postgres@127.0.0.1:5432/{name}",
-            restore_test_database_url=PG_URL,
+            database=name,
+            restore_tests=True,
         )
         services = Services(settings)
         services.backups.run(ACTOR)
@@ -227,7 +229,7 @@ def test_a_restore_that_fails_midway_drops_the_half_restored_database(
         conn.execute("CREATE TABLE blnk.notes (id int)")
         conn.execute(f'ALTER TABLE blnk.notes OWNER TO "{role}"')
     new = f"blnk_half_{os.getpid()}"
-    services = Services(make_settings(database_url=f"{PG_URL.rsplit('/', 1)[0]}/{name}"))
+    services = Services(make_settings(database=name))
     try:
         key = services.backups.run(ACTOR).manifest.key
         with source.connect(autocommit=True) as conn:  # the owner no longer exists anywhere

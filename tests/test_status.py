@@ -6,8 +6,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from core.services import Services
 from tests.support.seeding import seed
+
+pytestmark = pytest.mark.stores
 
 NOW = datetime.now(UTC)
 

@@ -22,6 +22,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "BACKUP_PART_SIZE_MIB": str(settings.backup_part_size_mib),
         "BACKUP_UPLOAD_CONCURRENCY": str(settings.backup_upload_concurrency),
     }
+    if settings.pg_bin_dir is not None:
+        env["PG_BIN_DIR"] = settings.pg_bin_dir
     if settings.database_url is not None:
         env["BLNK_DATABASE_URL"] = settings.database_url.get_secret_value()
     if settings.restore_test_database_url is not None:
