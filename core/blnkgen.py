@@ -39,8 +39,12 @@ def create_fresh_database(server: PgTarget, name: str, *, replace: bool = False)
     create_database(server, name)
 
 
-def populate(target: PgTarget, transactions: int) -> None:
-    """Create the blnk schema in the (empty) target database and fill it."""
+def populate(target: PgTarget, transactions: int, *, edge_objects: bool = False) -> None:
+    """Create the blnk schema in the (empty) target database and fill it. With edge_objects,
+    also create schemas ``edge`` and ``"Ledger Ops"`` holding what backups and restore tests
+    must also get right (partitioned, unlogged and no-key tables, enum and domain types,
+    materialized views, large objects, quoted names, TOAST-sized values, contrib extensions
+    where available: see sql/blnk_edge_objects.sql)."""
     if transactions < 1:
         raise UsageError("the number of transactions must be at least 1")
     with target.connect(autocommit=False) as conn:
@@ -50,6 +54,8 @@ def populate(target: PgTarget, transactions: int) -> None:
         _execute(conn, _script("blnk_schema.sql"))
         _execute(conn, _script("blnk_data.sql").replace("{n}", str(int(transactions))))
         _execute(conn, _script("blnk_post_load.sql"))
+        if edge_objects:
+            _execute(conn, _script("blnk_edge_objects.sql").replace("{n}", str(int(transactions))))
         conn.commit()
     with target.connect(autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
@@ -61,15 +67,21 @@ def _execute(conn: psycopg.Connection[Any], script: str) -> None:
 
 
 def generate(
-    server: PgTarget, name: str, transactions: int, *, replace: bool = False
+    server: PgTarget,
+    name: str,
+    transactions: int,
+    *,
+    replace: bool = False,
+    edge_objects: bool = False,
 ) -> GeneratedDatabase:
     """Create database ``name`` on the server of ``server`` holding ``transactions`` rows of
-    Blnk transactions (plus balances, journal and the rest), and return what was made."""
+    Blnk transactions (plus balances, journal and the rest), and return what was made. With
+    edge_objects, add the edge-case objects of ``populate``."""
     began = time.monotonic()
     create_fresh_database(server, name, replace=replace)
     target = server.with_dbname(name)
     try:
-        populate(target, transactions)
+        populate(target, transactions, edge_objects=edge_objects)
     except BaseException:
         drop_database(server, name)
         raise
