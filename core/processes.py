@@ -16,6 +16,7 @@ import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -23,6 +24,7 @@ from core.errors import PreflightError
 from core.redact import mask
 
 _STDERR_TAIL_LINES = 20
+_MAX_STDERR_LINES = 10_000
 _F_SETPIPE_SZ = 1031  # Linux: grow the pipe so pg_dump is not woken every 64 KiB.
 _PIPE_SIZE = 1 << 20
 
@@ -111,14 +113,27 @@ def run(
     )
 
 
+@dataclass(frozen=True)
+class ToolRun:
+    """How a tool run ended: exit status, stdout, and stderr (masked) whole and as a tail."""
+
+    status: int
+    stdout: str
+    stderr_lines: list[str]
+
+    @property
+    def tail(self) -> str:
+        return "\n".join(self.stderr_lines[-_STDERR_TAIL_LINES:])
+
+
 def run_tool(
     argv: Sequence[str], env: dict[str, str], secrets: Iterable[str | None] = ()
-) -> tuple[int, str, str]:
+) -> ToolRun:
     """Run a tool such as pg_restore to completion (it is killed if this process is
-    interrupted); return (exit status, stdout, the masked last lines of stderr)."""
+    interrupted) and return how it ended, with known secrets masked."""
     done = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False)
-    lines = [ln for ln in done.stderr.splitlines() if ln.strip()][-_STDERR_TAIL_LINES:]
-    return done.returncode, done.stdout, mask("\n".join(lines), secrets)
+    lines = [mask(ln, secrets) for ln in done.stderr.splitlines() if ln.strip()]
+    return ToolRun(done.returncode, done.stdout, lines[-_MAX_STDERR_LINES:])
 
 
 # "pg_dump (PostgreSQL) 18.6", "pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)",

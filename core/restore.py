@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,12 @@ from core.database import (
     database_exists,
     databases_like,
     drop_database,
+    server_version,
 )
 from core.errors import BackupError, RestoreCheckError, UsageError
 from core.keys import BackupKey
 from core.manifest import Manifest
-from core.processes import find_tool, run_tool
+from core.processes import find_tool, run_tool, tool_version
 from core.restore_checks import Check, run_checks
 from core.s3store import S3Store
 
@@ -50,6 +52,7 @@ SCRATCH_PREFIX = "blnk_restore_test_"
 # A restore test that started this long before ours and never ended cannot still be waiting for
 # the lock, so holding the lock proves it dead.
 ABANDON_AFTER = timedelta(minutes=2)
+_UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([a-z_]+)"')
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class RestoreReport:
     finished_at: datetime
     amcheck: str  # "ran" or why not
     kept: bool = False  # True for `restore --into`
+    notes: list[str] = field(default_factory=list)  # what a person should know, e.g. skips
 
     @property
     def passed(self) -> bool:
@@ -80,6 +84,7 @@ class RestoreReport:
             "checks": len(self.checks),
             "failed_checks": [asdict(c) for c in self.failed_checks],
             "amcheck": self.amcheck,
+            "notes": self.notes,
         }
 
 
@@ -253,6 +258,7 @@ class RestoreService:
         and privileges, and dropped at the end."""
         began = time.monotonic()
         durations: dict[str, float] = {}
+        notes: list[str] = []
         target = server.with_dbname(name)
         pg_restore = find_tool("pg_restore", self.settings.pg_bin_dir)
         dump = workdir / key.name
@@ -264,7 +270,7 @@ class RestoreService:
             self._check_archive(pg_restore, dump, key)
             create_database(server, name)
             try:
-                self._pg_restore(pg_restore, dump, target, no_owner=not keep)
+                self._pg_restore(pg_restore, dump, target, not keep, notes)
             except BaseException:
                 drop_database(server, name)  # a half-restored database helps nobody
                 raise
@@ -286,6 +292,7 @@ class RestoreService:
             finished_at=datetime.now(UTC),
             amcheck=amcheck,
             kept=keep,
+            notes=notes,
         )
 
     def _download_verified(self, key: BackupKey, manifest: Manifest, dump: Path) -> None:
@@ -299,31 +306,53 @@ class RestoreService:
             )
 
     def _check_archive(self, pg_restore: str, dump: Path, key: BackupKey) -> None:
-        status, listing, tail = run_tool([pg_restore, "--list", str(dump)], dict(os.environ))
-        entries = [ln for ln in listing.splitlines() if ln and not ln.startswith(";")]
-        if status != 0 or not entries:
+        done = run_tool([pg_restore, "--list", str(dump)], dict(os.environ))
+        entries = [ln for ln in done.stdout.splitlines() if ln and not ln.startswith(";")]
+        if done.status != 0 or not entries:
             raise RestoreCheckError(
-                f"{key} is not a readable pg_dump archive: {tail or 'empty table of contents'}"
+                f"{key} is not a readable pg_dump archive: "
+                f"{done.tail or 'empty table of contents'}"
             )
 
-    def _pg_restore(self, pg_restore: str, dump: Path, target: PgTarget, no_owner: bool) -> None:
+    def _pg_restore(
+        self, pg_restore: str, dump: Path, target: PgTarget, no_owner: bool, notes: list[str]
+    ) -> None:
+        """Run pg_restore -j N into target; stop at the first error.
+
+        A pg_restore newer than the server (say 18 into 15, needed for a dump made by
+        pg_dump 18) sends session settings the older server does not know, such as
+        ``SET transaction_timeout``. Then it runs to the end and every error must be one of
+        those refused settings; anything else fails the restore as usual."""
+        restore_major, restore_version = tool_version(pg_restore)
+        with target.connect(autocommit=True) as conn:
+            server_major, server_text = server_version(conn)
+        newer_tool = restore_major > server_major
         argv = [
             pg_restore,
             f"--jobs={self.settings.restore_jobs}",
-            "--exit-on-error",
             "--no-password",
             f"--dbname={target.conninfo}",
         ]
+        if not newer_tool:
+            argv.append("--exit-on-error")
         if no_owner:  # a scratch copy: the roles of the source need not exist here
             argv += ["--no-owner", "--no-privileges"]
-        status, _out, tail = run_tool(
-            [*argv, str(dump)], target.libpq_env(dict(os.environ)), [target.password]
-        )
-        if status != 0:
-            raise RestoreCheckError(
-                f"pg_restore into {target.dbname} failed (exit {status}): {tail}",
-                cause=f"pg_restore exit {status}: {tail}",
+        done = run_tool([*argv, str(dump)], target.libpq_env(dict(os.environ)), [target.password])
+        if done.status == 0:
+            return
+        errors = [ln for ln in done.stderr_lines if ln.startswith("pg_restore: error:")]
+        refused = [e for e in errors if _UNKNOWN_SETTING.search(e)]
+        if newer_tool and errors and len(refused) == len(errors):
+            names = sorted({m[1] for e in refused if (m := _UNKNOWN_SETTING.search(e))})
+            notes.append(
+                f"pg_restore {restore_version} into PostgreSQL {server_text}: the server does "
+                f"not know {', '.join(names)}; those SET commands were skipped"
             )
+            return
+        raise RestoreCheckError(
+            f"pg_restore into {target.dbname} failed (exit {done.status}): {done.tail}",
+            cause=f"pg_restore exit {done.status}: {done.tail}",
+        )
 
     # --- records ------------------------------------------------------------------------------
     def _record_report(self, run: AuditRun, report: RestoreReport) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from core.audit import Actor
 from core.blnkgen import generate
-from core.database import PgTarget, create_database, drop_database
+from core.database import PgTarget, create_database, drop_database, server_version
 from core.dbstats import (
     LARGE_OBJECTS_KEY,
     LEGACY_OBJECT_KINDS,
@@ -28,7 +28,7 @@ from core.dbstats import (
     row_counts,
     table_digests,
 )
-from core.processes import find_tool
+from core.processes import find_tool, tool_version
 from core.restore_checks import amcheck, btree_indexes_to_check
 from core.services import Services
 from tests.support.databases import make_database
@@ -214,12 +214,22 @@ def test_a_stock_pg_restore_with_two_jobs_of_the_downloaded_dump_gives_the_sourc
     create_database(pg_server, new_database)
     target = pg_server.with_dbname(new_database)
     pg_restore = find_tool("pg_restore", edge_services.settings.pg_bin_dir)
-    subprocess.run(
-        [pg_restore, "--jobs=2", "--exit-on-error", f"--dbname={target.conninfo}", str(dump)],
-        check=True,
+    with pg_server.connect() as conn:
+        server_major = server_version(conn)[0]
+    newer_tool = tool_version(pg_restore)[0] > server_major
+    done = subprocess.run(
+        [pg_restore, "--jobs=2", f"--dbname={target.conninfo}", str(dump)]
+        + ([] if newer_tool else ["--exit-on-error"]),
         capture_output=True,
+        text=True,
         env=target.libpq_env(dict(os.environ)),
+        check=False,
     )
+    if newer_tool:  # pg_restore 18 into 15: only the SETs 15 does not know may fail
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("pg_restore: error:")]
+        assert all("unrecognized configuration parameter" in e for e in errors), done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
 
     assert _digests(target) == _digests(blnk_db)
     with target.connect() as conn:

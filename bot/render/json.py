@@ -106,6 +106,7 @@ def restore(report: RestoreReport) -> dict[str, Any]:
         "kept": report.kept,
         "durations": report.durations,
         "amcheck": report.amcheck,
+        "notes": report.notes,
         "checks": [
             {"name": c.name, "passed": c.passed, "expected": c.expected, "found": c.found}
             for c in report.checks

@@ -148,6 +148,8 @@ def restore(report: RestoreReport) -> str:
         f"total {human_duration(d.get('total'))}",
         f"  checks    {len(report.checks)} ({_safe(report.amcheck)})",
     ]
+    for note in report.notes:
+        lines.append(f"  note      {_safe(note)}")
     for check in report.failed_checks:
         lines.append(
             f"  ✗ {_safe(check.name)}: expected {_safe(check.expected)}, found {_safe(check.found)}"
