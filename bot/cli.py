@@ -24,7 +24,7 @@ from typing import Any
 from bot.render import json as render_json
 from bot.render import text as render_text
 from core import __version__
-from core.audit import Actor
+from core.actor import Actor
 from core.backup import BackupProgress
 from core.config import Settings, load_settings
 from core.database import PgTarget

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bot.render import text as render_text
-from core.audit import Actor
+from core.actor import Actor
 from core.blnkgen import generate
 from core.config import load_settings
 from core.database import PgTarget, drop_database

@@ -30,13 +30,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from core.errors import ConfigError, UsageError, describe_failure
-from core.redact import check_plain_text, first_line, truncate_cause
+from core.actor import TRIGGERS, Actor
+from core.errors import ConfigError, describe_failure
+from core.redact import first_line, truncate_cause
 
 log = logging.getLogger("blnk_backup.audit")
 
-TRIGGERS = ("cli", "slack", "schedule", "api")
-MAX_ACTOR_LENGTH = 100
+__all__ = ["TRIGGERS", "Actor", "AuditEvent", "AuditLog", "AuditRun"]
+
 ENDED = ("succeeded", "failed", "abandoned", "planned")
 
 
@@ -66,24 +67,6 @@ class AuditEvent(SQLModel, table=True):
         except ValueError:
             return {}
         return body if isinstance(body, dict) else {}
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who or what asked for an action, and through which front end.
-
-    Raise UsageError if the name is empty, too long or holds control characters."""
-
-    name: str
-    trigger: str
-
-    def __post_init__(self) -> None:
-        if self.trigger not in TRIGGERS:
-            raise ValueError(f"trigger must be one of {TRIGGERS}")
-        checked = check_plain_text("actor name", self.name, MAX_ACTOR_LENGTH)
-        if not checked:
-            raise UsageError("the actor name must not be empty")
-        object.__setattr__(self, "name", checked)
 
 
 _APPEND_ONLY_SQLITE = [

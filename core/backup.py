@@ -10,57 +10,71 @@ Invariants kept here (DESIGN.md 1-3, 8):
 - a run killed outright leaves nothing that lasts: holding the lock, the next backup aborts
   every incomplete upload of a backup key that started before it (primary and replica) and
   closes the dead run's audit record as ``abandoned``.
+
+Speed: the database side (core/dumpstream.py) starts first — lock, snapshot, pg_dump — while
+the S3 client and the audit log are built on another thread, so pg_dump is already dumping
+(into a bounded buffer) while the rest of the program gets ready.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Protocol
 
 from core import __version__
-from core.audit import Actor, AuditLog, AuditRun
+from core.actor import Actor
 from core.config import Settings
-from core.database import PgTarget, SnapshotSession, backup_lock, server_version
+from core.database import PgTarget
+from core.dumpstream import DumpStream
 from core.errors import (
     AlreadyRunningError,
     BackupError,
     ConfigError,
-    DumpError,
     LocalCopyError,
-    PreflightError,
     StorageError,
     VerificationError,
 )
 from core.keys import BackupKey
-from core.manifest import Manifest, SnapshotStats
+from core.manifest import COMPLETE_STATUS, Manifest
 from core.multipart import CompletedUpload, MiB, MultipartUpload
-from core.processes import StreamingProcess, find_tool, tool_version
 from core.redact import check_plain_text
-from core.replication import ReplicaRecord, Replicator
-from core.s3store import S3Store
+
+if TYPE_CHECKING:  # the heavy adapters are built on another thread while pg_dump starts
+    from core.audit import AuditLog, AuditRun
+    from core.replication import ReplicaRecord
+    from core.s3store import S3Store
 
 log = logging.getLogger("blnk_backup.backup")
 
-_READ_SIZE = MiB
 MAX_REASON_LENGTH = 500
+
+
+class BackupParts(Protocol):
+    """Where a backup's adapters come from: built on first use (core.services.Services)."""
+
+    @property
+    def store(self) -> S3Store: ...
+
+    @property
+    def replica(self) -> S3Store | None: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
 
 @dataclass(frozen=True)
 class BackupProgress:
     """A progress event. ``expected_bytes`` is the previous backup's size (for a percentage)."""
 
-    stage: str  # preflight, dumping, verifying, writing_manifest, done
+    stage: str  # preflight, dumping, verifying, replicating, writing_manifest, done
     key: str | None = None
     bytes_uploaded: int = 0
     expected_bytes: int | None = None
@@ -86,17 +100,13 @@ class BackupService:
         self,
         settings: Settings,
         target: PgTarget,
-        store: S3Store,
-        audit: AuditLog,
+        parts: BackupParts,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        replica: S3Store | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
-        self.store = store
-        self.audit = audit
+        self.parts = parts
         self.clock = clock
-        self.replica = replica
         self._running = threading.Lock()
         self._holder: str | None = None
         # A run that started this long before ours and never ended cannot still be waiting for
@@ -104,8 +114,25 @@ class BackupService:
         self.abandon_after = timedelta(minutes=2)
 
     @property
+    def store(self) -> S3Store:
+        return self.parts.store
+
+    @property
+    def replica(self) -> S3Store | None:
+        return self.parts.replica
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.parts.audit
+
+    @property
     def running(self) -> bool:
         return self._running.locked()
+
+    @property
+    def holder(self) -> str | None:
+        """Who started the backup running in this process, if one runs."""
+        return self._holder
 
     def run(
         self, actor: Actor, reason: str | None = None, on_progress: ProgressCallback | None = None
@@ -117,36 +144,75 @@ class BackupService:
         VerificationError/LocalCopyError if it failed. Every outcome is in the audit log.
         """
         reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
-        with self.audit.run(
-            "backup", actor, reason=reason, details={"database": self.target.display}
-        ) as run:
-            if not self._running.acquire(blocking=False):
-                raise AlreadyRunningError(
+        started = self.clock()
+        warm_up = threading.Thread(target=self._build_adapters, name="backup-setup", daemon=True)
+        warm_up.start()
+        stream = DumpStream(
+            self.target,
+            pg_bin_dir=self.settings.pg_bin_dir,
+            compression_level=self.settings.backup_compression_level,
+            timeout_seconds=self.settings.backup_timeout_minutes * 60 or None,
+        )
+        acquired = self._running.acquire(blocking=False)
+        early: BaseException | None = None
+        try:
+            if not acquired:
+                early = AlreadyRunningError(
                     f"a backup of {self.target.dbname} is already running"
                     + (f" (started by {self._holder})" if self._holder else "")
                     + "; try again when it ends"
                 )
-            try:
+            else:
                 self._holder = f"{actor.trigger}:{actor.name}"
-                with backup_lock(self.target):
-                    self._recover_from_crashes(actor, run)
-                    attempt = _BackupRun(self, run, actor, reason, on_progress)
-                    manifest = attempt.execute()
-            finally:
+                try:
+                    self._check_local_dir()
+                    stream.start()
+                except BaseException as exc:  # audited below, once the audit log is ready
+                    early = exc
+            warm_up.join()
+            with self.audit.run(
+                "backup", actor, reason=reason, details={"database": self.target.display}
+            ) as run:
+                if early is not None:
+                    raise early
+                self._recover_from_crashes(actor, run)
+                attempt = _BackupRun(self, run, actor, reason, on_progress, stream, started)
+                manifest = attempt.execute()
+                run.note(
+                    key=manifest.key,
+                    size=manifest.size,
+                    sha256=manifest.sha256,
+                    duration_seconds=manifest.duration_seconds,
+                )
+        finally:
+            stream.close()
+            if acquired:
                 self._holder = None
                 self._running.release()
-            run.note(
-                key=manifest.key,
-                size=manifest.size,
-                sha256=manifest.sha256,
-                duration_seconds=manifest.duration_seconds,
-            )
         return BackupResult(run.run_id, manifest)
 
-    @property
-    def holder(self) -> str | None:
-        """Who started the backup running in this process, if one runs."""
-        return self._holder
+    def _build_adapters(self) -> None:
+        """Build the S3 clients and the audit log (imports included) off the critical path;
+        a failure here shows up again, and is reported, where the part is first used."""
+        with contextlib.suppress(Exception):
+            self.parts.audit  # noqa: B018 - built for its side effect
+        with contextlib.suppress(Exception):
+            self.parts.store  # noqa: B018
+            self.parts.replica  # noqa: B018
+
+    def _check_local_dir(self) -> None:
+        """With BACKUP_KEEP_LOCAL_COPY, prove BACKUP_LOCAL_DIR writable before anything starts."""
+        if not self.settings.backup_keep_local_copy:
+            return
+        directory = self.settings.backup_local_dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".blnk-write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                [f"BACKUP_LOCAL_DIR: {directory} is not a writable directory ({exc.strerror})"]
+            ) from None
 
     def _recover_from_crashes(self, actor: Actor, run: AuditRun) -> None:
         """Holding the per-database lock, clean up after runs that were killed outright: abort
@@ -201,7 +267,7 @@ class BackupService:
 
 
 class _BackupRun:
-    """One backup attempt; holds what must be cleaned up if it fails."""
+    """One backup attempt on the S3 side; holds what must be cleaned up if it fails."""
 
     def __init__(
         self,
@@ -210,6 +276,8 @@ class _BackupRun:
         actor: Actor,
         reason: str | None,
         on_progress: ProgressCallback | None,
+        stream: DumpStream,
+        started: datetime,
     ) -> None:
         self.s = service
         self.settings = service.settings
@@ -218,6 +286,8 @@ class _BackupRun:
         self.run_id = run.run_id
         self.actor = actor
         self.reason = reason
+        self.stream = stream
+        self.started = started
         self._progress = on_progress or (lambda _event: None)
         self.key: BackupKey | None = None
         self.upload: MultipartUpload | None = None
@@ -236,61 +306,29 @@ class _BackupRun:
     # --- the pipeline -------------------------------------------------------------------------
     def execute(self) -> Manifest:
         self.emit("preflight")
-        pg_dump, dump_version = self._preflight()
-        snapshot = SnapshotSession(self.s.target)
-        try:
-            return self._dump_and_upload(pg_dump, dump_version, snapshot)
-        except BaseException:
-            self._clean_up()
-            raise
-        finally:
-            snapshot.close()
-
-    def _preflight(self) -> tuple[str, str]:
-        pg_dump = find_tool("pg_dump", self.settings.pg_bin_dir)
-        dump_major, dump_version = tool_version(pg_dump)
-        with self.s.target.connect(autocommit=True) as conn:
-            server_major, self.server_version = server_version(conn)
-        if dump_major < server_major:
-            raise PreflightError(
-                f"pg_dump {dump_version} (at {pg_dump}) cannot dump a PostgreSQL "
-                f"{self.server_version} server: install the PostgreSQL {server_major} client "
-                "tools or point PG_BIN_DIR at them"
-            )
-        self._check_local_dir()
         self.store.check_bucket()
         previous = self.store.inventory(read_manifests=False).backups
         self.expected_bytes = previous[-1].size if previous else None
-        return pg_dump, dump_version
-
-    def _check_local_dir(self) -> None:
-        """With BACKUP_KEEP_LOCAL_COPY, prove BACKUP_LOCAL_DIR writable before anything starts."""
-        if not self.settings.backup_keep_local_copy:
-            return
-        directory = self.settings.backup_local_dir
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=directory, prefix=".blnk-write-test-"):
-                pass
-        except OSError as exc:
-            raise ConfigError(
-                [f"BACKUP_LOCAL_DIR: {directory} is not a writable directory ({exc.strerror})"]
-            ) from None
+            return self._upload_verify_and_record()
+        except BaseException:
+            self._clean_up()
+            raise
 
     def _free_key(self) -> BackupKey:
-        """Return a key nobody has used; if this second's key is taken, wait for the next."""
+        """Return a key nobody has used: this run's start time, or if that second's key is
+        taken, the next free second (waiting for it)."""
+        when = self.started
         for _attempt in range(5):
-            key = BackupKey.at(self.s.clock(), self.store.prefix)
+            key = BackupKey.at(when, self.store.prefix)
             if not self.store.exists(key.key) and not self.store.exists(key.manifest_key):
                 return key
-            time.sleep(1.0 - (time.time() % 1.0) + 0.01)
+            time.sleep(max(0.0, 1.0 - (time.time() % 1.0)) + 0.01)
+            when = self.s.clock()
         raise StorageError("could not find a free backup key: the same keys keep appearing")
 
-    def _dump_and_upload(
-        self, pg_dump: str, dump_version: str, snapshot: SnapshotSession
-    ) -> Manifest:
+    def _upload_verify_and_record(self) -> Manifest:
         self.key = self._free_key()
-        started = self.key.started_at
         self.upload = self.store.start_upload(
             self.key.key,
             first_part_size=self.settings.backup_part_size_mib * MiB,
@@ -298,31 +336,10 @@ class _BackupRun:
             on_part=lambda _n, uploaded: self.emit("dumping", uploaded),
         )
         self.emit("dumping")
-        level = self.settings.backup_compression_level
-        argv = [
-            pg_dump,
-            "--format=custom",
-            f"--compress={level}",
-            "--no-password",
-            f"--snapshot={snapshot.snapshot_id}",
-            f"--dbname={self.s.target.conninfo}",
-        ]
-        env = self.s.target.libpq_env(dict(os.environ))
-        with ThreadPoolExecutor(1, thread_name_prefix="snapshot-stats") as stats_pool:
-            stats: Future[SnapshotStats] = stats_pool.submit(snapshot.stats)
-            try:
-                try:
-                    with StreamingProcess(argv, env, secrets=[self.s.target.password]) as dump:
-                        sha256 = self._stream(dump)
-                except DumpError:
-                    # If the counts already failed, that is the root cause to report.
-                    if stats.done() and isinstance(stats.exception(), DumpError):
-                        stats.result()
-                    raise
-                completed = self._finish_upload(stats)
-            except BaseException:
-                snapshot.cancel()  # do not wait for row counts of a backup that failed
-                raise
+        self._stream_into_upload()
+        sha256 = self.stream.finish()
+        stats = self.stream.stats()  # counts failed → fail before anything is completed
+        completed = self.upload.complete()
         self.completed = True
         self.emit("verifying", completed.size)
         self._verify(completed)
@@ -331,16 +348,16 @@ class _BackupRun:
         finished = self.s.clock()
         manifest = Manifest(
             key=self.key.key,
-            status="verified",
+            status=COMPLETE_STATUS,
             sha256=sha256,
             size=completed.size,
-            started_at=started,
+            started_at=self.key.started_at,
             finished_at=finished,
-            duration_seconds=round((finished - started).total_seconds(), 3),
+            duration_seconds=round((finished - self.key.started_at).total_seconds(), 3),
             database=self.s.target.dbname,
-            server_version=self.server_version,
-            pg_dump_version=dump_version,
-            compression_level=level,
+            server_version=self.stream.server_version,
+            pg_dump_version=self.stream.pg_dump_version,
+            compression_level=self.settings.backup_compression_level,
             storage_class=self.store.storage_class,
             sse=self.store.sse,
             store_checksum=completed.checksum_sha256,
@@ -348,7 +365,7 @@ class _BackupRun:
                 "size+sha256-composite" if completed.checksum_sha256 else "size+content-md5-parts"
             ),
             part_count=completed.part_count,
-            stats=stats.result(),
+            stats=stats,
             trigger=self.actor.trigger,
             actor=self.actor.name,
             reason=self.reason,
@@ -358,16 +375,39 @@ class _BackupRun:
         )
         self.emit("writing_manifest", completed.size)
         self.store.put_manifest(manifest)
-        if self.s.replica is not None and all(r.status == "verified" for r in replicas):
+        replica = self.s.replica
+        if replica is not None and all(r.status == "verified" for r in replicas):
             try:  # the replica becomes a complete, listable backup of its own
-                self.s.replica.put_manifest(manifest)
+                replica.put_manifest(manifest)
             except BackupError as exc:
                 self._replication_failed(f"writing the replica's manifest failed: {exc.cause}")
         self.emit("done", completed.size)
         return manifest
 
+    def _stream_into_upload(self) -> None:
+        """Copy pg_dump's output into the upload (and the local copy, if kept)."""
+        assert self.upload is not None
+        local = self._open_local_copy()
+        try:
+            for chunk in self.stream.chunks():
+                self.upload.write(chunk)
+                if local is not None:
+                    local.write(chunk)
+            if local is not None:
+                local.close()
+        except OSError as exc:  # only the local copy does file I/O here
+            raise LocalCopyError(
+                f"writing the local copy {self.local_path} failed: {exc.strerror}"
+            ) from None
+        finally:
+            if local is not None and not local.closed:
+                with contextlib.suppress(OSError):
+                    local.close()
+
     def _replicate(self, completed: CompletedUpload, sha256: str) -> list[ReplicaRecord]:
         """Copy the verified dump to the second region; a failure is recorded, not raised."""
+        from core.replication import Replicator
+
         replica = self.s.replica
         if replica is None:
             return []
@@ -394,6 +434,7 @@ class _BackupRun:
 
     def _replication_failed(self, cause: str) -> None:
         assert self.key is not None
+        replica = self.s.replica
         self.s.audit.record(
             action="replication_failed",
             outcome="recorded",
@@ -402,63 +443,8 @@ class _BackupRun:
             key=self.key.key,
             error_code="replication_failed",
             error_cause=cause,
-            details={"replica": self.s.replica.location if self.s.replica else None},
+            details={"replica": replica.location if replica else None},
         )
-
-    def _stream(self, dump: StreamingProcess) -> str:
-        """Copy pg_dump's stdout into the upload (and the local copy); return its SHA-256."""
-        assert self.upload is not None
-        hasher = hashlib.sha256()
-        local = self._open_local_copy()
-        timed_out = threading.Event()
-        timer = None
-        if self.settings.backup_timeout_minutes:
-
-            def expire() -> None:
-                timed_out.set()
-                dump.kill()
-
-            timer = threading.Timer(self.settings.backup_timeout_minutes * 60, expire)
-            timer.daemon = True
-            timer.start()
-        try:
-            while chunk := dump.read(_READ_SIZE):
-                hasher.update(chunk)
-                self.upload.write(chunk)
-                if local is not None:
-                    local.write(chunk)
-            returncode = dump.wait()
-            if local is not None:
-                local.close()
-        except OSError as exc:  # only the local copy does file I/O here
-            raise LocalCopyError(
-                f"writing the local copy {self.local_path} failed: {exc.strerror}"
-            ) from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if local is not None and not local.closed:
-                with contextlib.suppress(OSError):
-                    local.close()
-        if timed_out.is_set():
-            raise DumpError(
-                f"pg_dump did not finish within BACKUP_TIMEOUT_MINUTES="
-                f"{self.settings.backup_timeout_minutes} and was stopped"
-            )
-        if returncode != 0:
-            tail = dump.stderr_tail() or "(no error output)"
-            how = (
-                f"was killed by signal {-returncode}"
-                if returncode < 0
-                else (f"exited with status {returncode}")
-            )
-            raise DumpError(f"pg_dump {how}: {tail}", cause=f"pg_dump {how}: {tail}")
-        return hasher.hexdigest()
-
-    def _finish_upload(self, stats: Future[SnapshotStats]) -> CompletedUpload:
-        assert self.upload is not None
-        stats.result()  # counts failed (a DumpError) → fail before anything is completed
-        return self.upload.complete()
 
     def _verify(self, completed: CompletedUpload) -> None:
         assert self.key is not None
@@ -510,12 +496,15 @@ class _BackupRun:
 
     # --- failure ------------------------------------------------------------------------------
     def _clean_up(self) -> None:
-        """Leave nothing behind: abort the upload or delete the unverified object, remove a
-        replica copy and the partial local copy. Each step runs even if another one fails."""
+        """Leave nothing behind: stop pg_dump, abort the upload or delete the unverified
+        object, remove a replica copy and the partial local copy. Each step runs even if
+        another one fails."""
+        self.stream.close()
         if self.upload is not None and self.key is not None:
-            if self.replicated and self.s.replica is not None:
+            replica = self.s.replica
+            if self.replicated and replica is not None:
                 try:  # a copy of a backup that failed afterwards must not linger there either
-                    self.s.replica.delete(self.key.key)
+                    replica.delete(self.key.key)
                 except BackupError as exc:
                     log.error("could not remove the replica of %s: %s", self.key, exc)
             try:

@@ -84,10 +84,11 @@ class _PartBuffer:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.length = 0
-        self._memory: bytearray | None = None
+        # In memory: views of the chunks as read (no copy yet), joined once when sent.
+        self._memory: list[memoryview] | None = None
         self._file: IO[bytes] | None = None
         if capacity <= IN_MEMORY_PART_LIMIT:
-            self._memory = bytearray()
+            self._memory = []
         else:
             self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
 
@@ -97,7 +98,7 @@ class _PartBuffer:
 
     def write(self, chunk: memoryview) -> None:
         if self._memory is not None:
-            self._memory += chunk
+            self._memory.append(chunk)
         else:
             assert self._file is not None
             self._file.write(chunk)
@@ -108,7 +109,7 @@ class _PartBuffer:
         sha256 = hashlib.sha256()
         md5 = hashlib.md5(usedforsecurity=False) if with_md5 else None
         if self._memory is not None:
-            body = bytes(self._memory)
+            body = b"".join(self._memory)
             self._memory = None
             sha256.update(body)
             if md5 is not None:
@@ -164,7 +165,8 @@ class MultipartUpload:
         return self._error
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append data to the stream. Raise the first part failure, if any."""
+        """Append data to the stream. Raise the first part failure, if any. The bytes are kept
+        by reference until their part is sent: pass immutable bytes, not a reused buffer."""
         view = memoryview(data)
         while view:
             if self._error is not None:

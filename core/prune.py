@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 from core.audit import Actor, AuditLog
 from core.config import Settings
-from core.errors import StorageError
+from core.errors import StorageError, UsageError
+from core.keys import BackupKey
 from core.retention import RetentionPlan, RetentionPolicy, plan
 from core.s3store import S3Store
 
@@ -125,3 +126,31 @@ class PruneService:
         for key in report.deleted:
             log.info("pruned %s from %s", key, store.location)
         return report
+
+    def delete_one(self, actor: Actor, which: str) -> list[str]:
+        """Delete one backup from every store: the dump first, then its restore-test record,
+        the manifest last (a delete cut short is finished by the next prune). Return the keys
+        deleted. Raise UsageError for a key that is not a backup here, or for the newest
+        complete backup (never deleted by hand). Audited as one ``delete`` run."""
+        with self.audit.run("delete", actor, key=which) as run:
+            primary = self.stores[0]
+            key = BackupKey.parse_or_raise(which, primary.prefix)
+            run.note(key=key.key)
+            complete = [b.key for b in primary.list_backups() if b.complete]
+            if complete and complete[-1] == key:
+                raise UsageError(f"{key} is the newest complete backup: it is never deleted")
+            deleted: list[str] = []
+            found = False
+            for store in self.stores:
+                if store.head(key.key) is None and store.head(key.manifest_key) is None:
+                    continue
+                found = True
+                for batch in ([key.key], [key.restore_test_key], [key.manifest_key]):
+                    failed = store.delete_many(batch)
+                    if failed:
+                        raise StorageError(f"deleting from {store.location}: {failed[0]}")
+                deleted.append(f"{store.location}{key.name}")
+            if not found:
+                raise UsageError(f"{key} does not exist in {primary.location}")
+            run.note(details={"deleted": deleted})
+        return deleted

@@ -310,8 +310,7 @@ class RestoreService:
         entries = [ln for ln in done.stdout.splitlines() if ln and not ln.startswith(";")]
         if done.status != 0 or not entries:
             raise RestoreCheckError(
-                f"{key} is not a readable pg_dump archive: "
-                f"{done.tail or 'empty table of contents'}"
+                f"{key} is not a readable pg_dump archive: {done.tail or 'empty table of contents'}"
             )
 
     def _pg_restore(

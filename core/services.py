@@ -1,8 +1,9 @@
 """The composition root of the engine: settings → adapters → use cases.
 
 Every front end (CLI, Slack, HTTP API, scheduler, console) builds one ``Services`` and calls its
-use cases. Parts are built on first use, so a command needs only the configuration it uses, and
-exactly once even when several threads ask at the same moment (a per-instance lock; a bare
+use cases. Parts are built on first use, so a command needs only the configuration it uses (and
+only the libraries it uses: modules are imported inside the builders), and exactly once even
+when several threads ask at the same moment (a lock per part; a bare
 ``functools.cached_property`` has no lock since Python 3.12, and two ``BackupService`` objects
 would each have their own in-process lock).
 """
@@ -11,23 +12,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from core.audit import AuditLog
-from core.backup import BackupService
-from core.bucket_policy import BucketPolicyService
-from core.catalog import BackupCatalog
 from core.config import Settings
 from core.database import PgTarget
-from core.prune import PruneService
-from core.restore import RestoreService
-from core.s3store import S3Store
+
+if TYPE_CHECKING:
+    from core.approvals import ApprovalBook
+    from core.audit import AuditLog
+    from core.backup import BackupService
+    from core.bucket_policy import BucketPolicyService
+    from core.catalog import BackupCatalog
+    from core.prune import PruneService
+    from core.restore import RestoreService
+    from core.s3store import S3Store
 
 T = TypeVar("T")
 
 
 class _built_once(Generic[T]):
-    """Like functools.cached_property, but built under the owner's lock: once per instance."""
+    """Like functools.cached_property, but built under a lock of its own: once per instance.
+    Parts build in parallel with each other (the S3 client while the audit log opens)."""
 
     def __init__(self, build: Callable[[Services], T]) -> None:
         self._build = build
@@ -45,6 +50,8 @@ class _built_once(Generic[T]):
         parts = instance._parts
         if self._name not in parts:
             with instance._lock:
+                lock = instance._locks.setdefault(self._name, threading.RLock())
+            with lock:
                 if self._name not in parts:
                     parts[self._name] = self._build(instance)
         value: T = parts[self._name]
@@ -57,10 +64,13 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._parts: dict[str, Any] = {}
-        self._lock = threading.RLock()
+        self._locks: dict[str, threading.RLock] = {}
+        self._lock = threading.Lock()
 
     @_built_once
     def audit(self) -> AuditLog:
+        from core.audit import AuditLog
+
         s = self.settings
         secrets = [
             v.get_secret_value() if v is not None else None
@@ -79,10 +89,14 @@ class Services:
 
     @_built_once
     def store(self) -> S3Store:
+        from core.s3store import S3Store
+
         return S3Store.from_settings(self.settings)
 
     @_built_once
     def replica(self) -> S3Store | None:
+        from core.s3store import S3Store
+
         return S3Store.replica_from_settings(self.settings)
 
     @property
@@ -98,13 +112,15 @@ class Services:
 
     @_built_once
     def backups(self) -> BackupService:
+        from core.backup import BackupService
+
         self.settings.require("database_url", "s3_bucket")
-        return BackupService(
-            self.settings, self.target, self.store, self.audit, replica=self.replica
-        )
+        return BackupService(self.settings, self.target, self)
 
     @_built_once
     def restores(self) -> RestoreService:
+        from core.restore import RestoreService
+
         self.settings.require("s3_bucket")
         source = self.target if self.settings.database_url is not None else None
         url = self.settings.restore_test_database_url
@@ -113,14 +129,28 @@ class Services:
 
     @_built_once
     def pruner(self) -> PruneService:
+        from core.prune import PruneService
+
         return PruneService(self.settings, self.stores, self.audit)
 
     @_built_once
     def bucket_policies(self) -> BucketPolicyService:
+        from core.bucket_policy import BucketPolicyService
+
         return BucketPolicyService(self.settings, self.stores, self.audit)
 
     @_built_once
+    def approvals(self) -> ApprovalBook:
+        from datetime import timedelta
+
+        from core.approvals import ApprovalBook
+
+        return ApprovalBook(self.audit, timedelta(minutes=self.settings.approval_ttl_minutes))
+
+    @_built_once
     def catalog(self) -> BackupCatalog:
+        from core.catalog import BackupCatalog
+
         return BackupCatalog(
             self.store,
             stale_after_hours=self.settings.stale_after_hours,
@@ -128,7 +158,6 @@ class Services:
         )
 
     def close(self) -> None:
-        with self._lock:
-            audit = self._parts.get("audit")
-            if isinstance(audit, AuditLog):
-                audit.close()
+        audit = self._parts.get("audit")
+        if audit is not None:
+            audit.close()

@@ -6,15 +6,17 @@ JSON escapes control characters itself, so stored text (reasons, causes) is safe
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.audit import AuditEvent
-from core.bucket_policy import PolicyItem, StorePolicies
-from core.catalog import BackupEntry, FreshnessStatus
 from core.errors import BackupError, ConfigError
-from core.manifest import Manifest
-from core.prune import PruneReport
-from core.restore import RestoreReport
+
+if TYPE_CHECKING:
+    from core.audit import AuditEvent
+    from core.bucket_policy import PolicyItem, StorePolicies
+    from core.catalog import BackupEntry, FreshnessStatus
+    from core.manifest import Manifest
+    from core.prune import PruneReport
+    from core.restore import RestoreReport
 
 
 def _iso(when: datetime | None) -> str | None:

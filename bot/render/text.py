@@ -7,16 +7,18 @@ makes control characters visible, so a stored reason can never print a fake
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.audit import AuditEvent
-from core.bucket_policy import StorePolicies
-from core.catalog import BackupEntry, FreshnessStatus
 from core.database import PgTarget
-from core.manifest import Manifest
-from core.prune import PruneReport
 from core.redact import neutralise
-from core.restore import RestoreReport
+
+if TYPE_CHECKING:
+    from core.audit import AuditEvent
+    from core.bucket_policy import StorePolicies
+    from core.catalog import BackupEntry, FreshnessStatus
+    from core.manifest import Manifest
+    from core.prune import PruneReport
+    from core.restore import RestoreReport
 
 
 def _safe(value: Any) -> str:

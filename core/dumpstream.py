@@ -1,0 +1,209 @@
+"""The database side of a backup, started first so pg_dump runs while S3 and the audit log are
+being set up: the per-database lock, version checks, the exported snapshot, ``pg_dump
+--snapshot`` with its output pumped into a bounded buffer and hashed as it arrives, and the
+row counts and ledger totals taken in the same snapshot.
+
+A pump thread reads pg_dump's pipe into at most ``buffer_bytes`` of chunks; when the uploader
+falls behind (or has not started yet), the pump waits and pg_dump blocks on its full pipe —
+memory stays bounded whatever the sizes involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+
+from core.database import AdvisoryLock, PgTarget, SnapshotSession, backup_lock, server_version
+from core.errors import DumpError, PreflightError
+from core.manifest import SnapshotStats
+from core.processes import StreamingProcess, find_tool, tool_version
+
+log = logging.getLogger("blnk_backup.dumpstream")
+
+_READ_SIZE = 1 << 20
+_END = b""
+
+
+class DumpStream:
+    """pg_dump of one database in an exported snapshot, as a stream of chunks.
+
+    ``start()`` raises PreflightError (versions, connection) or AlreadyRunningError (another
+    backup holds the database's lock). Use as a context manager: leaving it kills pg_dump if it
+    still runs, cancels the statistics and releases the snapshot and the lock."""
+
+    def __init__(
+        self,
+        target: PgTarget,
+        *,
+        pg_bin_dir: str | None,
+        compression_level: int,
+        timeout_seconds: float | None = None,
+        buffer_bytes: int = 24 << 20,
+    ) -> None:
+        self.target = target
+        self.pg_bin_dir = pg_bin_dir
+        self.compression_level = compression_level
+        self.timeout_seconds = timeout_seconds
+        self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=max(2, buffer_bytes // _READ_SIZE))
+        self._stop = threading.Event()
+        self._timed_out = threading.Event()
+        self._hasher = hashlib.sha256()
+        self._lock: AdvisoryLock | None = None
+        self._snapshot: SnapshotSession | None = None
+        self._process: StreamingProcess | None = None
+        self._pump: threading.Thread | None = None
+        self._pump_error: BaseException | None = None
+        self._stats_pool: ThreadPoolExecutor | None = None
+        self._stats: Future[SnapshotStats] | None = None
+        self._timer: threading.Timer | None = None
+        self.size = 0
+        self.server_version = ""
+        self.pg_dump_version = ""
+
+    # --- start --------------------------------------------------------------------------------
+    def start(self) -> DumpStream:
+        pg_dump = find_tool("pg_dump", self.pg_bin_dir)
+        dump_major, self.pg_dump_version = tool_version(pg_dump)
+        with self.target.connect(autocommit=True) as conn:
+            server_major, self.server_version = server_version(conn)
+        if dump_major < server_major:
+            raise PreflightError(
+                f"pg_dump {self.pg_dump_version} (at {pg_dump}) cannot dump a PostgreSQL "
+                f"{self.server_version} server: install the PostgreSQL {server_major} client "
+                "tools or point PG_BIN_DIR at them"
+            )
+        self._lock = backup_lock(self.target).__enter__()
+        self._snapshot = SnapshotSession(self.target)
+        argv = [
+            pg_dump,
+            "--format=custom",
+            f"--compress={self.compression_level}",
+            "--no-password",
+            f"--snapshot={self._snapshot.snapshot_id}",
+            f"--dbname={self.target.conninfo}",
+        ]
+        env = self.target.libpq_env(dict(os.environ))
+        self._process = StreamingProcess(argv, env, secrets=[self.target.password])
+        self._pump = threading.Thread(target=self._run_pump, name="pg_dump-pump", daemon=True)
+        self._pump.start()
+        self._stats_pool = ThreadPoolExecutor(1, thread_name_prefix="snapshot-stats")
+        self._stats = self._stats_pool.submit(self._snapshot.stats)
+        if self.timeout_seconds:
+            self._timer = threading.Timer(self.timeout_seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _expire(self) -> None:
+        self._timed_out.set()
+        if self._process is not None:
+            self._process.kill()
+
+    def _run_pump(self) -> None:
+        assert self._process is not None
+        try:
+            while not self._stop.is_set():
+                chunk = self._process.read(_READ_SIZE)
+                if not chunk:
+                    break
+                self._hasher.update(chunk)
+                self.size += len(chunk)
+                self._put(chunk)
+        except BaseException as exc:  # a broken pipe or a read error ends the stream
+            self._pump_error = exc
+        finally:
+            self._put(_END)
+
+    def _put(self, chunk: bytes) -> None:
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # --- reading ------------------------------------------------------------------------------
+    def chunks(self) -> Iterator[bytes]:
+        """Yield pg_dump's output as it comes, until it ends. Then call ``finish``."""
+        while True:
+            chunk = self._chunks.get()
+            if chunk is _END or not chunk:
+                return
+            yield chunk
+
+    def finish(self) -> str:
+        """Wait for pg_dump to exit; return the SHA-256 of everything it wrote.
+
+        Raise DumpError if it exited non-zero, was killed, or ran past the timeout — or, if the
+        row counts in its snapshot failed, with that failure as the root cause."""
+        assert self._process is not None and self._pump is not None
+        self._pump.join()
+        returncode = self._process.wait()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._timed_out.is_set():
+            raise DumpError(
+                f"pg_dump did not finish within BACKUP_TIMEOUT_MINUTES "
+                f"({self.timeout_seconds or 0:g} s) and was stopped"
+            )
+        if returncode != 0 or self._pump_error is not None:
+            self._raise_stats_failure()  # the counts' failure, if any, is the root cause
+            tail = self._process.stderr_tail() or "(no error output)"
+            how = (
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with status {returncode}"
+                if returncode
+                else f"output could not be read ({type(self._pump_error).__name__})"
+            )
+            raise DumpError(f"pg_dump {how}: {tail}", cause=f"pg_dump {how}: {tail}")
+        return self._hasher.hexdigest()
+
+    def stats(self) -> SnapshotStats:
+        """Wait for and return the statistics taken in the dump's snapshot (DumpError if
+        they failed)."""
+        assert self._stats is not None
+        return self._stats.result()
+
+    def _raise_stats_failure(self) -> None:
+        if self._stats is not None and self._stats.done():
+            error = self._stats.exception()
+            if isinstance(error, DumpError):
+                raise error
+
+    # --- clean-up -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill pg_dump if it runs, stop the pump, end the snapshot and release the lock."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._process is not None:
+            self._process.close()
+        if self._pump is not None:
+            self._pump.join(timeout=10)
+        if self._stats is not None and not self._stats.done() and self._snapshot is not None:
+            self._snapshot.cancel()  # do not wait for row counts of a backup that failed
+        if self._stats_pool is not None:
+            self._stats_pool.shutdown(wait=True)
+        if self._snapshot is not None:
+            self._snapshot.close()
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def __enter__(self) -> DumpStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
