@@ -103,8 +103,12 @@ def open_engine(url: str, variable: str = "AUDIT_DATABASE_URL") -> Engine:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False}
-        elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
+        elif parsed.get_backend_name() == "postgresql":
+            if parsed.drivername == "postgresql":
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            # Every time here is UTC; columns are "timestamp without time zone", so the
+            # session must not convert them to some other local time.
+            kwargs["connect_args"] = {"options": "-c timezone=UTC"}
         engine = create_engine(parsed, **kwargs)
         if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)

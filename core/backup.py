@@ -152,6 +152,7 @@ class BackupService:
             pg_bin_dir=self.settings.pg_bin_dir,
             compression_level=self.settings.backup_compression_level,
             timeout_seconds=self.settings.backup_timeout_minutes * 60 or None,
+            buffer_bytes=self.settings.backup_read_ahead_mib * MiB,
         )
         acquired = self._running.acquire(blocking=False)
         early: BaseException | None = None

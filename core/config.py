@@ -125,6 +125,10 @@ class Settings(BaseSettings):
         3, ge=1, le=16, validation_alias=_env("BACKUP_UPLOAD_CONCURRENCY")
     )
     backup_timeout_minutes: int = Field(0, ge=0, validation_alias=_env("BACKUP_TIMEOUT_MINUTES"))
+    # pg_dump's output held in memory while the upload catches up (or has not started yet).
+    backup_read_ahead_mib: int = Field(
+        24, ge=1, le=1024, validation_alias=_env("BACKUP_READ_AHEAD_MIB")
+    )
 
     # --- retention, freshness, schedules ----------------------------------------------------
     retention_daily_days: int = Field(7, ge=0, validation_alias=_env("RETENTION_DAILY_DAYS"))

@@ -141,8 +141,18 @@ def run_tool(
 _VERSION = re.compile(r"\(PostgreSQL\)\s+((\d+)(?:\.\d+)*(?:[a-z]+\d*)?)")
 
 
+_versions: dict[tuple[str, float], tuple[int, str]] = {}
+
+
 def tool_version(binary: str) -> tuple[int, str]:
-    """Given a pg_dump/pg_restore path, return (major, version text such as "15.20")."""
+    """Given a pg_dump/pg_restore path, return (major, version text such as "15.20"). The
+    answer is remembered per path until the file changes (an upgrade)."""
+    try:
+        stamp = (binary, os.stat(binary).st_mtime)
+    except OSError as exc:
+        raise PreflightError(f"cannot run {binary}: {exc.strerror}") from exc
+    if stamp in _versions:
+        return _versions[stamp]
     try:
         out = run([binary, "--version"], timeout=10).stdout.strip()
     except OSError as exc:
@@ -150,7 +160,8 @@ def tool_version(binary: str) -> tuple[int, str]:
     match = _VERSION.search(out)
     if not match:
         raise PreflightError(f"cannot read the version of {binary} from {out!r}")
-    return int(match[2]), match[1]
+    _versions[stamp] = (int(match[2]), match[1])
+    return _versions[stamp]
 
 
 def find_tool(name: str, bin_dir: str | None) -> str:
@@ -158,7 +169,8 @@ def find_tool(name: str, bin_dir: str | None) -> str:
 
     With ``PG_BIN_DIR`` set, use that directory. Otherwise take the newest of the one on PATH
     and Debian's versioned ``/usr/lib/postgresql/N/bin`` (a newer pg_dump reads older servers,
-    never the other way round). Raise PreflightError if none exists.
+    never the other way round); of equal versions, the real binary rather than Debian's
+    ``pg_wrapper`` script. Raise PreflightError if none exists.
     """
     if bin_dir:
         path = Path(bin_dir) / name
@@ -169,4 +181,7 @@ def find_tool(name: str, bin_dir: str | None) -> str:
     candidates += [str(p) for p in Path("/usr/lib/postgresql").glob(f"*/bin/{name}")]
     if not candidates:
         raise PreflightError(f"{name} not found on PATH; install the PostgreSQL client tools")
-    return max(candidates, key=lambda p: tool_version(p)[0])
+    return max(
+        candidates,
+        key=lambda p: (tool_version(p)[0], Path(p).resolve().name != "pg_wrapper"),
+    )

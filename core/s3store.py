@@ -215,9 +215,11 @@ class S3Store:
         """Return size and checksum of key as the store reports them, or None if absent."""
         try:
             with s3_errors(f"reading {key}"):
-                response = self.client.head_object(
-                    Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+                # md5 mode is for stores that reject the newer checksum headers: ask for none.
+                extra: dict[str, Any] = (
+                    {"ChecksumMode": "ENABLED"} if self.checksum == "sha256" else {}
                 )
+                response = self.client.head_object(Bucket=self.bucket, Key=key, **extra)
         except StorageError as exc:
             if exc.s3_code in _ABSENT:
                 return None

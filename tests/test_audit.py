@@ -46,7 +46,9 @@ def test_an_unknown_trigger_is_refused() -> None:
         Actor("eve", "email")
 
 
-def test_the_audit_log_can_live_in_postgresql(pg_server: object) -> None:
+def test_the_audit_log_can_live_in_postgresql_and_refuses_updates_and_deletes_there(
+    pg_server: object,
+) -> None:
     import uuid
 
     from core.database import PgTarget, create_database, drop_database
@@ -59,7 +61,11 @@ def test_the_audit_log_can_live_in_postgresql(pg_server: object) -> None:
         log.record(action="backup", outcome="started", actor=Actor("frank", "schedule"))
         assert log.events()[0].actor == "frank"
         with log.engine.begin() as conn, pytest.raises(DatabaseError, match="append-only"):
+            conn.execute(text("UPDATE audit_events SET outcome = 'succeeded'"))
+        with log.engine.begin() as conn, pytest.raises(DatabaseError, match="append-only"):
             conn.execute(text("DELETE FROM audit_events"))
+        [event] = log.events()
+        assert (event.outcome, event.actor) == ("started", "frank")
         log.close()
     finally:
         drop_database(pg_server, name)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
+import subprocess
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +17,7 @@ import pytest
 
 from core.audit import Actor
 from core.backup import BackupProgress
-from core.database import PgTarget, drop_database
+from core.database import PgTarget, drop_database, server_version
 from core.errors import (
     AlreadyRunningError,
     ConfigError,
@@ -21,10 +26,13 @@ from core.errors import (
     StorageError,
     VerificationError,
 )
+from core.processes import find_tool
 from core.services import Services
 from tests.support.faultproxy import FaultProxy, Request
 from tests.support.helpers import SECRET_KEY, bucket_keys, incomplete_uploads, make_database
 from tests.support.pgcluster import PasswordCluster
+
+pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
 
 ACTOR = Actor("bob", "cli")
 
@@ -40,7 +48,7 @@ def big_db(pg_server: PgTarget) -> Any:
 def _big_services(make_settings: Any, big_db: str, **overrides: Any) -> Services:
     return Services(
         make_settings(
-            database_url=f"postgresql://postgres@127.0.0.1:5432/{big_db}",
+            database=big_db,
             backup_compression_level=0,
             backup_part_size_mib=5,
             backup_upload_concurrency=1,
@@ -67,7 +75,8 @@ def _kill_pg_dump() -> int:
 def test_pg_dump_killed_mid_stream_leaves_no_object_and_no_upload(
     make_settings: Any, big_db: str, s3: Any, bucket: str
 ) -> None:
-    services = _big_services(make_settings, big_db)
+    # A small read-ahead keeps pg_dump writing (blocked on its pipe) while parts upload.
+    services = _big_services(make_settings, big_db, backup_read_ahead_mib=1)
     killed: list[int] = []
 
     def on_progress(event: BackupProgress) -> None:
@@ -83,6 +92,85 @@ def test_pg_dump_killed_mid_stream_leaves_no_object_and_no_upload(
     assert failure.error_code == "dump_failed"
     assert "signal 9" in failure.error_cause
     services.close()
+
+
+def _pg_dump_that_fails_after_a_complete_dump(directory: Path, real: str, then: str) -> Path:
+    """A pg_dump (in ``directory``, for PG_BIN_DIR) that runs the real one into a file, copies
+    that complete dump to stdout, and only then runs the shell command ``then`` (which fails)."""
+    directory.mkdir()
+    script = directory / "pg_dump"
+    copy = directory / "complete.dump"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --version) exec {shlex.quote(real)} --version ;; esac\n'
+        f'{shlex.quote(real)} "$@" > {shlex.quote(str(copy))} || exit 99\n'
+        f"cat {shlex.quote(str(copy))}\n"
+        f"{then}\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("then", "how", "stderr_tail"),
+    [
+        pytest.param(
+            'echo "pg_dump: error: could not close output file: No space left on device" >&2'
+            "; exit 1",
+            "exited with status 1",
+            "pg_dump: error: could not close output file: No space left on device",
+            id="exit-1-with-an-error",
+        ),
+        pytest.param("exit 3", "exited with status 3", "(no error output)", id="exit-3-silently"),
+        pytest.param(
+            'echo "pg_dump: terminating on a signal" >&2; kill -TERM $$',
+            "was killed by signal 15",
+            "pg_dump: terminating on a signal",
+            id="killed-by-sigterm",
+        ),
+    ],
+)
+def test_pg_dump_failing_after_complete_output_is_never_a_backup(
+    make_settings: Any,
+    big_db: str,
+    pg_bin_dir: str | None,
+    tmp_path: Path,
+    s3: Any,
+    bucket: str,
+    then: str,
+    how: str,
+    stderr_tail: str,
+) -> None:
+    fake = _pg_dump_that_fails_after_a_complete_dump(
+        tmp_path / "bin", find_tool("pg_dump", pg_bin_dir), then
+    )
+    services = _big_services(make_settings, big_db, pg_bin_dir=str(fake.parent))
+    uploaded: list[int] = []
+
+    def on_progress(event: BackupProgress) -> None:
+        uploaded.append(event.bytes_uploaded)
+
+    try:
+        with pytest.raises(DumpError) as raised:
+            services.backups.run(ACTOR, on_progress=on_progress)
+        failure = _last_failure(services)
+    finally:
+        services.close()
+    assert raised.value.message == f"pg_dump {how}: {stderr_tail}"
+    # What went into the upload was a whole, valid archive, and parts of it were already stored:
+    # only the exit status tells this backup from a good one.
+    listed = subprocess.run(
+        [find_tool("pg_restore", pg_bin_dir), "--list", str(fake.parent / "complete.dump")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "TABLE DATA blnk transactions" in listed.stdout
+    assert max(uploaded) > 0
+    assert bucket_keys(s3, bucket) == []  # no dump and no manifest
+    assert incomplete_uploads(s3, bucket) == []
+    assert failure.error_code == "dump_failed"
+    assert failure.error_cause == f"pg_dump {how}: {stderr_tail}"
 
 
 def test_s3_503_slowdown_is_retried_and_the_backup_succeeds(
@@ -215,25 +303,76 @@ def test_wrong_database_password_fails_before_anything_is_uploaded_and_is_never_
     services.close()
 
 
+@dataclass(frozen=True)
+class _Seen:
+    exe: str
+    argv: list[str]
+    pgpassword: str | None
+
+
+def _running_pg_dumps() -> list[_Seen]:
+    """Every pg_dump this process runs right now: the binary, or a wrapper script named pg_dump
+    (Debian's /usr/bin/pg_dump is a Perl script that execs the binary)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it may exit while we look
+            if child.name() == "pg_dump":
+                environ = child.environ()
+                found.append(_Seen(child.exe(), child.cmdline(), environ.get("PGPASSWORD")))
+    return found
+
+
 def test_right_password_backs_up_through_the_environment_not_the_command_line(
     make_settings: Any, password_cluster: PasswordCluster, s3: Any, bucket: str
 ) -> None:
-    seen_argv: list[str] = []
+    cluster = PgTarget.from_url(password_cluster.url())
+    with cluster.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS held_while_watched (id int)")
+    # pg_dump waits for this lock, so it stays alive until the watcher has seen it.
+    holder = cluster.connect()
+    holder.execute("LOCK TABLE held_while_watched IN ACCESS EXCLUSIVE MODE")
+    seen: list[_Seen] = []
+    done = threading.Event()
 
-    def spy(event: BackupProgress) -> None:
-        for child in psutil.Process().children(recursive=True):
-            if child.name() == "pg_dump":
-                seen_argv.extend(child.cmdline())
+    def dumping() -> list[_Seen]:
+        return [p for p in seen if Path(p.exe).name == "pg_dump"]
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30  # then let pg_dump go, unseen: the test fails
+        try:
+            while not dumping() and not done.is_set() and time.monotonic() < deadline:
+                seen.extend(_running_pg_dumps())
+                time.sleep(0.005)
+        finally:
+            holder.rollback()
+
+    watcher = threading.Thread(target=watch)
+
+    def on_progress(event: BackupProgress) -> None:
+        if event.stage == "dumping" and watcher.ident is None:
+            watcher.start()  # pg_dump starts right after this event
 
     services = Services(make_settings(database_url=password_cluster.url()))
-    manifest = services.backups.run(ACTOR, on_progress=spy).manifest
-    services.close()
+    try:
+        manifest = services.backups.run(ACTOR, on_progress=on_progress).manifest
+    finally:
+        done.set()
+        if watcher.ident is not None:
+            watcher.join(30)
+        holder.close()
+        services.close()
     assert manifest.database == "postgres"
-    assert password_cluster.password not in " ".join(seen_argv)
+    assert manifest.stats.row_counts == {"public.held_while_watched": 0}
+    assert dumping(), seen  # the pg_dump binary itself was seen running
+    for process in seen:
+        assert any(a.startswith("--dbname=") and "user=ledger" in a for a in process.argv)
+        assert "--no-password" in process.argv
+        assert password_cluster.password not in " ".join(process.argv)
+        assert process.pgpassword == password_cluster.password
 
 
 def test_pg_dump_older_than_the_server_is_refused_naming_both_versions(
-    make_settings: Any, tmp_path: Path, s3: Any, bucket: str
+    make_settings: Any, tmp_path: Path, s3: Any, bucket: str, pg_server: PgTarget
 ) -> None:
     old = tmp_path / "pg14" / "pg_dump"
     old.parent.mkdir()
@@ -244,7 +383,9 @@ def test_pg_dump_older_than_the_server_is_refused_naming_both_versions(
     with pytest.raises(PreflightError) as raised:
         services.backups.run(ACTOR)
     assert raised.value.message.startswith("pg_dump 14.11 (at ")
-    assert "cannot dump a PostgreSQL 15." in raised.value.message
+    with pg_server.connect() as conn:
+        server = server_version(conn)[1]
+    assert f"cannot dump a PostgreSQL {server} server" in raised.value.message
     assert bucket_keys(s3, bucket) == []
     services.close()
 
@@ -295,7 +436,7 @@ def test_a_role_that_cannot_read_a_table_fails_cleanly(
         conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA blnk TO "{role}"')
         conn.execute(f'REVOKE SELECT ON blnk.api_keys FROM "{role}"')
     services = Services(
-        make_settings(database_url=f"postgresql://{role}@127.0.0.1:5432/{blnk_db.dbname}")
+        make_settings(database_url=PgTarget({**blnk_db.params, "user": role}, None).conninfo)
     )
     try:
         with pytest.raises(DumpError, match="permission denied"):

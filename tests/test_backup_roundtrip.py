@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -16,7 +20,10 @@ from core.audit import Actor
 from core.database import PgTarget, create_database, drop_database
 from core.dbstats import ledger_totals, object_counts
 from core.services import Services
-from tests.support.helpers import bucket_keys, incomplete_uploads
+from tests.support.faultproxy import FaultProxy, Request
+from tests.support.helpers import bucket_keys, incomplete_uploads, make_database
+
+pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
 
 ACTOR = Actor("alice", "cli")
 
@@ -29,6 +36,36 @@ def _row_counts(target: PgTarget, tables: list[str]) -> dict[str, int]:
             row = conn.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()
             counts[table] = row[0]
         return counts
+
+
+READS = {"HeadBucket", "HeadObject", "GetObject", "ListObjectsV2", "ListMultipartUploads"}
+
+
+def s3_calls(log: list[Request], bucket: str) -> list[tuple[str, str]]:
+    """The S3 operations the proxy forwarded, in order of arrival, each with its key."""
+
+    def operation(method: str, key: str, query: dict[str, list[str]]) -> str:
+        if method == "POST":
+            if "uploads" in query:
+                return "CreateMultipartUpload"
+            return "CompleteMultipartUpload" if "uploadId" in query else "DeleteObjects"
+        if method == "PUT":
+            return "UploadPart" if "partNumber" in query else "PutObject"
+        if method == "DELETE":
+            return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+        if method == "HEAD":
+            return "HeadObject" if key else "HeadBucket"
+        if "uploads" in query:
+            return "ListMultipartUploads"
+        return "GetObject" if key else "ListObjectsV2"
+
+    calls = []
+    for request in log:
+        url = urlsplit(request.path)
+        key = unquote(url.path).removeprefix(f"/{bucket}").removeprefix("/")
+        query = parse_qs(url.query, keep_blank_values=True)
+        calls.append((operation(request.method, key, query), key))
+    return calls
 
 
 @pytest.fixture
@@ -97,11 +134,23 @@ def test_backup_restores_with_stock_tools_and_matches_source_and_manifest(
 
 
 def test_manifest_is_written_last_next_to_the_dump(
-    services: Services, s3: Any, bucket: str
+    make_settings: Any, s3: Any, bucket: str, proxy: FaultProxy
 ) -> None:
-    result = services.backups.run(ACTOR)
-    key = result.manifest.key
+    services = Services(make_settings(s3_endpoint_url=proxy.endpoint))
+    try:
+        key = services.backups.run(ACTOR).manifest.key
+    finally:
+        services.close()
     assert sorted(bucket_keys(s3, bucket)) == [key, key + ".manifest.json"]
+    # The store's requests in the order they arrived: the manifest is written once, after the
+    # upload was completed and the dump's size and checksum were read back, and nothing after.
+    calls = s3_calls(proxy.faults.log, bucket)
+    [manifest_put] = [i for i, c in enumerate(calls) if c == ("PutObject", key + ".manifest.json")]
+    [completion] = [i for i, c in enumerate(calls) if c == ("CompleteMultipartUpload", key)]
+    verification = [i for i, c in enumerate(calls) if c == ("HeadObject", key) and i > completion]
+    assert verification and completion < verification[0] < manifest_put, calls
+    writes = [i for i, (operation, _key) in enumerate(calls) if operation not in READS]
+    assert writes[-1] == manifest_put, calls
     body = json.loads(s3.get_object(Bucket=bucket, Key=key + ".manifest.json")["Body"].read())
     for field in (
         "key",
@@ -188,17 +237,105 @@ def test_prefix_storage_class_and_encryption_are_applied(
     assert head["ServerSideEncryption"] == "AES256"
 
 
-def test_md5_mode_for_stores_without_additional_checksums(
-    make_settings: Any, s3: Any, bucket: str
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+class _CopyingReader:
+    """Stands in for a request handler's rfile and keeps a copy of what is read."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.copy = bytearray()
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.raw.read(size)
+        self.copy += data
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class RecordingProxy(FaultProxy):
+    """The fault proxy, also keeping each request's headers and body (``faults.log`` holds only
+    method and path)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(upstream_port)
+        self.seen: list[SeenRequest] = []
+
+    def start(self) -> None:
+        super().start()
+        assert self._server is not None
+        handler: Any = self._server.RequestHandlerClass
+        seen = self.seen
+
+        class Recording(handler):
+            def _handle_and_record(self) -> None:
+                raw = self.rfile
+                self.rfile = reader = _CopyingReader(raw)
+                try:
+                    handler._handle(self)
+                finally:
+                    self.rfile = raw
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    seen.append(SeenRequest(self.command, self.path, headers, bytes(reader.copy)))
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle_and_record
+
+        self._server.RequestHandlerClass = Recording
+
+
+@pytest.fixture(scope="module")
+def big_db(pg_server: PgTarget) -> Iterator[str]:
+    """Big enough that an uncompressed dump spans several 5 MiB parts."""
+    name = make_database(pg_server, 20_000)
+    yield name
+    drop_database(pg_server, name)
+
+
+def test_md5_mode_sends_content_md5_with_every_part_and_no_newer_checksum_header(
+    make_settings: Any, s3: Any, bucket: str, big_db: str, s3_server: Any
 ) -> None:
-    services = Services(make_settings(s3_checksum="md5"))
+    proxy = RecordingProxy(s3_server.port)
+    proxy.start()
     try:
-        manifest = services.backups.run(ACTOR).manifest
+        services = Services(
+            make_settings(
+                database=big_db,
+                s3_endpoint_url=proxy.endpoint,
+                s3_checksum="md5",
+                backup_compression_level=0,
+                backup_part_size_mib=5,
+            )
+        )
+        try:
+            manifest = services.backups.run(ACTOR).manifest
+        finally:
+            services.close()
     finally:
-        services.close()
+        proxy.stop()
     assert manifest.verification == "size+content-md5-parts"
     assert manifest.store_checksum is None
     assert s3.head_object(Bucket=bucket, Key=manifest.key)["ContentLength"] == manifest.size
+    parts = [r for r in proxy.seen if r.method == "PUT" and "partNumber=" in r.path]
+    assert len(parts) == manifest.part_count >= 2
+    for part in parts:
+        digest = base64.b64encode(hashlib.md5(part.body, usedforsecurity=False).digest()).decode()
+        assert part.headers.get("content-md5") == digest, part.path
+        assert int(part.headers["content-length"]) == len(part.body)
+    assert sum(len(p.body) for p in parts) == manifest.size
+    # A store that rejects the newer checksum headers is sent none, with writes or reads.
+    for request in proxy.seen:
+        newer = [
+            h for h in request.headers if h.startswith(("x-amz-checksum", "x-amz-sdk-checksum"))
+        ]
+        assert newer == [], request.path
 
 
 def test_local_copy_is_kept_when_asked_and_matches_the_upload(
@@ -215,23 +352,19 @@ def test_local_copy_is_kept_when_asked_and_matches_the_upload(
 
 
 def test_multipart_backup_with_many_parts_verifies(
-    make_settings: Any, s3: Any, bucket: str, pg_server: PgTarget
+    make_settings: Any, s3: Any, bucket: str, big_db: str
 ) -> None:
-    from tests.support.helpers import make_database
-
-    name = make_database(pg_server, 20_000)
-    try:
-        services = Services(
-            make_settings(
-                database_url=f"postgresql://postgres@127.0.0.1:5432/{name}",
-                backup_compression_level=0,
-                backup_part_size_mib=5,
-            )
+    services = Services(
+        make_settings(
+            database=big_db,
+            backup_compression_level=0,
+            backup_part_size_mib=5,
         )
+    )
+    try:
         manifest = services.backups.run(ACTOR).manifest
-        services.close()
     finally:
-        drop_database(pg_server, name)
+        services.close()
     assert manifest.part_count >= 3
     assert manifest.store_checksum is not None and manifest.store_checksum.endswith(
         f"-{manifest.part_count}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.keys import BackupKey
-from core.retention import RetentionPolicy, plan
+from core.retention import RetentionPlan, RetentionPolicy, plan
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 VALID_REASONS = (
@@ -90,13 +92,81 @@ def test_a_failed_sunday_backup_does_not_lose_the_week() -> None:
     assert kept_that_week[0].started_at == missing - timedelta(days=1)  # the Saturday
 
 
-def test_the_gfs_shape_of_a_year_of_daily_backups() -> None:
-    days = [NOW.replace(hour=3) - timedelta(days=d) for d in range(500)]
-    result = plan([BackupKey.at(d) for d in days], RetentionPolicy(), NOW)
-    kept = result.to_keep
-    assert len([k for k in kept if NOW - k.started_at <= timedelta(days=7)]) == 7
-    assert len(kept) < 7 + 5 + 13 + 1  # dailies + weeklies + monthlies, overlapping
-    assert all(NOW - k.started_at <= timedelta(days=365) for k in kept)
+def _expected_keep(keys: list[BackupKey], policy: RetentionPolicy) -> dict[str, set[BackupKey]]:
+    """An oracle for the GFS policy, written from the README, not from the planner: a backup is
+    the newest of its period when no later backup falls in the same period."""
+
+    def newest_of(key: BackupKey, period: Callable[[BackupKey], tuple[int, int]]) -> bool:
+        return not any(o > key and period(o) == period(key) for o in keys)
+
+    def age(key: BackupKey) -> timedelta:
+        return NOW - key.started_at
+
+    def week(k: BackupKey) -> tuple[int, int]:
+        return k.started_at.isocalendar()[:2]
+
+    def month(k: BackupKey) -> tuple[int, int]:
+        return (k.started_at.year, k.started_at.month)
+
+    return {
+        "daily": {k for k in keys if age(k) <= timedelta(days=policy.daily_days)},
+        "weekly": {
+            k for k in keys if newest_of(k, week) and age(k) <= timedelta(days=policy.weekly_days)
+        },
+        "monthly": {
+            k for k in keys if newest_of(k, month) and age(k) <= timedelta(days=policy.monthly_days)
+        },
+        "min_keep": set(sorted(keys)[-policy.min_keep :]),
+    }
+
+
+def _kept_by_reason(result: RetentionPlan) -> dict[str, set[BackupKey]]:
+    prefixes = {
+        "daily": "daily:",
+        "weekly": "weekly:",
+        "monthly": "monthly:",
+        "min_keep": "one of the newest",
+    }
+    return {
+        name: {d.key for d in result.decisions if any(r.startswith(p) for r in d.reasons)}
+        for name, p in prefixes.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("skipped", "dailies"),
+    [
+        pytest.param(lambda _day: False, 7, id="every-day"),
+        # Gaps: every Sunday and every last day of a month fail, and so do two whole weeks.
+        pytest.param(
+            lambda day: (
+                day.isoweekday() == 7
+                or (day + timedelta(days=1)).month != day.month
+                or 40 <= (NOW - day).days < 54
+                or 300 <= (NOW - day).days < 314
+            ),
+            6,  # this week's Sunday is missing
+            id="with-gaps",
+        ),
+    ],
+)
+def test_the_gfs_shape_of_a_year_of_daily_backups_is_exactly_the_policy(
+    skipped: Callable[[datetime], bool], dailies: int
+) -> None:
+    days = [NOW.replace(hour=3) - timedelta(days=d) for d in range(400)]
+    keys = [BackupKey.at(d) for d in days if not skipped(d)]
+    policy = RetentionPolicy()
+    result = plan(keys, policy, NOW)
+    expected = _expected_keep(keys, policy)
+    assert result.paused is None
+    assert _kept_by_reason(result) == expected
+    assert set(result.to_keep) == set().union(*expected.values())
+    assert set(result.to_delete) == set(keys) - set(result.to_keep)
+    # The shape in numbers: the dailies, the newest of each of the last 5 ISO weeks, the newest
+    # of each of the 13 calendar months the last 365 days touch (overlapping where they coincide).
+    assert len(expected["daily"]) == dailies
+    assert len(expected["weekly"]) == 5
+    assert len(expected["monthly"]) == 13
 
 
 def test_nothing_is_deleted_while_the_newest_backup_is_stale() -> None:
