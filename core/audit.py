@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -293,6 +293,32 @@ class AuditLog:
         query = query.order_by(col(AuditEvent.id).desc()).limit(limit)
         with Session(self.engine) as session:
             return list(session.exec(query).all())
+
+    def last(self, action: str, outcomes: tuple[str, ...]) -> AuditEvent | None:
+        """Return the newest event of ``action`` with one of ``outcomes``, or None."""
+        query = (
+            select(AuditEvent)
+            .where(AuditEvent.action == action, col(AuditEvent.outcome).in_(outcomes))
+            .order_by(col(AuditEvent.id).desc())
+            .limit(1)
+        )
+        with Session(self.engine) as session:
+            return session.exec(query).first()
+
+    def failure_counts(self, action: str) -> dict[str, int]:
+        """Return how many runs of ``action`` failed, by error code, over the whole log."""
+        query = (
+            select(AuditEvent.error_code, func.count())
+            .where(AuditEvent.action == action, AuditEvent.outcome == "failed")
+            .group_by(AuditEvent.error_code)
+        )
+        with Session(self.engine) as session:
+            return {str(code or "unknown"): int(n) for code, n in session.exec(query).all()}
+
+    def ping(self) -> None:
+        """Raise if the audit database cannot be reached (a readiness check)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -41,6 +41,7 @@ ChecksumMode = Literal["sha256", "md5"]
 AddressingStyle = Literal["auto", "path", "virtual"]
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
+_DEFAULT_SCHEDULES = {"0 3 * * *", "0 4 * * 0", "0 */6 * * *", "0 5 1 * *"}
 
 
 def _env(*names: str) -> AliasChoices:
@@ -255,6 +256,14 @@ class Settings(BaseSettings):
         fields = value.split()
         if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
             raise ValueError("must be a 5-field cron expression like '0 3 * * *' or empty")
+        value = " ".join(fields)
+        if value not in _DEFAULT_SCHEDULES:  # the defaults are known good: skip the import
+            from core.schedule import cron_trigger
+
+            try:
+                cron_trigger(value, "UTC")
+            except ValueError as exc:
+                raise ValueError(f"is not a valid cron expression ({exc})") from None
         return value
 
     @field_validator("schedule_timezone")

@@ -105,11 +105,14 @@ class StreamingProcess:
 
 
 def run(
-    argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: str | Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short command to completion and return its result (never raises on exit status)."""
     return subprocess.run(
-        list(argv), env=env, capture_output=True, text=True, timeout=timeout, check=False
+        list(argv), env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
     )
 
 

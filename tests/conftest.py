@@ -25,7 +25,7 @@ from core.config import Settings, load_settings
 from core.database import PgTarget, drop_database
 from core.services import Services
 from tests.support.databases import PG_URL, make_database
-from tests.support.embedded_pg import EmbeddedPostgres, embedded_bin_dir
+from tests.support.embedded_pg import EmbeddedPostgres, embedded_bin_dir, postgres_answers
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3ServerProcess
 from tests.support.s3server_alt import SeaweedS3ServerProcess
@@ -48,12 +48,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _local_pg_missing() -> bool:
+    return PG_URL.startswith("postgresql://postgres@127.0.0.1:5432/") and not postgres_answers()
+
+
 @pytest.fixture(scope="session")
 def pg_server(request: pytest.FixtureRequest) -> Iterator[PgTarget]:
-    if request.config.getoption("--pg") == "local":
+    """The PostgreSQL server of this run. With --pg local and nothing answering on
+    127.0.0.1:5432, the embedded one is started there (a machine with only Python)."""
+    embedded = request.config.getoption("--pg") == "embedded18"
+    if not embedded and not _local_pg_missing():
         yield PgTarget.from_url(PG_URL)
         return
-    server = EmbeddedPostgres()
+    server = EmbeddedPostgres(port=None if embedded else 5432)
     server.start()
     try:
         yield PgTarget.from_url(server.url)
@@ -62,12 +69,23 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[PgTarget]:
 
 
 @pytest.fixture(scope="session")
-def pg_bin_dir(request: pytest.FixtureRequest) -> str | None:
-    """PG_BIN_DIR for this run: the 18 client tools with --pg embedded18 or --pg-client
-    embedded18, else None (the newest pg_dump found on the machine)."""
-    if "embedded18" in (request.config.getoption("--pg"), request.config.getoption("--pg-client")):
+def pg_bin_dir(request: pytest.FixtureRequest, pg_server: PgTarget) -> str | None:
+    """PG_BIN_DIR for this run: the 18 client tools with --pg embedded18, --pg-client
+    embedded18 or an embedded local server, else None (the newest pg_dump on the machine)."""
+    options = (request.config.getoption("--pg"), request.config.getoption("--pg-client"))
+    if "embedded18" in options or pg_server.params.get("port") != "5432" or _embedded_local():
         return str(embedded_bin_dir())
     return None
+
+
+def _embedded_local() -> bool:
+    from core.processes import find_tool
+
+    try:
+        find_tool("pg_dump", None)
+    except Exception:
+        return True  # no client tools on this machine: use the wheel's
+    return False
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,242 @@
+"""The HTTP front end: one WSGI app served by waitress (a production-grade, multi-threaded
+server), holding Blnk's documented backup endpoint, health checks, metrics and — in Slack's HTTP
+mode — ``/slack/events``.
+
+- ``GET /backup-s3`` with ``Authorization: Bearer $BLNK_API_KEY`` (or ``X-Blnk-Key``):
+  synchronous, like Blnk's. 200 with the backup's key, size, SHA-256 and duration; 400
+  configuration error; 401 missing or wrong key (compared in constant time); 403 when no API key
+  is configured (the endpoint is off, not open); 409 a backup is already running; 500 failure.
+  Error bodies are ``{"error": {"code", "message"}}`` — never a secret or a traceback.
+- ``GET /healthz`` — liveness: 200 while the process serves requests (restart it otherwise).
+  The body also reports readiness and freshness.
+- ``GET /healthz?check=ready`` — readiness: 503 while Socket Mode is not connected (when used)
+  or the audit database cannot be reached (take it out of rotation, do not restart it).
+- ``GET /healthz?check=backups`` — 503 when backups need attention (stale, failed restore
+  test): for an external monitor, never for a restart policy.
+- ``GET /metrics`` — Prometheus text (bot/metrics.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from bot.metrics import EngineCollector, metrics_text
+from bot.render import json as render_json
+from core.actor import Actor
+from core.errors import AlreadyRunningError, BackupError, ConfigError, UsageError
+from core.services import Services
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+log = logging.getLogger("blnk_backup.http")
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+MAX_BODY = 1 << 20  # Slack payloads are small; anything larger is not one
+_STATUS = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    403: "403 Forbidden",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    409: "409 Conflict",
+    413: "413 Payload Too Large",
+    500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
+}
+
+
+@dataclass
+class Probes:
+    """What readiness depends on, supplied by the composition root."""
+
+    socket_connected: Callable[[], bool] | None = None  # None: Socket Mode not used
+
+
+class HttpApi:
+    """The WSGI application."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        slack_app: App | None = None,
+        collector: EngineCollector | None = None,
+        probes: Probes | None = None,
+    ) -> None:
+        self.services = services
+        self.slack_app = slack_app
+        self.collector = collector or EngineCollector(services)
+        self.probes = probes or Probes()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/")
+        try:
+            if path == "/slack/events" and self.slack_app is not None:
+                if method != "POST":
+                    return _json(start_response, 405, _error("method_not_allowed", "use POST"))
+                return self._slack(environ, start_response)
+            if path == "/backup-s3":
+                if method not in {"GET", "POST"}:
+                    return _json(start_response, 405, _error("method_not_allowed", "use GET"))
+                return self._backup(environ, start_response)
+            if path == "/healthz" and method == "GET":
+                return self._health(environ, start_response)
+            if path == "/metrics" and method == "GET":
+                body = metrics_text(self.collector)
+                start_response(
+                    "200 OK",
+                    [
+                        ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                        ("Content-Length", str(len(body))),
+                    ],
+                )
+                return [body]
+            return _json(start_response, 404, _error("not_found", f"no such endpoint: {path}"))
+        except Exception:
+            error_id = uuid.uuid4().hex[:8]
+            log.exception("HTTP request %s %s failed (error id %s)", method, path, error_id)
+            return _json(
+                start_response,
+                500,
+                _error("internal_error", f"internal error (error id {error_id}); see the log"),
+            )
+
+    # --- Blnk's endpoint ----------------------------------------------------------------------
+    def _backup(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        key = self.services.settings.blnk_api_key
+        if key is None:
+            return _json(
+                start_response,
+                403,
+                _error("api_disabled", "BLNK_API_KEY is not set: the backup endpoint is off"),
+            )
+        given = _api_key(environ)
+        if given is None or not hmac.compare_digest(
+            given.encode(), key.get_secret_value().encode()
+        ):
+            return _json(
+                start_response,
+                401,
+                _error("unauthorized", "a valid API key is required (Authorization: Bearer …)"),
+                extra=[("WWW-Authenticate", 'Bearer realm="blnk-backup"')],
+            )
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        reason = (query.get("reason") or [None])[0]
+        try:
+            result = self.services.backups.run(Actor("api", "api"), reason=reason)
+        except ConfigError as exc:
+            return _json(start_response, 400, render_json.error(exc))
+        except UsageError as exc:
+            return _json(start_response, 400, render_json.error(exc))
+        except AlreadyRunningError as exc:
+            return _json(start_response, 409, render_json.error(exc))
+        except BackupError as exc:
+            return _json(start_response, 500, render_json.error(exc))
+        body = render_json.backup(result.manifest, self.services.store.bucket)
+        body["run_id"] = result.run_id
+        return _json(start_response, 200, body)
+
+    # --- health -------------------------------------------------------------------------------
+    def _health(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        check = (parse_qs(environ.get("QUERY_STRING", "")).get("check") or ["alive"])[0]
+        body: dict[str, Any] = {"alive": True}
+        socket = self.probes.socket_connected
+        body["socket_mode"] = None if socket is None else socket()
+        try:
+            self.services.audit.ping()
+            body["audit_database"] = True
+        except Exception:
+            body["audit_database"] = False
+        body["ready"] = body["audit_database"] and body["socket_mode"] is not False
+        if check == "backups":
+            try:
+                status = self.services.catalog.status()
+                body["backups_fresh"] = status.healthy
+                body["breaches"] = status.breaches
+            except BackupError as exc:
+                body["backups_fresh"] = False
+                body["breaches"] = [exc.message]
+            return _json(start_response, 200 if body["backups_fresh"] else 503, body)
+        if check == "ready":
+            return _json(start_response, 200 if body["ready"] else 503, body)
+        return _json(start_response, 200, body)
+
+    # --- Slack --------------------------------------------------------------------------------
+    def _slack(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        from slack_bolt.request import BoltRequest
+
+        assert self.slack_app is not None
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_BODY:
+            return _json(start_response, 413, _error("too_large", "request body too large"))
+        raw = environ["wsgi.input"].read(length) if length else b""
+        headers = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        response = self.slack_app.dispatch(
+            BoltRequest(
+                body=raw.decode("utf-8", "replace"),
+                query=environ.get("QUERY_STRING", ""),
+                headers=headers,
+            )
+        )
+        status = _STATUS.get(response.status, f"{response.status} Response")
+        payload = (response.body or "").encode()
+        out = [(k, v) for k, values in response.headers.items() for v in values]
+        out = [(k, v) for k, v in out if k.lower() != "content-length"]
+        out.append(("Content-Length", str(len(payload))))
+        start_response(status, out)
+        return [payload]
+
+
+def _api_key(environ: dict[str, Any]) -> str | None:
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return environ.get("HTTP_X_BLNK_KEY") or None
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _json(
+    start_response: StartResponse,
+    status: int,
+    body: dict[str, Any],
+    extra: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    payload = json.dumps(body, default=str).encode()
+    start_response(
+        _STATUS[status],
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            *(extra or []),
+        ],
+    )
+    return [payload]
+
+
+def serve(api: HttpApi, host: str, port: int, threads: int = 8) -> Any:
+    """Create (not yet run) the waitress server for api; ``.run()`` serves until ``.close()``."""
+    from waitress.server import create_server
+
+    return create_server(api, host=host, port=port, threads=threads, ident="blnk-backup")

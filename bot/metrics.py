@@ -1,0 +1,123 @@
+"""``GET /metrics``: Prometheus text, computed at scrape time from the shared audit log (so
+every replica reports the same figures) plus this process's scheduler and outbox.
+
+    blnk_backup_last_success_timestamp_seconds   when the newest successful backup finished
+    blnk_backup_last_duration_seconds            how long it took
+    blnk_backup_last_size_bytes                  how big its dump is
+    blnk_backup_failures_total{code}             failed backups by cause, ever
+    blnk_backup_running                          1 while this process runs a backup
+    blnk_restore_test_last_passed                1 passed / 0 failed (absent: never ran)
+    blnk_restore_test_last_timestamp_seconds     when it ended (age = time() - this)
+    blnk_ledger_proof_last_passed                1 if the last restore test proved the ledger
+    blnk_approvals_pending                       requests waiting for a decision
+    blnk_outbox_waiting                          Slack messages waiting to be delivered
+    blnk_scheduler_next_run_timestamp_seconds{job}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from core.services import Services
+
+NextRuns = Callable[[], dict[str, datetime]]
+
+
+class EngineCollector(Collector):
+    def __init__(
+        self,
+        services: Services,
+        next_runs: NextRuns | None = None,
+        outbox_waiting: Callable[[], int] | None = None,
+    ) -> None:
+        self.services = services
+        self.next_runs = next_runs or (lambda: {})
+        self.outbox_waiting = outbox_waiting
+
+    def collect(self) -> Iterator[Metric]:
+        audit = self.services.audit
+        last = audit.last("backup", ("succeeded",))
+        success = GaugeMetricFamily(
+            "blnk_backup_last_success_timestamp_seconds",
+            "Unix time the newest successful backup finished (0: none yet)",
+        )
+        duration = GaugeMetricFamily(
+            "blnk_backup_last_duration_seconds", "Duration of the newest successful backup"
+        )
+        size = GaugeMetricFamily("blnk_backup_last_size_bytes", "Size of the newest backup's dump")
+        success.add_metric([], _aware_ts(last.at) if last else 0.0)
+        if last is not None:
+            duration.add_metric([], float(last.duration_seconds or 0))
+            size.add_metric([], float(last.size or 0))
+        yield from (success, duration, size)
+
+        failures = CounterMetricFamily(
+            "blnk_backup_failures", "Failed backups by cause, over the audit log", labels=["code"]
+        )
+        for code, count in sorted(audit.failure_counts("backup").items()):
+            failures.add_metric([code], count)
+        yield failures
+
+        running = GaugeMetricFamily("blnk_backup_running", "1 while this process runs a backup")
+        running.add_metric([], 1.0 if self._backup_running() else 0.0)
+        yield running
+
+        test = audit.last("restore_test", ("succeeded", "failed"))
+        if test is not None:
+            passed = GaugeMetricFamily(
+                "blnk_restore_test_last_passed", "1 if the last restore test passed"
+            )
+            passed.add_metric([], 1.0 if test.outcome == "succeeded" else 0.0)
+            when = GaugeMetricFamily(
+                "blnk_restore_test_last_timestamp_seconds", "Unix time the last restore test ended"
+            )
+            when.add_metric([], _aware_ts(test.at))
+            yield from (passed, when)
+            proof = test.details_dict().get("ledger_proof")
+            if isinstance(proof, dict) and "passed" in proof:
+                ledger = GaugeMetricFamily(
+                    "blnk_ledger_proof_last_passed",
+                    "1 if the last restore test proved the ledger inside the backup",
+                )
+                ledger.add_metric([], 1.0 if proof["passed"] else 0.0)
+                yield ledger
+
+        pending = GaugeMetricFamily("blnk_approvals_pending", "Approval requests waiting")
+        pending.add_metric([], float(len(self.services.approvals.pending())))
+        yield pending
+
+        if self.outbox_waiting is not None:
+            waiting = GaugeMetricFamily("blnk_outbox_waiting", "Messages waiting for delivery")
+            waiting.add_metric([], float(self.outbox_waiting()))
+            yield waiting
+
+        next_run = GaugeMetricFamily(
+            "blnk_scheduler_next_run_timestamp_seconds",
+            "Unix time of each scheduled job's next run",
+            labels=["job"],
+        )
+        for job, when_next in sorted(self.next_runs().items()):
+            next_run.add_metric([job], _aware_ts(when_next))
+        yield next_run
+
+    def _backup_running(self) -> bool:
+        try:
+            return self.services.backups.running
+        except Exception:  # no database configured: nothing can run
+            return False
+
+
+def _aware_ts(when: datetime) -> float:
+    """Audit times come back from SQLite without their zone; every time stored is UTC."""
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def metrics_text(collector: EngineCollector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return bytes(generate_latest(registry))

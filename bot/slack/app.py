@@ -1,0 +1,138 @@
+"""The Slack app: ``create_app(settings, services)`` builds the Bolt app with its listeners,
+registered per kind (bot/slack/listeners/{commands,actions,events}), and the parts they share:
+the job executor, the messenger with its outbox, the authorizer and the alerts.
+
+Signature checks stay on (HTTP mode). A global error handler gives a person a short message
+with an error id and the log the traceback; requests nobody handles go there too.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_bolt.error import BoltUnhandledRequestError
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+)
+
+from bot.render import blocks
+from bot.slack.alerts import Alerts
+from bot.slack.auth import Authorizer
+from bot.slack.jobs import JobRunner
+from bot.slack.messenger import Messenger
+from bot.slack.operations import NextRuns, SlackOperations
+from core.config import Settings
+from core.outbox import Outbox
+from core.services import Services
+
+log = logging.getLogger("blnk_backup.slack")
+
+
+@dataclass
+class SlackBot:
+    """The Bolt app and what its listeners share."""
+
+    app: App
+    client: WebClient
+    ops: SlackOperations
+    jobs: JobRunner
+    messenger: Messenger
+    alerts: Alerts | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.jobs.shutdown(wait=True)
+        if self.alerts is not None:
+            self.alerts.close()
+
+
+def web_client(settings: Settings) -> WebClient:
+    """A Web API client for SLACK_API_BASE_URL that waits out 429s (Retry-After) and retries
+    connection errors."""
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    base = settings.slack_api_base_url
+    return WebClient(
+        token=token,
+        base_url=base if base.endswith("/") else base + "/",
+        timeout=15,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+def build_slack(
+    settings: Settings,
+    services: Services,
+    *,
+    next_runs: NextRuns | None = None,
+    progress_interval: float = 3.0,
+    jobs: JobRunner | None = None,
+) -> SlackBot:
+    """Build the Slack side of the bot. Raise ConfigError if SLACK_BOT_TOKEN is missing."""
+    settings.require("slack_bot_token")
+    client = web_client(settings)
+    signing = settings.slack_signing_secret
+    app = App(
+        client=client,
+        signing_secret=signing.get_secret_value() if signing else None,
+        token_verification_enabled=False,  # auth.test happens at start-up, with a clear error
+        raise_error_for_unhandled_request=True,
+        process_before_response=False,
+        request_verification_enabled=signing is not None,  # Socket Mode has no signatures
+    )
+    outbox = Outbox(services.audit)
+    messenger = Messenger(client, outbox)
+    authorizer = Authorizer(client, settings.operators, settings.approvers)
+    runner = jobs or JobRunner()
+    ops = SlackOperations(
+        services,
+        messenger,
+        authorizer,
+        progress_interval=progress_interval,
+        next_runs=next_runs,
+    )
+    alerts = None
+    if settings.slack_alert_channel:
+        alerts = Alerts(messenger, settings.slack_alert_channel, blocks.alert)
+        services.audit.subscribe(alerts)
+    bot = SlackBot(app, client, ops, runner, messenger, alerts)
+
+    from bot.slack.listeners import actions, commands, events
+
+    commands.register(app, bot)
+    actions.register(app, bot)
+    events.register(app, bot)
+    _register_error_handler(app)
+    return bot
+
+
+def create_app(settings: Settings, services: Services, **options: Any) -> App:
+    """Build the Bolt app (see build_slack for the parts around it)."""
+    return build_slack(settings, services, **options).app
+
+
+def _register_error_handler(app: App) -> None:
+    @app.error
+    def on_error(error: Exception, body: dict[str, Any], respond: Any) -> BoltResponse | None:
+        if isinstance(error, BoltUnhandledRequestError):
+            log.warning("unhandled Slack request: %s", body.get("type") or body.get("command"))
+            return BoltResponse(status=404, body="")
+        error_id = uuid.uuid4().hex[:8]
+        log.error("Slack request failed (error id %s)", error_id, exc_info=error)
+        if respond is not None and (body.get("response_url") or body.get("response_urls")):
+            try:
+                message = blocks.operation_failed(
+                    "Request", "internal_error", "something went wrong", error_id=error_id
+                )
+                respond(text=message.text, blocks=message.blocks, response_type="ephemeral")
+            except Exception:
+                log.exception("could not tell the person about error %s", error_id)
+        return None

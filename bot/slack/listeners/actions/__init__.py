@@ -1,0 +1,59 @@
+"""Button listeners: Approve / Deny on an approval request. Acknowledged at once; the decision
+(checked on the server: approver, not the requester, pending, not expired) and the execution run
+on the bot's job executor."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt import App
+
+from bot.render import blocks
+from bot.slack.jobs import JobsFull
+from bot.slack.messenger import Renderable
+from bot.slack.operations import Caller
+
+if TYPE_CHECKING:
+    from bot.slack.app import SlackBot
+
+APPROVE, DENY = "approval_approve", "approval_deny"
+
+
+def register(app: App, bot: SlackBot) -> None:
+    def on_click(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        ack()
+        approve = action.get("action_id") == APPROVE
+        approval_id = str(action.get("value") or "")
+
+        def reply(message: Renderable) -> None:
+            respond(
+                text=message.text,
+                blocks=message.blocks,
+                response_type="ephemeral",
+                replace_original=False,
+            )
+
+        caller = Caller(
+            str(body.get("user", {}).get("id", "")),
+            str((body.get("channel") or body.get("container") or {}).get("id", "")),
+            reply,
+        )
+
+        def crashed(_exc: BaseException, error_id: str) -> None:
+            reply(
+                blocks.operation_failed(
+                    "Approval", "internal_error", "something went wrong", error_id=error_id
+                )
+            )
+
+        try:
+            bot.jobs.submit(
+                f"decide {approval_id}",
+                lambda: bot.ops.decide(approval_id, caller, approve),
+                crashed,
+            )
+        except JobsFull:
+            reply(blocks.refusal("the bot is busy with other work; try again in a minute"))
+
+    app.action(APPROVE)(on_click)
+    app.action(DENY)(on_click)

@@ -1,0 +1,55 @@
+"""Slash command listeners: parse (pure), acknowledge before any I/O, hand the work to the
+bot's job executor. A bad or unknown argument is answered in the acknowledgement itself with
+the usage, and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt import App
+
+from bot.render import blocks
+from bot.slack.commands import COMMANDS, parse
+from bot.slack.jobs import JobsFull
+from bot.slack.messenger import Renderable
+from bot.slack.operations import Caller
+from core.errors import UsageError
+
+if TYPE_CHECKING:
+    from bot.slack.app import SlackBot
+
+
+def register(app: App, bot: SlackBot) -> None:
+    for name in COMMANDS:
+        app.command(name)(_listener(bot))
+
+
+def _listener(bot: SlackBot) -> Callable[..., None]:
+    def on_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
+        try:
+            request = parse(command["command"], command.get("text") or "")
+        except UsageError as exc:
+            usage = blocks.usage(exc.message)
+            ack(text=usage.text, blocks=usage.blocks)
+            return
+        ack()
+
+        def reply(message: Renderable) -> None:
+            respond(text=message.text, blocks=message.blocks, response_type="ephemeral")
+
+        caller = Caller(command["user_id"], command["channel_id"], reply)
+
+        def crashed(_exc: BaseException, error_id: str) -> None:
+            reply(
+                blocks.operation_failed(
+                    request.action, "internal_error", "something went wrong", error_id=error_id
+                )
+            )
+
+        try:
+            bot.jobs.submit(request.action, lambda: bot.ops.command(request, caller), crashed)
+        except JobsFull:
+            reply(blocks.refusal("the bot is busy with other work; try again in a minute"))
+
+    return on_command

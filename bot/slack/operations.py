@@ -1,0 +1,334 @@
+"""What each slash command and button does, run on the bot's own job executor after the request
+was acknowledged. Every operation has the same shape: check who is asking, call one use case on
+the shared Services, render the result as Block Kit. Risky operations become approval requests;
+an approved request is executed once, keyed by its id."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.render import blocks
+from bot.slack.auth import Authorizer
+from bot.slack.commands import Request
+from bot.slack.messenger import Messenger, Renderable
+from bot.slack.progress import LiveMessage
+from core.actor import Actor
+from core.approvals import Approval, ApprovalError
+from core.backup import BackupProgress
+from core.errors import AlreadyRunningError, BackupError, UsageError
+from core.keys import BackupKey
+from core.services import Services
+
+log = logging.getLogger("blnk_backup.slack.operations")
+
+Respond = Callable[[Renderable], None]
+NextRuns = Callable[[], dict[str, datetime]]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked, where, and how to answer them privately."""
+
+    user_id: str
+    channel_id: str
+    respond: Respond
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.user_id, "slack")
+
+
+class SlackOperations:
+    def __init__(
+        self,
+        services: Services,
+        messenger: Messenger,
+        authorizer: Authorizer,
+        *,
+        progress_interval: float = 3.0,
+        next_runs: NextRuns | None = None,
+    ) -> None:
+        self.services = services
+        self.messenger = messenger
+        self.authorizer = authorizer
+        self.progress_interval = progress_interval
+        self.next_runs = next_runs or (lambda: {})
+
+    # --- commands -----------------------------------------------------------------------------
+    def command(self, request: Request, caller: Caller) -> None:
+        """Run a parsed slash command for caller (already acknowledged)."""
+        allowed = self.authorizer.may_operate(caller.user_id)
+        if not allowed.allowed:
+            self._refuse(caller, request.action, allowed.why)
+            return
+        try:
+            if request.risky:
+                self._request_approval(request, caller)
+            else:
+                getattr(self, f"_run_{request.action}")(request, caller)
+        except UsageError as exc:
+            caller.respond(blocks.usage(exc.message))
+        except AlreadyRunningError:
+            caller.respond(blocks.already_running(self.services.backups.holder))
+
+    def _refuse(self, caller: Caller, what: str, why: str) -> None:
+        self.services.audit.record(
+            action="unauthorized",
+            outcome="recorded",
+            actor=caller.actor,
+            error_code="not_authorized",
+            error_cause=why,
+            details={"attempted": what},
+        )
+        caller.respond(blocks.refusal(why))
+
+    def _run_help(self, _request: Request, caller: Caller) -> None:
+        caller.respond(blocks.help_message())
+
+    def _run_list(self, _request: Request, caller: Caller) -> None:
+        caller.respond(blocks.backups_list(self.services.catalog.list(limit=20)))
+
+    def _run_status(self, _request: Request, caller: Caller) -> None:
+        caller.respond(blocks.status(self.services.catalog.status(), self.next_runs()))
+
+    def _run_audit(self, _request: Request, caller: Caller) -> None:
+        caller.respond(blocks.audit(self.services.audit.events(limit=20)))
+
+    def _run_prune(self, _request: Request, caller: Caller) -> None:
+        caller.respond(blocks.prune_plan(self.services.pruner.prune(caller.actor, apply=False)))
+
+    def _run_bucket_check(self, _request: Request, caller: Caller) -> None:
+        caller.respond(blocks.policies(self.services.bucket_policies.check(), applied=False))
+
+    def _run_backup(self, request: Request, caller: Caller) -> None:
+        live = LiveMessage(self.messenger, caller.channel_id, self.progress_interval)
+        began = time.monotonic()
+
+        def on_progress(event: BackupProgress) -> None:
+            live.show(
+                blocks.backup_progress(
+                    event.stage,
+                    event.key,
+                    event.bytes_uploaded,
+                    event.expected_bytes,
+                    caller.user_id,
+                    request.reason,
+                    time.monotonic() - began,
+                )
+            )
+
+        try:
+            result = self.services.backups.run(caller.actor, request.reason, on_progress)
+        except AlreadyRunningError:
+            raise
+        except BackupError as exc:
+            self._finish(
+                live,
+                caller,
+                blocks.operation_failed(
+                    "Backup", exc.code, exc.message, caller.user_id, request.reason
+                ),
+            )
+            return
+        self._finish(
+            live,
+            caller,
+            blocks.backup_succeeded(result.manifest, self.services.store.bucket, caller.user_id),
+        )
+
+    def _run_restore_test(self, request: Request, caller: Caller) -> None:
+        live = LiveMessage(self.messenger, caller.channel_id, self.progress_interval)
+        began = time.monotonic()
+        which = request.key or "latest"
+
+        def on_stage(stage: str) -> None:
+            live.show(
+                blocks.restore_progress(stage, which, caller.user_id, time.monotonic() - began)
+            )
+
+        try:
+            report = self.services.restores.test(caller.actor, which, on_stage)
+        except UsageError:
+            raise
+        except BackupError as exc:
+            self._finish(
+                live,
+                caller,
+                blocks.operation_failed("Restore test", exc.code, exc.message, caller.user_id),
+            )
+            return
+        self._finish(live, caller, blocks.restore_result(report, caller.user_id))
+
+    def _finish(self, live: LiveMessage, caller: Caller, message: Renderable) -> None:
+        """Show the final state in the live message; if no channel message could ever be
+        posted there (a DM the bot is not in), answer the person privately as well."""
+        live.show(message, final=True)
+        if live.posted is None:
+            caller.respond(message)
+
+    # --- approvals ----------------------------------------------------------------------------
+    def _request_approval(self, request: Request, caller: Caller) -> None:
+        """Work out exactly what would happen, record the request, post it for approvers."""
+        action, params, summary = self._plan(request, caller)
+        approval = self.services.approvals.request(
+            action, caller.actor, params, summary, reason=request.reason
+        )
+        posted = self.messenger.post(
+            caller.channel_id, blocks.approval_request(approval, datetime.now(UTC))
+        )
+        if posted is None:
+            caller.respond(blocks.approval_request(approval, datetime.now(UTC)))
+            return
+        self.services.approvals.set_display(
+            approval.id, {"channel": posted.channel, "ts": posted.ts}
+        )
+
+    def _plan(self, request: Request, caller: Caller) -> tuple[str, dict[str, Any], list[str]]:
+        store = self.services.store
+        if request.action == "delete":
+            assert request.key is not None
+            key = BackupKey.parse_or_raise(request.key, store.prefix)
+            found = store.backup(key)
+            if found is None:
+                raise UsageError(f"{key} does not exist in {store.location}")
+            complete = [b.key for b in store.list_backups() if b.complete]
+            if complete and complete[-1] == key:
+                raise UsageError(f"{key} is the newest complete backup: it is never deleted")
+            where = [s.location for s in self.services.stores]
+            return (
+                "delete",
+                {"key": key.key},
+                [f"Delete backup `{key.key}` ({found.size} bytes) from {', '.join(where)}"],
+            )
+        if request.action == "prune_apply":
+            reports = self.services.pruner.prune(caller.actor, apply=False)
+            lines = []
+            for report in reports:
+                doomed = [k.key for k in report.plan.to_delete]
+                if report.plan.paused:
+                    lines.append(f"{report.location}: paused ({report.plan.paused})")
+                lines.append(
+                    f"{report.location}: delete {len(doomed)}, keep {len(report.plan.to_keep)}"
+                )
+                lines += [f"• delete `{k}`" for k in doomed]
+            if not any(r.plan.to_delete for r in reports):
+                raise UsageError("the retention plan deletes nothing: there is nothing to approve")
+            return (
+                "prune_apply",
+                {"plan": [k.key for r in reports for k in r.plan.to_delete]},
+                lines,
+            )
+        if request.action == "bucket_apply":
+            results = self.services.bucket_policies.check()
+            lines = [
+                f"{r.location}: set {item.name} to {item.recommended} (now {item.current})"
+                for r in results
+                for item in r.items
+                if not item.ok and not item.unsupported
+            ]
+            if not lines:
+                raise UsageError("every bucket already has the recommended settings")
+            return "bucket_apply", {"stores": [r.location for r in results]}, lines
+        if request.action == "restore":
+            assert request.key is not None and request.into is not None
+            from core.database import check_database_name
+
+            check_database_name(request.into)
+            key = (
+                self.services.catalog.list(limit=1)[0].key
+                if request.key == "latest" and self.services.catalog.list(limit=1)
+                else BackupKey.parse_or_raise(request.key, store.prefix)
+            )
+            found = store.backup(key)
+            if found is None or not found.complete:
+                why = "does not exist" if found is None else f"is not complete ({found.problem})"
+                raise UsageError(f"{key} {why}")
+            server = self.services.target.display.rsplit("/", 1)[0]
+            return (
+                "restore",
+                {"key": key.key, "into": request.into},
+                [
+                    f"Create the new database `{request.into}` on {server}",
+                    f"Restore backup `{key.key}` into it (verified download, pg_restore), "
+                    "then check it; the source database is not touched",
+                ],
+            )
+        raise UsageError(f"{request.action} needs no approval")
+
+    def decide(self, approval_id: str, caller: Caller, approve: bool) -> None:
+        """A button click: check the approver, decide once, update the message, execute."""
+        allowed = self.authorizer.may_approve(caller.user_id)
+        if not allowed.allowed:
+            self._refuse(caller, "approve" if approve else "deny", allowed.why)
+            return
+        try:
+            approval = self.services.approvals.decide(approval_id, caller.actor, approve=approve)
+        except ApprovalError as exc:
+            caller.respond(blocks.refusal(exc.message))
+            return
+        self._show_decision(approval)
+        if approve:
+            self.execute(approval_id)
+
+    def execute(self, approval_id: str) -> None:
+        """Run an approved request exactly once (whoever calls first claims it)."""
+        approval = self.services.approvals.claim_execution(approval_id)
+        if approval is None:
+            return
+        try:
+            outcome = self._execute(approval)
+            succeeded = True
+        except BackupError as exc:
+            outcome, succeeded = f"{exc.code}: {exc.message}", False
+        finished = self.services.approvals.finish(approval_id, succeeded=succeeded, outcome=outcome)
+        self._show_decision(finished, final=True)
+
+    def _execute(self, approval: Approval) -> str:
+        actor = Actor(approval.requested_by, "slack")
+        params = approval.params
+        if approval.action == "delete":
+            deleted = self.services.pruner.delete_one(actor, params["key"])
+            return f"deleted {params['key']} from {len(deleted)} store(s)"
+        if approval.action == "prune_apply":
+            reports = self.services.pruner.prune(actor, apply=True)
+            errors = [e for r in reports for e in r.errors]
+            if errors:
+                raise BackupError("; ".join(errors))
+            return f"deleted {sum(len(r.deleted) for r in reports)} backup(s)"
+        if approval.action == "bucket_apply":
+            results = self.services.bucket_policies.apply(actor)
+            if not all(r.ok for r in results):
+                raise BackupError("; ".join(e for r in results for e in r.errors) or "not all ok")
+            return "bucket policies applied"
+        if approval.action == "restore":
+            report = self.services.restores.restore(
+                actor, params["key"], params["into"], self.services.target
+            )
+            verdict = "all checks passed" if report.passed else "some checks FAILED"
+            return f"restored {report.key} into {report.database}: {verdict}"
+        raise BackupError(f"unknown approved action {approval.action!r}")
+
+    def _show_decision(self, approval: Approval, *, final: bool = False) -> None:
+        display = approval.display
+        message = blocks.approval_decided(approval)
+        if display.get("channel") and display.get("ts"):
+            from bot.slack.messenger import Posted
+
+            self.messenger.update(Posted(display["channel"], display["ts"]), message, final=True)
+
+    # --- App Home -----------------------------------------------------------------------------
+    def home(self, user_id: str) -> dict[str, Any]:
+        """The App Home view for user_id (what is shown; publishing is the caller's)."""
+        try:
+            state = self.services.catalog.status()
+            backups = self.services.catalog.list(limit=10)
+            error = None
+        except BackupError as exc:
+            state, backups, error = None, [], exc.message
+        pending = self.services.approvals.pending()
+        return blocks.home_view(state, backups, pending, self.next_runs(), error=error)
