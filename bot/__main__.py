@@ -1,16 +1,180 @@
-"""``blnk-backup-bot``: the Slack front end. It arrives with the Slack issue; until then it says
-so plainly instead of pretending to run."""
+"""``blnk-backup-bot``: the composition root of the long-running service.
+
+Settings → Services → front ends. With ``SLACK_APP_TOKEN`` set the bot connects in Socket Mode;
+with ``SLACK_SIGNING_SECRET`` it serves Slack's HTTP requests on ``/slack/events``; with neither
+it runs the local console. Either Slack mode also serves the HTTP API (``/backup-s3``,
+``/healthz``, ``/metrics``) on ``HTTP_HOST``:``HTTP_PORT`` and runs the scheduler — on exactly
+one replica when the audit database is shared (PostgreSQL).
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
 import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from core import __version__
+from core.config import Settings, load_settings
+from core.errors import BackupError, ConfigError, UsageError
+
+log = logging.getLogger("blnk_backup.bot")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+OUTBOX_EVERY = 30.0
 
 
-def main() -> int:
-    sys.stderr.write(
-        "blnk-backup-bot: the Slack bot is not built yet; use the blnk-backup CLI meanwhile.\n"
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blnk-backup-bot",
+        description="The blnk-backup Slack bot, scheduler and HTTP API (or, with no Slack "
+        "tokens, a local console).",
     )
-    return 2
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--env-file", help="read settings from this env file too")
+    parser.add_argument(
+        "--console", action="store_true", help="run the console even if Slack tokens are set"
+    )
+    parser.add_argument("--no-scheduler", action="store_true", help="do not run scheduled jobs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("botocore", "urllib3", "slack_bolt", "slack_sdk", "apscheduler", "waitress"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        settings = load_settings(args.env_file)
+        if args.console or not (settings.slack_app_token or settings.slack_signing_secret):
+            from bot.console import run_console
+
+            logging.getLogger().setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+            return run_console(settings, with_scheduler=not args.no_scheduler)
+        return run_service(settings, with_scheduler=not args.no_scheduler)
+    except (ConfigError, UsageError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    except BackupError as exc:
+        sys.stderr.write(f"✗ {exc.code}: {exc}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
+    """Serve Slack (Socket Mode or HTTP), the HTTP API and the scheduler until SIGTERM."""
+    from bot.http import HttpApi, Probes, serve
+    from bot.leader import Leadership
+    from bot.metrics import EngineCollector
+    from bot.scheduler import Scheduler
+    from bot.slack.app import build_slack
+    from core.outbox import Outbox
+    from core.services import Services
+
+    services = Services(settings)
+    services.audit  # noqa: B018 - an unusable AUDIT_DATABASE_URL stops start-up here, clearly
+    scheduler = Scheduler(services)
+    slack = build_slack(settings, services, next_runs=scheduler.next_runs)
+    _check_token(slack.client)
+    socket_mode = settings.slack_app_token is not None
+    handler: Any = None
+    probes = Probes()
+    if socket_mode:
+        handler = _connect_socket_mode(slack.app, settings)
+        probes.socket_connected = lambda: bool(handler.client.is_connected())
+    outbox = Outbox(services.audit)
+    api = HttpApi(
+        services,
+        slack_app=None if socket_mode else slack.app,
+        collector=EngineCollector(services, scheduler.next_runs, outbox.waiting),
+        probes=probes,
+    )
+    server = serve(api, settings.http_host, settings.http_port)
+    leadership = Leadership(settings.audit_database_url, scheduler.start, scheduler.stop)
+    if with_scheduler:
+        leadership.start()
+    stop = threading.Event()
+    flusher = threading.Thread(
+        target=_flush_outbox, args=(slack.messenger, stop), name="outbox", daemon=True
+    )
+    flusher.start()
+
+    def shut_down(_signum: int, _frame: object) -> None:
+        stop.set()
+        server.close()
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    mode = "Socket Mode" if socket_mode else "HTTP mode (/slack/events)"
+    log.info(
+        "blnk-backup-bot %s: Slack in %s; HTTP on %s:%s",
+        __version__,
+        mode,
+        settings.http_host,
+        settings.http_port,
+    )
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if not stop.is_set():
+            raise
+    finally:
+        stop.set()
+        leadership.stop()
+        if handler is not None:
+            handler.close()
+        slack.close()
+        services.close()
+    return EXIT_OK
+
+
+def _check_token(client: Any) -> None:
+    from slack_sdk.errors import SlackApiError
+
+    try:
+        client.auth_test()
+    except SlackApiError as exc:
+        raise ConfigError(
+            [f"SLACK_BOT_TOKEN was refused by Slack ({exc.response.get('error')})"]
+        ) from None
+
+
+def _connect_socket_mode(app: Any, settings: Settings) -> Any:
+    """Connect Socket Mode, retrying the first connection with backoff (the library raises on
+    it instead of retrying)."""
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    assert settings.slack_app_token is not None
+    handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())
+    delay = 1.0
+    for attempt in range(8):
+        try:
+            handler.connect()  # type: ignore[no-untyped-call]
+            return handler
+        except Exception as exc:
+            log.warning("Socket Mode connection failed (%s); retrying in %.0f s", exc, delay)
+            if attempt == 7:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 60)
+    return handler
+
+
+def _flush_outbox(messenger: Any, stop: threading.Event) -> None:
+    while not stop.wait(OUTBOX_EVERY):
+        try:
+            messenger.flush_outbox()
+        except Exception:
+            log.exception("delivering the outbox failed")
 
 
 if __name__ == "__main__":

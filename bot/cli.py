@@ -188,12 +188,6 @@ def cmd_generate_db(_settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(_settings: Settings, args: argparse.Namespace) -> int:
-    from bot.demo import run_demo
-
-    return run_demo(args.transactions, server_url=args.server_url or LOCAL_SERVER)
-
-
 def _actor(args: argparse.Namespace) -> Actor:
     return Actor(args.actor or os.environ.get("USER") or getpass.getuser(), "cli")
 
@@ -275,12 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.set_defaults(settings_handler=cmd_generate_db)
 
-    demo = commands.add_parser(
-        "demo", help="generate a database, start a local S3 server, back up, list and status"
-    )
-    demo.add_argument("--transactions", type=_positive, default=20_000)
-    demo.add_argument("--server-url", help=f"PostgreSQL server to use (default: {LOCAL_SERVER})")
-    demo.set_defaults(settings_handler=cmd_demo, json=False)
     return parser
 
 

@@ -10,6 +10,18 @@ from typing import Any
 
 WIDTH = 100
 _LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
+_EMOJI = {
+    ":white_check_mark:": "✓",
+    ":x:": "✗",
+    ":warning:": "⚠",
+    ":hourglass_flowing_sand:": "⏳",
+    ":information_source:": "ℹ",  # noqa: RUF001 - the information sign is meant
+    ":rotating_light:": "🚨",
+    ":no_entry:": "⛔",
+    ":lock:": "🔒",
+    ":bell:": "🔔",
+}
+_SHORTCODE = re.compile(r":[a-z0-9_+-]+:")
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)>")
 
 
@@ -21,6 +33,7 @@ def plain(mrkdwn: str) -> str:
     text = re.sub(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])", r"\1", text)
     text = re.sub(r"(?<![\w_])_([^_\n]+)_(?![\w_])", r"\1", text)
     text = text.replace("```", "").replace("`", "")
+    text = _SHORTCODE.sub(lambda m: _EMOJI.get(m[0], m[0]), text)
     return html.unescape(text)
 
 
@@ -28,7 +41,9 @@ def _text(obj: dict[str, Any] | None) -> str:
     if not obj:
         return ""
     raw = str(obj.get("text", ""))
-    return plain(raw) if obj.get("type") == "mrkdwn" else raw
+    if obj.get("type") == "mrkdwn":
+        return plain(raw)
+    return _SHORTCODE.sub(lambda m: _EMOJI.get(m[0], m[0]), raw)
 
 
 def draw(text: str, blocks: list[dict[str, Any]]) -> list[str]:
@@ -44,9 +59,9 @@ def draw(text: str, blocks: list[dict[str, Any]]) -> list[str]:
         elif kind == "section":
             if block.get("text"):
                 lines += _text(block["text"]).splitlines()
-            fields = [_text(f) for f in block.get("fields") or []]
-            for left, right in zip(fields[::2], [*fields[1::2], ""], strict=False):
-                lines.append(f"{left:<48} {right}".rstrip())
+            for field in block.get("fields") or []:
+                label, _, value = _text(field).partition("\n")
+                lines.append(f"  {label + ':':<18} {' '.join(value.split())}".rstrip())
             accessory = block.get("accessory")
             if accessory and accessory.get("type") == "button":
                 lines.append(_button(accessory))
@@ -60,7 +75,7 @@ def draw(text: str, blocks: list[dict[str, Any]]) -> list[str]:
             lines.append("  ".join(buttons))
         elif kind == "rich_text":
             lines.append(plain(text))
-    return lines
+    return [piece for line in lines for piece in line.split("\n")]
 
 
 def _button(element: dict[str, Any]) -> str:

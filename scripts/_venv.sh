@@ -16,6 +16,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.installed-$extra"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+# The dev extra holds everything the demo extra does.
+if [ "$extra" = demo ] && [ "$(cat "$VENV/.installed-dev" 2>/dev/null || true)" = "$want" ]; then
+    stamp="$VENV/.installed-dev"
+fi
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "… installing blnk-backup-bot[$extra] into $VENV" >&2
     log="$VENV/install.log"

@@ -1,0 +1,139 @@
+"""The local console, run the way the README says (``./scripts/run``) with nothing configured:
+it brings a local S3 server and a demo database, and a scripted session backs up, lists,
+restore-tests, and deletes a backup that a second user approves."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.database import PgTarget, databases_like
+from tests.support.helpers import SECRET_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = re.compile(r"blnk_backup_\d{8}_\d{6}\.dump")
+
+
+class Session:
+    """A console process driven line by line, its output collected as it comes."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self._seen = 0
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, pattern: str, timeout: float = 240) -> list[str]:
+        """Wait for a line matching pattern after the last one expected; return the lines
+        from there to it."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for i in range(self._seen, len(self.lines)):
+                    if re.search(pattern, self.lines[i]):
+                        block, self._seen = self.lines[self._seen : i + 1], i + 1
+                        return block
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and self._seen >= len(self.lines)):
+                    tail = "\n".join(self.lines[-40:])
+                    raise AssertionError(f"no line matching {pattern!r}; last output:\n{tail}")
+                self._changed.wait(min(left, 1.0))
+
+
+@pytest.fixture
+def session(tmp_path: Path, pg_server: PgTarget) -> Iterator[Session]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHON": os.environ.get("PYTHON", "python3"),
+        "BLNK_BACKUP_VENV": str(ROOT / ".venv"),
+    }
+    before = set(databases_like(pg_server, "blnk_console_"))
+    console = Session([str(ROOT / "scripts" / "run")], env)
+    yield console
+    if console.proc.poll() is None:
+        console.send("/quit")  # a failed test still lets the console clean up after itself
+        try:
+            console.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            console.proc.kill()
+            console.proc.wait(30)
+    # The demo database and the scratch databases are gone again.
+    assert set(databases_like(pg_server, "blnk_console_")) == before
+    assert databases_like(pg_server, "blnk_restore_test_") == []
+
+
+def test_a_scripted_session_backs_up_restore_tests_and_deletes_with_a_second_users_approval(
+    session: Session,
+) -> None:
+    intro = session.expect(r"/help\s+this text")
+    assert any("local S3 server" in line for line in intro)
+    assert any("demo Blnk database" in line for line in intro)
+
+    session.send("/blnk-backup first one")
+    done = session.expect(r"Backup complete and verified")
+    assert any("Backup running" in line for line in done)  # progress first, then the result
+    session.send("/blnk-backup second one")
+    session.expect(r"Backup complete and verified")
+
+    session.send("/blnk-backups list")
+    session.expect(r"Backups, newest first")
+    listing = session.expect(r"\d+ complete, 0 incomplete")
+    keys = KEY.findall("\n".join(listing))
+    assert len(keys) == 2 and keys[0] > keys[1]  # newest first
+
+    session.send("/blnk-restore-test latest")
+    result = session.expect(r"Restore test (passed|FAILED)")
+    assert "passed" in result[-1], "\n".join(result)
+
+    session.send(f"/blnk-backups delete {keys[1]}")
+    request = session.expect(r"type /deny")
+    assert any(keys[1] in line for line in request)
+    session.send("/approve")  # the requester cannot approve their own request
+    session.expect(r"cannot decide their own request")
+    session.send("/as U2")
+    session.expect(r"you are now U2")
+    session.send("/approve")
+    outcome = session.expect(r"Outcome:.*deleted")
+    assert any("approved by @U2" in line for line in outcome)
+
+    session.send("/blnk-backups list")
+    session.expect(r"Backups, newest first")
+    after = KEY.findall("\n".join(session.expect(r"\d+ complete, 0 incomplete")))
+    assert after == [keys[0]]
+
+    session.send("/blnk-backups delete " + keys[0])  # never the newest complete backup
+    session.expect(r"newest complete backup: it is never deleted")
+    session.send("/home")
+    session.expect(r"Pending approvals \(0\)")
+    session.send("/quit")
+    assert session.proc.wait(120) == 0
+    assert SECRET_KEY not in "\n".join(session.lines)
