@@ -1,6 +1,8 @@
-# blnk-backup-bot: the CLI (and, when it lands, the Slack bot) with PostgreSQL 16 client tools,
-# so it can dump Blnk's PostgreSQL 16 (pg_dump must be at least the server's major version).
-# Not built in this project's CI (no Docker engine there); reviewed by hand.
+# blnk-backup-bot: the Slack bot, scheduler and Blnk-compatible HTTP API (and the blnk-backup
+# CLI), with the PostgreSQL client tools of a chosen major version. pg_dump must be at least as
+# new as the server it dumps (the preflight refuses an older one, naming both versions), so build
+# with the major of your Blnk database: docker build --build-arg PG_MAJOR=16 -t blnk-backup-bot .
+# Not built in this project's CI (no Docker engine there); linted and reviewed by hand.
 FROM python:3.12-slim-bookworm
 
 ARG PG_MAJOR=16
@@ -14,19 +16,30 @@ RUN set -eux; \
         > /etc/apt/sources.list.d/pgdg.list; \
     apt-get update; \
     apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}"; \
-    apt-get purge -y curl gnupg; apt-get autoremove -y; rm -rf /var/lib/apt/lists/*
+    apt-get purge -y gnupg; apt-get autoremove -y; rm -rf /var/lib/apt/lists/*
 
-RUN useradd --create-home --uid 10001 blnk
+# An unprivileged user owns the data directory (the SQLite audit log lives there by default),
+# created before VOLUME so a new named volume starts out owned by that user.
+RUN set -eux; \
+    useradd --create-home --uid 10001 --user-group blnk; \
+    install -d -o blnk -g blnk -m 0750 /data
+
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY bot ./bot
 RUN pip install --no-cache-dir .
 
-USER blnk
 ENV PG_BIN_DIR=/usr/lib/postgresql/${PG_MAJOR}/bin \
     AUDIT_DATABASE_URL=sqlite:////data/audit.sqlite3 \
+    HTTP_HOST=0.0.0.0 \
+    HTTP_PORT=8080 \
     PYTHONUNBUFFERED=1
+USER 10001:10001
 VOLUME ["/data"]
-ENTRYPOINT ["blnk-backup"]
-CMD ["status"]
+EXPOSE 8080
+# Readiness: the process answers, the audit database is reachable and (in Socket Mode) Slack is
+# connected. Backup freshness is for monitoring (/healthz?check=backups), not for restarts.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["sh", "-c", "curl -fsS \"http://127.0.0.1:${HTTP_PORT}/healthz?check=ready\" >/dev/null || exit 1"]
+ENTRYPOINT ["blnk-backup-bot"]
