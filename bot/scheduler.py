@@ -62,11 +62,11 @@ class Scheduler:
         self,
         services: Services,
         *,
-        grace: timedelta = DEFAULT_GRACE,
+        grace: timedelta | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.services = services
-        self.grace = grace
+        self.grace = grace or timedelta(minutes=services.settings.schedule_grace_minutes)
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.timezone = services.settings.schedule_timezone
         self.jobs = configured_jobs(services)

@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     monitor_schedule: str = Field("0 */6 * * *", validation_alias=_env("MONITOR_SCHEDULE"))
     restore_test_schedule: str = Field("0 5 1 * *", validation_alias=_env("RESTORE_TEST_SCHEDULE"))
     schedule_timezone: str = Field("UTC", validation_alias=_env("SCHEDULE_TIMEZONE"))
+    # A run missed while the service was down still runs, late, within this many minutes.
+    schedule_grace_minutes: int = Field(
+        120, ge=1, le=10080, validation_alias=_env("SCHEDULE_GRACE_MINUTES")
+    )
 
     # --- audit, HTTP API, Slack -------------------------------------------------------------
     audit_database_url: str = Field(
