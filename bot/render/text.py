@@ -51,7 +51,7 @@ def backup(manifest: Manifest, bucket: str) -> str:
         "✓ backup uploaded and verified",
         f"  key       s3://{bucket}/{_safe(manifest.key)}",
         f"  size      {human_size(manifest.size)} "
-        f"({manifest.size} bytes, {manifest.part_count} parts)",
+        f"({manifest.size} bytes, {manifest.part_count} part{'' if manifest.part_count == 1 else 's'})",
         f"  sha256    {manifest.sha256}",
         f"  verified  {manifest.verification}",
         f"  duration  {human_duration(manifest.duration_seconds)}",
@@ -82,7 +82,7 @@ def entries(items: list[BackupEntry]) -> str:
             by, note = "(incomplete)", e.problem or ""
         rows.append(
             f"{_safe(e.key.key):<44} {e.started_at:%Y-%m-%d %H:%M:%S}  "
-            f"{human_size(e.size):>10}  {_safe(by)[:16]:<16} {_safe(note)}"
+            f"{human_size(e.size):>10}  {_safe(by)[:16]:<16} {_safe(note)}".rstrip()
         )
     return "\n".join(rows)
 
