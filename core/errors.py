@@ -56,6 +56,10 @@ class UsageError(BackupError):
 class AlreadyRunningError(BackupError):
     code = "already_running"
 
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder  # who started the run in progress, when this process knows
+
 
 class PreflightError(BackupError):
     code = "preflight_failed"

@@ -72,10 +72,11 @@ class Outbox:
             next_attempt_at=now + _backoff(1),
             last_error=(error or "")[:500] or None,
         )
+        row_id = row.id  # read before the commit: the row is detached after the session
         with Session(self.engine) as session:
             session.add(row)
             session.commit()
-        return row.id
+        return row_id
 
     def claim_due(self, limit: int = 20) -> list[PendingMessage]:
         """Claim up to ``limit`` messages whose next attempt is due (and that no other worker

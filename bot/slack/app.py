@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import App, BoltResponse
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.error import BoltUnhandledRequestError
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
@@ -52,10 +53,11 @@ class SlackBot:
             self.alerts.close()
 
 
-def web_client(settings: Settings) -> WebClient:
+def web_client(settings: Settings, *, with_token: bool = True) -> WebClient:
     """A Web API client for SLACK_API_BASE_URL that waits out 429s (Retry-After) and retries
     connection errors."""
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    token = token if with_token else None
     base = settings.slack_api_base_url
     return WebClient(
         token=token,
@@ -81,9 +83,13 @@ def build_slack(
     client = web_client(settings)
     signing = settings.slack_signing_secret
     app = App(
-        client=client,
+        # Bolt's own client (for its per-request clients) gets the token from authorize():
+        # with a static token Bolt would call auth.test on the first request, before the
+        # acknowledgement (a slow or rate-limited Slack would delay it past 3 s). auth.test
+        # happens at start-up instead (bot/__main__.py), with a clear error.
+        client=web_client(settings, with_token=False),
+        authorize=_static_token(client.token),
         signing_secret=signing.get_secret_value() if signing else None,
-        token_verification_enabled=False,  # auth.test happens at start-up, with a clear error
         raise_error_for_unhandled_request=True,
         process_before_response=False,
         request_verification_enabled=signing is not None,  # Socket Mode has no signatures
@@ -112,6 +118,19 @@ def build_slack(
     events.register(app, bot)
     _register_error_handler(app)
     return bot
+
+
+def _static_token(token: str | None) -> Any:
+    """Bolt's authorize function for the one workspace: the bot token, no Web API call."""
+
+    def authorize(
+        enterprise_id: str | None, team_id: str | None, user_id: str | None
+    ) -> AuthorizeResult:
+        return AuthorizeResult(
+            enterprise_id=enterprise_id, team_id=team_id, user_id=user_id, bot_token=token
+        )
+
+    return authorize
 
 
 def create_app(settings: Settings, services: Services, **options: Any) -> App:

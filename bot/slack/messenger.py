@@ -82,7 +82,11 @@ class Messenger:
         if self.outbox is None or reason in _PERMANENT:
             log.error("a message to %s was not delivered: %s", channel, reason)
             return
-        self.outbox.add(channel, message.text, {"blocks": message.blocks, **extra}, reason)
+        try:
+            self.outbox.add(channel, message.text, {"blocks": message.blocks, **extra}, reason)
+        except Exception:  # the audit database is in trouble too: say so, never crash the job
+            log.exception("a message to %s (%s) could not be kept in the outbox", channel, reason)
+            return
         log.warning("a message to %s went to the outbox: %s", channel, reason)
 
     def flush_outbox(self) -> int:

@@ -73,8 +73,8 @@ class SlackOperations:
                 getattr(self, f"_run_{request.action}")(request, caller)
         except UsageError as exc:
             caller.respond(blocks.usage(exc.message))
-        except AlreadyRunningError:
-            caller.respond(blocks.already_running(self.services.backups.holder))
+        except AlreadyRunningError as exc:
+            caller.respond(blocks.already_running(exc.holder))
 
     def _refuse(self, caller: Caller, what: str, why: str) -> None:
         self.services.audit.record(
@@ -270,6 +270,9 @@ class SlackOperations:
             approval = self.services.approvals.decide(approval_id, caller.actor, approve=approve)
         except ApprovalError as exc:
             caller.respond(blocks.refusal(exc.message))
+            expired = self.services.approvals.get(approval_id)
+            if expired is not None and expired.status == "expired":
+                self._show_decision(expired)  # buttons nobody can use any more go away
             return
         self._show_decision(approval)
         if approve:

@@ -1,0 +1,329 @@
+"""Four-eyes approvals in Slack end to end (restore, delete, prune apply, bucket apply):
+the request message with its buttons, clicks signed and sent over real HTTP, the decision and
+the execution by the real engine, and the request message updated as it goes. The App Home
+tab, which lists pending requests, is here too. The set-up is tests/test_slack_commands.py's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
+from bot.render.slack_limits import validate_view
+from core.actor import Actor
+from core.config import Settings
+from core.database import PgTarget, database_exists, drop_database
+from tests.support.fake_slack import FakeMessage, FakeSlack, block_texts
+from tests.support.slack_requests import (
+    APPROVER1,
+    APPROVER2,
+    CHANNEL,
+    OPERATOR,
+    OPERATOR2,
+    SIGNING_SECRET,
+    STRANGER,
+    Harness,
+    Sent,
+    SlackApps,
+    assert_quick_ack,
+    buttons,
+    fake_slack,
+    visible,
+    wait_message,
+)
+from tests.support.stores import SECRET_KEY, bucket_keys
+
+pytestmark = pytest.mark.stores
+
+SlackFactory = Callable[..., Harness]
+SEED = Actor("seed", "cli")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with fake_slack() as server:
+        yield server
+
+
+@pytest.fixture
+def secrets() -> list[str]:
+    """Values that must never appear in anything sent to Slack (a test may add more)."""
+    return [SECRET_KEY, SIGNING_SECRET]
+
+
+@pytest.fixture
+def start_app(
+    fake: FakeSlack, make_settings: Callable[..., Settings], secrets: list[str]
+) -> Iterator[SlackFactory]:
+    """start_app(settings=None, progress_interval=0.2, **setting_overrides) → a running bot.
+    Afterwards every message and view it sent is validated and searched for the secrets."""
+    apps = SlackApps(fake, make_settings, secrets)
+    yield apps.start
+    apps.close()
+
+
+def final_state(fake: FakeSlack, message: FakeMessage, prefix: str) -> FakeMessage:
+    """Wait until the request message reads prefix...; check its buttons are gone; return it."""
+    fake.wait_for(lambda: fake.message(CHANNEL, message.ts).text.startswith(prefix), 60)
+    final = fake.message(CHANNEL, message.ts)
+    assert "actions" not in {b["type"] for b in final.blocks}, "the buttons are still there"
+    return final
+
+
+# --- approvals ------------------------------------------------------------------------------------
+def test_delete_goes_through_an_approval_by_a_different_approver_then_runs_and_says_so(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    doomed, message, approval_id = app.request_delete(s3)
+    shown = visible(message)
+    assert doomed in shown and "Delete backup" in shown
+    assert f"<@{OPERATOR}>" in shown and "expires in 30 min" in shown
+    assert set(buttons(message)) == {APPROVE_ACTION, DENY_ACTION}
+    assert doomed in bucket_keys(s3, bucket)  # nothing happens before approval
+    click = app.click(message, approve=True, user=APPROVER1)
+    assert_quick_ack(click)
+    done = app.wait_status(approval_id, "executed", "failed")
+    assert done.status == "executed", done.outcome
+    final = final_state(fake, message, "Approved and done")
+    assert f"approved by <@{APPROVER1}>" in visible(final)
+    assert "deleted" in visible(final) and doomed in visible(final)
+    # The request message went: request → decided (running) → outcome.
+    assert [t.split(":")[0] for t, _ in final.versions] == [
+        "Approval needed",
+        "Approved",
+        "Approved and done",
+    ]
+    assert doomed not in bucket_keys(s3, bucket)
+    assert doomed + ".manifest.json" not in bucket_keys(s3, bucket)
+    actions = [(e.action, e.outcome) for e in reversed(app.services.audit.events())]
+    assert actions == [
+        ("approval_requested", "recorded"),
+        ("approval_decided", "approved"),
+        ("delete", "started"),
+        ("delete", "succeeded"),
+    ]
+    assert app.events("delete")[0].actor == OPERATOR  # run on behalf of the requester
+
+
+def test_a_denied_request_runs_nothing_and_the_message_says_who_denied_it(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    doomed, message, approval_id = app.request_delete(s3)
+    app.click(message, approve=False, user=APPROVER2)
+    app.wait_status(approval_id, "denied")
+    final = final_state(fake, message, "Denied")
+    assert f"denied by <@{APPROVER2}>" in visible(final)
+    assert doomed in bucket_keys(s3, bucket)
+    assert app.events("delete") == []
+
+
+def test_the_requester_cannot_approve_their_own_request(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    doomed, message, approval_id = app.request_delete(s3, user=APPROVER1)
+    refused = app.click(message, approve=True, user=APPROVER1).wait_response()
+    assert refused["response_type"] == "ephemeral" and refused["replace_original"] is False
+    assert "cannot decide their own request" in visible(refused)
+    assert app.approval_status(approval_id) == "pending"
+    assert [e.error_cause for e in app.events("approval_refused")] == [
+        "the requester cannot decide their own request"
+    ]
+    assert doomed in bucket_keys(s3, bucket)
+    assert fake.message(CHANNEL, message.ts).updates == 0  # the buttons stay for the others
+    # Another approver can.
+    app.click(message, approve=True, user=APPROVER2)
+    assert app.wait_status(approval_id, "executed", "failed").status == "executed"
+
+
+def test_an_operator_who_is_not_an_approver_cannot_approve(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    doomed, message, approval_id = app.request_delete(s3)
+    refused = app.click(message, approve=True, user=OPERATOR2).wait_response()
+    assert "Not done" in refused["text"] and "SLACK_APPROVERS" in refused["text"]
+    stranger = app.click(message, approve=False, user=STRANGER).wait_response()
+    assert "SLACK_APPROVERS" in stranger["text"]
+    assert app.approval_status(approval_id) == "pending"
+    assert [(e.actor, e.details_dict()["attempted"]) for e in app.events("unauthorized")] == [
+        (OPERATOR2, "approve"),
+        (STRANGER, "deny"),
+    ]
+    assert doomed in bucket_keys(s3, bucket)
+
+
+@pytest.mark.parametrize("who", ["the same approver twice", "two approvers"])
+def test_simultaneous_clicks_execute_the_request_once(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str, who: str
+) -> None:
+    app = start_app()
+    doomed, message, approval_id = app.request_delete(s3)
+    users = [APPROVER1, APPROVER1] if who == "the same approver twice" else [APPROVER1, APPROVER2]
+    users *= 2  # each of them clicking twice
+    barrier = threading.Barrier(len(users))
+    clicks: list[Sent] = []
+
+    def press(user: str) -> None:
+        barrier.wait()
+        clicks.append(app.click(message, approve=True, user=user))
+
+    threads = [threading.Thread(target=press, args=(u,)) for u in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(c.reply.status == 200 for c in clicks)
+    assert app.wait_status(approval_id, "executed", "failed").status == "executed"
+    fake.wait_for(lambda: sum(len(c.responses()) for c in clicks) == len(users) - 1)
+    answers = [visible(r) for c in clicks for r in c.responses()]
+    assert all("already approved by" in a for a in answers), answers
+    assert [e.outcome for e in app.events("delete")] == ["started", "succeeded"]
+    assert len(app.events("approval_decided")) == 1
+    assert doomed not in bucket_keys(s3, bucket)
+
+
+def test_an_expired_request_is_refused_and_runs_nothing(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app(approval_ttl_minutes=5)
+    doomed, message, approval_id = app.request_delete(s3)
+    assert "expires in 5 min" in visible(message)
+    book = app.services.approvals
+    later = datetime.now(UTC) + timedelta(minutes=5, seconds=1)
+    book.clock = lambda: later  # five minutes and a second later
+    refused = app.click(message, approve=True, user=APPROVER1).wait_response()
+    assert "expired" in visible(refused)
+    assert app.approval_status(approval_id) == "expired"
+    assert [e.action for e in app.services.audit.events(limit=3)][:2] == [
+        "approval_refused",
+        "approval_expired",
+    ]
+    assert app.events("delete") == []
+    assert doomed in bucket_keys(s3, bucket)
+    # The request message no longer offers buttons nobody can use.
+    final_state(fake, message, "Expired")
+
+
+def test_a_click_just_before_expiry_still_counts(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app(approval_ttl_minutes=5)
+    doomed, message, approval_id = app.request_delete(s3)
+    later = datetime.now(UTC) + timedelta(minutes=4, seconds=50)
+    app.services.approvals.clock = lambda: later
+    app.click(message, approve=True, user=APPROVER1)
+    assert app.wait_status(approval_id, "executed", "failed").status == "executed"
+    assert doomed not in bucket_keys(s3, bucket)
+
+
+def test_a_pending_request_survives_a_restart_of_the_app(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    before = start_app()
+    doomed, message, approval_id = before.request_delete(s3)
+    before.stop()
+    # A new process: new services, a new Bolt app, the same audit database.
+    after = start_app(settings=before.settings)
+    after.click(message, approve=True, user=APPROVER2)
+    assert after.wait_status(approval_id, "executed", "failed").status == "executed"
+    final = final_state(fake, message, "Approved and done")
+    assert doomed not in bucket_keys(s3, bucket)
+    assert f"approved by <@{APPROVER2}>" in visible(final)
+
+
+def test_prune_apply_deletes_exactly_what_the_approved_plan_showed(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    keys = app.seed(s3, [0.1, 1, 2, 3, 100.1, 100.2, 100.3])
+    plan = app.services.pruner.prune(SEED, apply=False)[0].plan
+    doomed = sorted(k.key for k in plan.to_delete)
+    assert doomed  # the oldest day holds three backups; retention keeps one of them
+    app.command("/blnk-backups", "prune apply")
+    message = wait_message(fake, "Approval needed")
+    assert all(k in visible(message) for k in doomed)
+    assert set(bucket_keys(s3, bucket)) >= set(keys)
+    approval_id = buttons(message)[APPROVE_ACTION]
+    app.click(message, approve=True, user=APPROVER2)
+    done = app.wait_status(approval_id, "executed", "failed")
+    assert done.status == "executed", done.outcome
+    left = bucket_keys(s3, bucket)
+    assert [k for k in keys if k not in left] == [k for k in keys if k in doomed]
+    final = final_state(fake, message, "Approved and done")
+    assert f"approved by <@{APPROVER2}>" in visible(final)
+    assert f"deleted {len(doomed)} backup(s)" in visible(final)
+
+
+def test_bucket_apply_goes_through_an_approval_and_fixes_the_bucket(
+    start_app: SlackFactory, fake: FakeSlack
+) -> None:
+    app = start_app()
+    assert not all(r.ok for r in app.services.bucket_policies.check())
+    app.command("/blnk-backups", "bucket apply")
+    message = wait_message(fake, "Approval needed")
+    assert "versioning" in visible(message)
+    approval_id = buttons(message)[APPROVE_ACTION]
+    app.click(message, approve=True, user=APPROVER1)
+    done = app.wait_status(approval_id, "executed", "failed")
+    assert done.status == "executed", done.outcome
+    after = app.services.bucket_policies.check()
+    assert all(i.ok or i.unsupported for r in after for i in r.items)
+    final = final_state(fake, message, "Approved and done")
+    assert f"approved by <@{APPROVER1}>" in visible(final)
+    assert "bucket policies applied" in visible(final)
+
+
+def test_restore_into_a_new_database_goes_through_an_approval_and_creates_it(
+    start_app: SlackFactory, fake: FakeSlack, pg_server: PgTarget
+) -> None:
+    app = start_app()
+    key = app.services.backups.run(SEED).manifest.key
+    into = f"blnk_restored_{uuid.uuid4().hex[:10]}"
+    try:
+        app.command("/blnk-restore", f"{key} into {into}")
+        message = wait_message(fake, "Approval needed")
+        assert key in visible(message) and into in visible(message)
+        assert not database_exists(pg_server, into)
+        approval_id = buttons(message)[APPROVE_ACTION]
+        app.click(message, approve=True, user=APPROVER1)
+        done = app.wait_status(approval_id, "executed", "failed", timeout=120)
+        assert done.status == "executed", done.outcome
+        assert database_exists(pg_server, into)
+        final = visible(final_state(fake, message, "Approved and done"))
+        assert f"approved by <@{APPROVER1}>" in final
+        assert f"restored {key} into {into}: all checks passed" in final
+        assert [e.outcome for e in app.events("restore")] == ["started", "succeeded"]
+    finally:
+        if database_exists(pg_server, into):
+            drop_database(pg_server, into)
+
+
+# --- App Home ------------------------------------------------------------------------------------
+def test_opening_the_app_home_publishes_backups_and_pending_approvals(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any
+) -> None:
+    app = start_app()
+    doomed, _message, _approval_id = app.request_delete(s3)
+    reply = app.slack.event({"type": "app_home_opened", "user": APPROVER1, "tab": "home"})
+    assert reply.status == 200 and reply.seconds < 1.0
+    fake.wait_for(lambda: bool(fake.views(APPROVER1)))
+    [view] = fake.views(APPROVER1)
+    validate_view(view)
+    shown = "\n".join(block_texts(view))
+    assert doomed in shown
+    assert "Pending approvals (1)" in shown
+    assert "Delete a backup" in shown
+    # The messages tab is not the Home tab: nothing to publish.
+    app.slack.event({"type": "app_home_opened", "user": APPROVER2, "tab": "messages"})
+    time.sleep(0.3)
+    assert fake.views(APPROVER2) == []
