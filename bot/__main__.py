@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     """Serve Slack (Socket Mode or HTTP), the HTTP API and the scheduler until SIGTERM."""
-    from bot.http import HttpApi, Probes, serve
+    from bot.http import HttpApi, Probes, run_until, serve
     from bot.leader import Leadership
     from bot.metrics import EngineCollector
     from bot.scheduler import Scheduler
@@ -80,8 +80,15 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     from core.outbox import Outbox
     from core.services import Services
 
+    if settings.slack_bot_token is None:  # before anything starts, naming the variable
+        mode = "SLACK_APP_TOKEN" if settings.slack_app_token else "SLACK_SIGNING_SECRET"
+        raise ConfigError([f"SLACK_BOT_TOKEN is not set (needed with {mode})"])
     services = Services(settings)
-    services.audit  # noqa: B018 - an unusable AUDIT_DATABASE_URL stops start-up here, clearly
+    # Tables are set up now (replicas starting at once take turns, core/audit.py); an unusable
+    # AUDIT_DATABASE_URL stops start-up here, clearly.
+    services.audit  # noqa: B018
+    services.approvals  # noqa: B018
+    outbox = Outbox(services.audit)
     scheduler = Scheduler(services)
     slack = build_slack(settings, services, next_runs=scheduler.next_runs)
     _check_token(slack.client)
@@ -91,7 +98,6 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     if socket_mode:
         handler = _connect_socket_mode(slack.app, settings)
         probes.socket_connected = lambda: bool(handler.client.is_connected())
-    outbox = Outbox(services.audit)
     api = HttpApi(
         services,
         slack_app=None if socket_mode else slack.app,
@@ -109,8 +115,8 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     flusher.start()
 
     def shut_down(_signum: int, _frame: object) -> None:
-        stop.set()
-        server.close()
+        stop.set()  # run_until drains the requests in flight, then closes the server
+        server.pull_trigger()
 
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
@@ -123,10 +129,7 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         settings.http_port,
     )
     try:
-        server.run()
-    except (OSError, ValueError):
-        if not stop.is_set():
-            raise
+        run_until(server, stop)
     finally:
         stop.set()
         leadership.stop()

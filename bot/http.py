@@ -21,6 +21,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -236,7 +238,39 @@ def _json(
 
 
 def serve(api: HttpApi, host: str, port: int, threads: int = 8) -> Any:
-    """Create (not yet run) the waitress server for api; ``.run()`` serves until ``.close()``."""
+    """Create (not yet run) the waitress server for api; serve with ``run_until``."""
     from waitress.server import create_server
 
     return create_server(api, host=host, port=port, threads=threads, ident="blnk-backup")
+
+
+def run_until(server: Any, stop: threading.Event, drain_seconds: float = 25.0) -> None:
+    """Serve until ``stop`` is set (wake the loop with ``server.pull_trigger()``), then shut
+    down gracefully: stop accepting connections, give the requests in flight up to
+    ``drain_seconds`` to finish and be sent (a ``/backup-s3`` during a rolling update, or
+    Kubernetes' 30 s grace), and close — all on this thread, the server's own loop, so no worker
+    finishing a response ever finds the server's wake-up pipe closed under it."""
+    from waitress import wasyncore
+
+    def turn(timeout: float) -> None:
+        wasyncore.loop(
+            timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+        )
+
+    while not stop.is_set():
+        turn(1.0)
+    server.accepting = False  # new connections wait in the backlog and are refused on close
+    deadline = time.monotonic() + drain_seconds
+    while _in_flight(server) and time.monotonic() < deadline:
+        turn(0.1)
+    if _in_flight(server):
+        log.warning("shutting down with requests still running after %.0f s", drain_seconds)
+    server.close()
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
+
+
+def _in_flight(server: Any) -> bool:
+    """True while a request is being handled or its response is not yet sent."""
+    if server.task_dispatcher.queue:
+        return True
+    return any(c.requests or c.total_outbufs_len for c in list(server.active_channels.values()))

@@ -3,7 +3,9 @@
 With the audit log on PostgreSQL, every replica competes for a session advisory lock on a
 long-lived connection to that database; the holder is the leader. Others retry every
 ``interval`` seconds, so when the leader dies (its connection closes, PostgreSQL releases the
-lock) another one takes over within a minute. The leader checks its connection on the same
+lock) another one takes over within a minute. A leader host that vanishes without closing its
+connection is noticed by the server through TCP keepalives asked for on that connection (about
+25 s), not after the kernel default of two hours. The leader checks its connection on the same
 beat and steps down if it is gone. With SQLite there is one process by construction: it leads.
 """
 
@@ -86,6 +88,10 @@ class Leadership:
                 keepalives_idle=10,
                 keepalives_interval=5,
                 keepalives_count=3,
+                # The server must notice a dead leader too: a host that vanishes sends no FIN,
+                # and with the kernel default (2 h of silence) nobody could take the lock over.
+                options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                "-c tcp_keepalives_count=3",
             )
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_ID,)).fetchone()
         return bool(row and row[0])

@@ -2,28 +2,36 @@
 monthly restore test, each from its ``*_SCHEDULE`` cron expression in ``SCHEDULE_TIMEZONE``
 (empty = disabled), run in the bot's process by APScheduler 3.
 
-- Never two runs of a job at once (``max_instances=1``, ``coalesce``; a backup also holds its
-  database lock).
+- Never two runs of a job at once: ``max_instances=1`` and ``coalesce`` in APScheduler, a guard
+  per job here (a late catch-up run and an on-time one, or two direct ``fire`` calls), and a
+  backup also holds its database lock. A run skipped because the previous one still runs is
+  recorded (and alerted) as ``schedule_missed``, never dropped silently.
 - Every scheduled run is audited with the ``schedule`` trigger: a ``scheduled_run`` event
-  around the use case's own audited run, naming the job and the time it was due.
+  around the use case's own audited run, naming the job, the time it was due (the trigger's
+  fire time, identical on every replica) and the replica (host:pid) that ran it.
 - Runs missed while the service was down: when the scheduler starts (or a replica becomes the
   leader) it reads, from the shared audit log, when each job last ran. The newest fire time
   missed since then runs once, now, if it is within ``SCHEDULE_GRACE_MINUTES`` (120 by default)
-  — its alert says it was late; older or later-than-grace misses are recorded as
-  ``schedule_missed`` and alerted. APScheduler's own misfire grace (1 s by default, which would
-  silently skip) is set to the same grace.
+  — recorded and alerted as ``schedule_missed`` with ``error_code="late"`` saying it runs now and
+  how late; older or later-than-grace misses are recorded as ``schedule_missed``
+  (``error_code="missed"``) and alerted, at most a few per job. APScheduler's own misfire
+  grace (1 s by default, which would silently skip) is set to the same grace.
 - Failures and breaches (stale backups, a failed restore test) land in the audit log and from
   there in ``SLACK_ALERT_CHANNEL``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from core.actor import Actor
 from core.errors import BackupError
@@ -34,7 +42,26 @@ log = logging.getLogger("blnk_backup.scheduler")
 
 ACTOR = Actor("scheduler", "schedule")
 DEFAULT_GRACE = timedelta(minutes=120)
+ON_TIME = timedelta(seconds=60)  # an APScheduler run later than this says it was late
+REPORTED_MISSES = 3  # misses recorded (and alerted) per job at start-up, the newest ones
 Clock = Callable[[], datetime]
+
+
+def last_fire_time(trigger: Any, now: datetime, within: timedelta) -> datetime | None:
+    """Return the trigger's newest fire time at or before now, looking back at most
+    ``within`` (a widening search: cheap for an every-minute trigger and a daily one alike)."""
+    window = min(timedelta(minutes=2), within)
+    while True:
+        times = fire_times_between(trigger, now - window, now)
+        if times:
+            return times[-1]
+        if window >= within:
+            return None
+        window = min(window * 8, within)
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
 
 
 @dataclass(frozen=True)
@@ -71,9 +98,11 @@ class Scheduler:
         self.timezone = services.settings.schedule_timezone
         self.jobs = configured_jobs(services)
         self.triggers = {job.name: cron_trigger(job.expression, self.timezone) for job in self.jobs}
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self._scheduler: Any = None
         self._lock = threading.Lock()
-        self.runners: dict[str, Callable[[], str]] = {
+        self._busy: dict[str, threading.Lock] = {job.name: threading.Lock() for job in self.jobs}
+        self.runners: dict[str, Callable[[str | None], str]] = {
             "backup": self._backup,
             "retention": self._retention,
             "freshness_check": self._freshness_check,
@@ -83,6 +112,7 @@ class Scheduler:
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         """Start firing jobs (and catch up on runs missed while down). Idempotent."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
         from apscheduler.schedulers.background import BackgroundScheduler
 
         with self._lock:
@@ -91,7 +121,7 @@ class Scheduler:
             scheduler = BackgroundScheduler(timezone=self.timezone)
             for job in self.jobs:
                 scheduler.add_job(
-                    self.fire,
+                    self._fire_scheduled,
                     trigger=self.triggers[job.name],
                     args=[job.name],
                     id=job.name,
@@ -101,6 +131,7 @@ class Scheduler:
                     misfire_grace_time=int(self.grace.total_seconds()),
                     replace_existing=True,
                 )
+            scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
             scheduler.start()
             self._scheduler = scheduler
         threading.Thread(target=self.catch_up, name="scheduler-catch-up", daemon=True).start()
@@ -126,23 +157,47 @@ class Scheduler:
         return result
 
     # --- runs ---------------------------------------------------------------------------------
+    def _fire_scheduled(self, name: str) -> None:
+        """What APScheduler calls: the run is due at the trigger's newest fire time (the same
+        on every replica), not at whatever moment this thread got to run."""
+        now = self.clock()
+        due = last_fire_time(self.triggers[name], now, self.grace) or now
+        self.fire(name, scheduled_for=due, late=now - due > ON_TIME)
+
     def fire(self, name: str, scheduled_for: datetime | None = None, late: bool = False) -> None:
-        """Run one job now, audited as a scheduled run (never raises)."""
+        """Run one job now, audited as a scheduled run (never raises). If this job is already
+        running here, do not start it again: record the run as skipped (``schedule_missed``)."""
         due = scheduled_for or self.clock()
-        late_by = self.clock() - due
+        busy = self._busy.setdefault(name, threading.Lock())
+        if not busy.acquire(blocking=False):
+            self._record_missed(
+                name,
+                due,
+                code="overlap",
+                cause=f"the {name} run due at {self._when(due)} was skipped: "
+                "the previous run of that job was still running",
+            )
+            return
+        try:
+            self._run(name, due, late)
+        finally:
+            busy.release()
+
+    def _run(self, name: str, due: datetime, late: bool) -> None:
+        late_by = round((self.clock() - due).total_seconds()) if late else 0
+        note = f"run late: due {self._when(due)}, {_minutes(late_by)} late" if late else None
         details = {
             "job": name,
             "scheduled_for": due.isoformat(),
-            "late_by_seconds": round(late_by.total_seconds()) if late else 0,
+            "late_by_seconds": late_by,
+            "replica": self.replica,
         }
         try:
             with self.services.audit.run(
-                "scheduled_run",
-                ACTOR,
-                reason=f"late run of the missed {name} job" if late else None,
-                details=details,
+                "scheduled_run", ACTOR, reason=note, details=details
             ) as run:
-                outcome = self.runners[name]()
+                run.note(details=details)  # a failed run's closing event names its job too
+                outcome = self.runners[name](note)
                 run.note(details=details | {"outcome": outcome})
         except BaseException as exc:
             if not isinstance(exc, Exception):
@@ -161,16 +216,39 @@ class Scheduler:
                 continue
             newest = missed[-1]
             if now - newest <= self.grace:
-                for skipped in missed[:-1]:
+                for skipped in missed[:-1][-REPORTED_MISSES:]:
                     self._missed(job, skipped, coalesced=True)
+                self._record_missed(
+                    job.name,
+                    newest,
+                    code="late",
+                    cause=f"the {job.name} run due at {self._when(newest)} did not happen on "
+                    f"time (nobody was running the scheduler); it runs now, "
+                    f"{_minutes(round((now - newest).total_seconds()))} late",
+                )
                 self.fire(job.name, scheduled_for=newest, late=True)
             else:
-                for skipped in missed[-3:]:
+                for skipped in missed[-REPORTED_MISSES:]:
                     self._missed(job, skipped, coalesced=False)
 
     def _last_run(self, name: str) -> datetime | None:
-        """When a run of this job was last due (from any replica), or None."""
-        for event in self.services.audit.events(limit=200, action="scheduled_run"):
+        """When a run of this job was last due (from any replica), or None. Searched per job
+        over the whole log: a monthly job's last run is far behind the frequent ones'."""
+        from sqlmodel import Session, col, select
+
+        from core.audit import AuditEvent
+
+        tag = json.dumps({"job": name})[1:-1]  # '"job": "backup"', as details are written
+        query = (
+            select(AuditEvent)
+            .where(AuditEvent.action == "scheduled_run", AuditEvent.outcome == "started")
+            .where(col(AuditEvent.details).contains(tag, autoescape=True))
+            .order_by(col(AuditEvent.id).desc())
+            .limit(20)
+        )
+        with Session(self.services.audit.engine) as session:
+            events = list(session.exec(query).all())
+        for event in events:
             details = event.details_dict()
             if details.get("job") == name and details.get("scheduled_for"):
                 try:
@@ -180,35 +258,67 @@ class Scheduler:
         return None
 
     def _missed(self, job: Job, when: datetime, *, coalesced: bool) -> None:
-        self.services.audit.record(
-            action="schedule_missed",
-            outcome="recorded",
-            actor=ACTOR,
-            error_code="missed",
-            error_cause=(
-                f"the {job.name} run due at {when:%Y-%m-%d %H:%M} {self.timezone} did not happen "
-                + (
-                    "(a later missed run was run late instead)"
-                    if coalesced
-                    else f"and is past the {self.grace} grace period: it was not run"
-                )
+        self._record_missed(
+            job.name,
+            when,
+            code="missed",
+            cause=f"the {job.name} run due at {self._when(when)} did not happen "
+            + (
+                "(a later missed run was run late instead)"
+                if coalesced
+                else f"and is past the {self.grace} grace period: it was not run"
             ),
-            details={"job": job.name, "scheduled_for": when.isoformat()},
         )
 
+    def _skipped(self, event: Any) -> None:
+        """APScheduler skipped a run: the previous one was still running (max_instances), or
+        it could not start within the grace period (the process was stalled or suspended)."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            times, code = list(event.scheduled_run_times), "overlap"
+            why = "the previous run of that job was still running"
+        else:
+            times, code = [event.scheduled_run_time], "missed"
+            why = f"it could not start within the {self.grace} grace period"
+        for when in times:
+            self._record_missed(
+                event.job_id,
+                when,
+                code=code,
+                cause=f"the {event.job_id} run due at {self._when(when)} was skipped: {why}",
+            )
+
+    def _record_missed(self, name: str, when: datetime, *, code: str, cause: str) -> None:
+        try:
+            self.services.audit.record(
+                action="schedule_missed",
+                outcome="recorded",
+                actor=ACTOR,
+                error_code=code,
+                error_cause=cause,
+                details={"job": name, "scheduled_for": when.isoformat(), "replica": self.replica},
+            )
+        except Exception:
+            log.exception("recording a skipped %s run failed", name)
+
+    def _when(self, when: datetime) -> str:
+        return f"{when.astimezone(ZoneInfo(self.timezone)):%Y-%m-%d %H:%M} {self.timezone}"
+
     # --- the jobs -----------------------------------------------------------------------------
-    def _backup(self) -> str:
-        result = self.services.backups.run(ACTOR, reason="scheduled backup")
+    def _backup(self, note: str | None) -> str:
+        reason = f"scheduled backup ({note})" if note else "scheduled backup"
+        result = self.services.backups.run(ACTOR, reason=reason)
         return f"backup {result.key}"
 
-    def _retention(self) -> str:
+    def _retention(self, _note: str | None) -> str:
         reports = self.services.pruner.prune(ACTOR, apply=True)
         errors = [e for r in reports for e in r.errors]
         if errors:
             raise BackupError("; ".join(errors))
         return f"deleted {sum(len(r.deleted) for r in reports)} backup(s)"
 
-    def _freshness_check(self) -> str:
+    def _freshness_check(self, _note: str | None) -> str:
         with self.services.audit.run("freshness_check", ACTOR) as run:
             status = self.services.catalog.status()
             run.note(
@@ -222,7 +332,7 @@ class Scheduler:
                 run.end("failed", error_code="breach", error_cause="; ".join(status.breaches))
         return "healthy" if status.healthy else "; ".join(status.breaches)
 
-    def _restore_test(self) -> str:
+    def _restore_test(self, _note: str | None) -> str:
         report = self.services.restores.test(ACTOR, "latest")
         if not report.passed:
             raise BackupError(f"restore test of {report.key} failed its checks")

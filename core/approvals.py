@@ -117,7 +117,7 @@ class ApprovalBook:
         self.engine = audit.engine
         self.ttl = ttl
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
-        SQLModel.metadata.create_all(self.engine, tables=[ApprovalRecord.__table__])  # type: ignore[attr-defined]
+        audit.create_tables([ApprovalRecord])
 
     def request(
         self,

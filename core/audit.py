@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -131,6 +131,7 @@ def _password_of(url: str) -> str | None:
 
 
 Subscriber = Callable[[AuditEvent], None]
+_SETUP_LOCK_ID = 0x626C6E6B_73657475  # "blnksetu": table set-up, one process at a time
 
 
 class AuditLog:
@@ -141,11 +142,8 @@ class AuditLog:
         self._secrets = [s for s in (secrets or []) if s]
         self._subscribers: list[Subscriber] = []
         try:
-            SQLModel.metadata.create_all(self.engine, tables=[AuditEvent.__table__])  # type: ignore[attr-defined]
             guards = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRESQL}
-            with self.engine.begin() as conn:
-                for statement in guards.get(self.engine.dialect.name, []):
-                    conn.execute(text(statement))
+            self.create_tables([AuditEvent], guards.get(self.engine.dialect.name, []))
         except SQLAlchemyError as exc:
             self.engine.dispose()
             reason = truncate_cause(first_line(exc), self._secrets)[:300]
@@ -153,6 +151,17 @@ class AuditLog:
                 [f"AUDIT_DATABASE_URL: the audit table cannot be set up ({reason})"]
             ) from None
         self._lock = threading.Lock()
+
+    def create_tables(self, models: list[type[SQLModel]], statements: Sequence[str] = ()) -> None:
+        """Create tables (and run set-up statements) in the audit database, once, even when
+        several processes start at the same moment: on PostgreSQL under a transaction-level
+        advisory lock, so replicas take turns instead of failing on each other's CREATEs."""
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SETUP_LOCK_ID})
+            SQLModel.metadata.create_all(conn, tables=[m.__table__ for m in models])  # type: ignore[attr-defined]
+            for statement in statements:
+                conn.execute(text(statement))
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call subscriber with every event recorded from now on (after it is stored).

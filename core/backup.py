@@ -153,15 +153,18 @@ class BackupService:
             compression_level=self.settings.backup_compression_level,
             timeout_seconds=self.settings.backup_timeout_minutes * 60 or None,
             buffer_bytes=self.settings.backup_read_ahead_mib * MiB,
+            content_digests=self.settings.backup_content_digest,
         )
         acquired = self._running.acquire(blocking=False)
         early: BaseException | None = None
         try:
             if not acquired:
+                holder = self._holder
                 early = AlreadyRunningError(
                     f"a backup of {self.target.dbname} is already running"
-                    + (f" (started by {self._holder})" if self._holder else "")
-                    + "; try again when it ends"
+                    + (f" (started by {holder})" if holder else "")
+                    + "; try again when it ends",
+                    holder=holder,
                 )
             else:
                 self._holder = f"{actor.trigger}:{actor.name}"

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
         3, ge=1, le=16, validation_alias=_env("BACKUP_UPLOAD_CONCURRENCY")
     )
     backup_timeout_minutes: int = Field(0, ge=0, validation_alias=_env("BACKUP_TIMEOUT_MINUTES"))
+    # A SHA-256 of every table's ordered rows, taken in the dump's snapshot and recomputed by
+    # restore tests: exact content proof, for one more read of every row during the backup.
+    backup_content_digest: bool = Field(False, validation_alias=_env("BACKUP_CONTENT_DIGEST"))
     # pg_dump's output held in memory while the upload catches up (or has not started yet).
     backup_read_ahead_mib: int = Field(
         24, ge=1, le=1024, validation_alias=_env("BACKUP_READ_AHEAD_MIB")
@@ -298,7 +301,7 @@ class Settings(BaseSettings):
     def require(self, *needs: str) -> None:
         """Raise ConfigError naming every variable a use case needs but is not set."""
         problems = [
-            f"{_ENV_NAMES[need]} is not set (needed for this command)"
+            f"{_ENV_NAMES.get(need) or _variable_for(need)} is not set (needed for this command)"
             for need in needs
             if getattr(self, need) is None
         ]

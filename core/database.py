@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from core.dbstats import ledger_totals, object_counts, row_counts
+from core.dbstats import ledger_anchor, ledger_totals, object_counts, row_counts, table_digests
 from core.errors import AlreadyRunningError, DumpError, PreflightError, UsageError
 from core.manifest import SnapshotStats
 from core.redact import has_control_characters
@@ -199,8 +199,10 @@ class SnapshotSession:
         assert row is not None
         self.snapshot_id: str = row[0]
 
-    def stats(self) -> SnapshotStats:
-        """Return row counts, ledger aggregates and object counts as of the snapshot.
+    def stats(self, content_digests: bool = False) -> SnapshotStats:
+        """Return row counts, ledger aggregates, object counts and the ledger's chain anchor
+        as of the snapshot; with ``content_digests``, also a SHA-256 of every table's content
+        (BACKUP_CONTENT_DIGEST: it reads every row once more, alongside pg_dump).
 
         Runs inside a savepoint: if a count fails (say, permission denied), the exporting
         transaction stays alive, so pg_dump is not left with a vanished snapshot. Raise
@@ -211,6 +213,8 @@ class SnapshotSession:
                     row_counts=row_counts(self._conn),
                     ledger=ledger_totals(self._conn),
                     objects=object_counts(self._conn),
+                    ledger_anchor=ledger_anchor(self._conn),
+                    content_digests=table_digests(self._conn) if content_digests else None,
                 )
         except psycopg.Error as exc:
             reason = _first_line(str(exc), None)

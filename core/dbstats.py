@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from core.manifest import LedgerTotals
+from core.manifest import LedgerAnchor, LedgerTotals
 
 
 def user_schema_condition(alias: str) -> str:
@@ -113,6 +113,22 @@ def ledger_totals(conn: psycopg.Connection[Any]) -> dict[str, LedgerTotals]:
         )
         for cur in sorted(set(balances) | set(transactions))
     }
+
+
+def ledger_anchor(conn: psycopg.Connection[Any]) -> LedgerAnchor | None:
+    """Where Blnk's transaction hash chain stands (``blnk.chain_state``, chain ``global``): its
+    last sequence number and head hash. None for a database without the chain (Blnk before
+    0.15, or not Blnk). Blnk's chainer advances ``chain_state`` in the same transaction as it
+    seals rows, so in one snapshot the anchor and the chained rows agree."""
+    present = conn.execute("SELECT to_regclass('blnk.chain_state') IS NOT NULL").fetchone()
+    if not present or not present[0]:
+        return None
+    row = conn.execute(
+        "SELECT last_seq, rtrim(head_hash) FROM blnk.chain_state WHERE chain_key = 'global'"
+    ).fetchone()
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return LedgerAnchor(last_seq=int(row[0]), head_hash=str(row[1]))
 
 
 # --- object counts ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The database side of a backup, started first so pg_dump runs while S3 and the audit log are
 being set up: the per-database lock, version checks, the exported snapshot, ``pg_dump
 --snapshot`` with its output pumped into a bounded buffer and hashed as it arrives, and the
-row counts and ledger totals taken in the same snapshot.
+row counts, ledger totals, chain anchor (and, opted in, content digests) taken in the same
+snapshot.
 
 A pump thread reads pg_dump's pipe into at most ``buffer_bytes`` of chunks; when the uploader
 falls behind (or has not started yet), the pump waits and pg_dump blocks on its full pipe —
@@ -45,8 +46,10 @@ class DumpStream:
         compression_level: int,
         timeout_seconds: float | None = None,
         buffer_bytes: int = 24 << 20,
+        content_digests: bool = False,
     ) -> None:
         self.target = target
+        self.content_digests = content_digests
         self.pg_bin_dir = pg_bin_dir
         self.compression_level = compression_level
         self.timeout_seconds = timeout_seconds
@@ -93,7 +96,7 @@ class DumpStream:
         self._pump = threading.Thread(target=self._run_pump, name="pg_dump-pump", daemon=True)
         self._pump.start()
         self._stats_pool = ThreadPoolExecutor(1, thread_name_prefix="snapshot-stats")
-        self._stats = self._stats_pool.submit(self._snapshot.stats)
+        self._stats = self._stats_pool.submit(self._snapshot.stats, self.content_digests)
         if self.timeout_seconds:
             self._timer = threading.Timer(self.timeout_seconds, self._expire)
             self._timer.daemon = True

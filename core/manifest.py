@@ -39,12 +39,28 @@ class LedgerTotals:
 
 
 @dataclass(frozen=True)
+class LedgerAnchor:
+    """Where Blnk's transaction hash chain stood (``blnk.chain_state``): its length and the
+    hash of its last link. A later copy of the ledger whose chain holds ``head_hash`` at
+    ``last_seq`` has this history as its prefix."""
+
+    last_seq: int
+    head_hash: str
+
+
+@dataclass(frozen=True)
 class SnapshotStats:
-    """What the database held in the dump's snapshot."""
+    """What the database held in the dump's snapshot.
+
+    ``ledger_anchor`` is None for a database without Blnk's hash chain (and in manifests
+    written before anchors were recorded); ``content_digests`` (SHA-256 of each table's
+    ordered rows, see core.dbstats.table_digests) is None unless BACKUP_CONTENT_DIGEST is on."""
 
     row_counts: dict[str, int]
     ledger: dict[str, LedgerTotals]
     objects: dict[str, int]  # tables, indexes, constraints, functions, triggers, ...
+    ledger_anchor: LedgerAnchor | None = None
+    content_digests: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,15 @@ def parse_manifest(raw: bytes | str) -> Manifest:
         raise ManifestError("manifest sha256 is not 64 lowercase hex digits")
     if manifest.size < 0 or manifest.part_count < 0:
         raise ManifestError("manifest size or part count is negative")
+    anchor = manifest.stats.ledger_anchor
+    if anchor is not None:
+        if anchor.last_seq < 0:
+            raise ManifestError("manifest ledger anchor has a negative last_seq")
+        if not _SHA256_HEX.match(anchor.head_hash):
+            raise ManifestError("manifest ledger anchor head_hash is not 64 lowercase hex digits")
+    for table, digest in (manifest.stats.content_digests or {}).items():
+        if not _SHA256_HEX.match(digest):
+            raise ManifestError(f"manifest content digest of {table!r} is not a SHA-256")
     for currency, totals in manifest.stats.ledger.items():
         for amount in (totals.balance_sum, totals.transaction_amount_sum):
             try:

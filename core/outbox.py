@@ -55,7 +55,7 @@ class Outbox:
 
     def __init__(self, audit: AuditLog) -> None:
         self.engine = audit.engine
-        SQLModel.metadata.create_all(self.engine, tables=[OutboxRow.__table__])  # type: ignore[attr-defined]
+        audit.create_tables([OutboxRow])
 
     def add(
         self, destination: str, text: str, payload: dict[str, Any], error: str | None = None

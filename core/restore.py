@@ -3,7 +3,10 @@
 A restore test downloads a backup (checking its SHA-256 against the manifest before anything
 else), restores it with ``pg_restore -j N`` into a scratch database on the server of
 ``RESTORE_TEST_DATABASE_URL``, compares what it finds with what the manifest recorded in the
-dump's snapshot, runs ``amcheck`` on the B-tree indexes, and always drops the scratch database.
+dump's snapshot, proves the Blnk ledger inside it (core/ledger_proof.py: balances add up, the
+hash chain holds link by link, its head is the manifest's chain anchor and the anchors of the
+older backups still in the bucket lie on it), runs ``amcheck`` on the B-tree indexes, and
+always drops the scratch database.
 The source database is never touched (invariant 5). A restore test killed outright leaves
 its scratch database and downloaded dump behind; the next restore test on that server, holding
 its lock, removes both and closes the dead run's audit record as ``abandoned``.
@@ -41,10 +44,10 @@ from core.database import (
 )
 from core.errors import BackupError, RestoreCheckError, UsageError
 from core.keys import BackupKey
-from core.manifest import Manifest
+from core.manifest import LedgerAnchor, Manifest
 from core.processes import find_tool, run_tool, tool_version
-from core.restore_checks import Check, run_checks
-from core.s3store import S3Store
+from core.restore_checks import Check, run_restore_checks
+from core.s3store import S3Store, StoredBackup
 
 log = logging.getLogger("blnk_backup.restore")
 
@@ -65,6 +68,10 @@ class RestoreReport:
     amcheck: str  # "ran" or why not
     kept: bool = False  # True for `restore --into`
     notes: list[str] = field(default_factory=list)  # what a person should know, e.g. skips
+    # LedgerProof.summary(): {ran, passed, headline, balances, transactions, chain_seq,
+    # blnk_version, failed, skipped, warnings, info}; only {ran: False, headline, skipped}
+    # when the database is not a Blnk ledger; None from code that did not run the proof.
+    ledger_proof: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -85,6 +92,7 @@ class RestoreReport:
             "failed_checks": [asdict(c) for c in self.failed_checks],
             "amcheck": self.amcheck,
             "notes": self.notes,
+            "ledger_proof": self.ledger_proof,
         }
 
 
@@ -132,7 +140,7 @@ class RestoreService:
         with self.audit.run("restore_test", actor, key=which, details=scope) as run:
             key: BackupKey | None = None
             try:
-                key, manifest = self._resolve(which)
+                key, manifest, listed = self._resolve(which)
                 run.note(key=key.key)
                 with AdvisoryLock(
                     scratch_server, RESTORE_LOCK_ID, "a restore test is already running"
@@ -152,7 +160,7 @@ class RestoreService:
                             f"{secrets.token_hex(3)}"
                         )
                         report = self._restore_and_check(
-                            key, manifest, scratch_server, name, workdir, stage, keep=False
+                            key, manifest, scratch_server, name, workdir, stage, False, listed
                         )
                     finally:
                         shutil.rmtree(workdir, ignore_errors=True)
@@ -189,21 +197,24 @@ class RestoreService:
                 raise UsageError(f"names starting with {SCRATCH_PREFIX} are for restore tests")
             if database_exists(server, into):
                 raise UsageError(f"database {into!r} already exists; choose a new name")
-            key, manifest = self._resolve(which)
+            key, manifest, listed = self._resolve(which)
             run.note(key=key.key)
             with tempfile.TemporaryDirectory(prefix="blnk-restore-into-") as workdir:
                 report = self._restore_and_check(
-                    key, manifest, server, into, Path(workdir), stage, keep=True
+                    key, manifest, server, into, Path(workdir), stage, True, listed
                 )
             self._record_report(run, report)
         return report
 
     # --- steps --------------------------------------------------------------------------------
-    def _resolve(self, which: str) -> tuple[BackupKey, Manifest]:
-        """Return the key and validated manifest of a complete backup. Raise UsageError naming
-        why a key is not one (absent, no manifest, unreadable or mismatched manifest)."""
+    def _resolve(self, which: str) -> tuple[BackupKey, Manifest, list[StoredBackup] | None]:
+        """Return the key and validated manifest of a complete backup, and the bucket's
+        listing if it was read to find it. Raise UsageError naming why a key is not one
+        (absent, no manifest, unreadable or mismatched manifest)."""
+        listed: list[StoredBackup] | None = None
         if which == "latest":
-            complete = [b for b in self.store.list_backups() if b.complete]
+            listed = self.store.list_backups()
+            complete = [b for b in listed if b.complete]
             if not complete:
                 raise UsageError("there is no complete backup to restore")
             chosen = complete[-1]
@@ -215,7 +226,28 @@ class RestoreService:
             chosen = found
         if not chosen.complete or chosen.manifest is None:
             raise UsageError(f"{chosen.key} is not a complete backup: {chosen.problem}")
-        return chosen.key, chosen.manifest
+        return chosen.key, chosen.manifest, listed
+
+    def _older_anchors(
+        self, key: BackupKey, manifest: Manifest, listed: list[StoredBackup] | None
+    ) -> tuple[list[tuple[str, LedgerAnchor]], list[str]]:
+        """The chain anchors of the complete backups of the same database older than ``key``
+        still in the bucket, oldest first, as (key, anchor); and why none could be read, if
+        the bucket could not be listed (a note, not a failure)."""
+        try:
+            backups = listed if listed is not None else self.store.list_backups()
+        except BackupError as exc:
+            return [], [f"chain anchors of older backups: the bucket could not be listed ({exc})"]
+        older = [
+            (b.key.key, b.manifest.stats.ledger_anchor)
+            for b in backups
+            if b.complete
+            and b.manifest is not None
+            and b.manifest.stats.ledger_anchor is not None
+            and b.manifest.database == manifest.database
+            and b.key.started_at < key.started_at
+        ]
+        return [(k, a) for k, a in older if a is not None], []
 
     def _workdir_root(self) -> Path:
         """Where restore tests against this scratch server download dumps: one directory per
@@ -250,12 +282,13 @@ class RestoreService:
         name: str,
         workdir: Path,
         stage: Progress,
-        *,
         keep: bool,
+        listed: list[StoredBackup] | None,
     ) -> RestoreReport:
         """Download, verify and restore into a new database ``name``, then check it. With
         ``keep`` False (a restore test) the database is a scratch copy: restored without owners
-        and privileges, and dropped at the end."""
+        and privileges, and dropped at the end. ``listed`` is the bucket's listing if it was
+        read already (for the older backups' chain anchors)."""
         began = time.monotonic()
         durations: dict[str, float] = {}
         notes: list[str] = []
@@ -279,7 +312,8 @@ class RestoreService:
         try:
             stage("checking")
             with _timed(durations, "checks"):
-                checks, amcheck = run_checks(target, manifest)
+                older, listing_problems = self._older_anchors(key, manifest, listed)
+                done = run_restore_checks(target, manifest, older, listing_problems)
         finally:
             if not keep:
                 drop_database(server, name)
@@ -287,12 +321,13 @@ class RestoreService:
         return RestoreReport(
             key=key.key,
             database=name,
-            checks=checks,
+            checks=done.checks,
             durations=durations,
             finished_at=datetime.now(UTC),
-            amcheck=amcheck,
+            amcheck=done.amcheck,
             kept=keep,
             notes=notes,
+            ledger_proof=done.ledger_proof.summary(),
         )
 
     def _download_verified(self, key: BackupKey, manifest: Manifest, dump: Path) -> None:

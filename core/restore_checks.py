@@ -1,15 +1,17 @@
 """The checks a restored database must pass, each reported with expected vs found: row counts
 and ledger aggregates against the manifest (taken in the dump's snapshot), object counts against
-the source at backup time, and amcheck on every B-tree index that has storage, where the
-extension is available.
+the source at backup time, the content digests when the manifest has them, the ledger proof
+(core/ledger_proof.py: Blnk's invariants, the hash chain and the chain anchors), and amcheck on
+every B-tree index that has storage, where the extension is available.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.database import PgTarget
 from core.dbstats import (
@@ -18,9 +20,13 @@ from core.dbstats import (
     legacy_object_counts,
     object_counts,
     row_counts,
+    table_digests,
     user_schema_condition,
 )
-from core.manifest import Manifest
+from core.manifest import LedgerAnchor, Manifest
+
+if TYPE_CHECKING:
+    from core.ledger_proof import LedgerProof
 
 
 @dataclass(frozen=True)
@@ -33,15 +39,51 @@ class Check:
     found: str
 
 
-def run_checks(target: PgTarget, manifest: Manifest) -> tuple[list[Check], str]:
-    """Compare the restored database with the manifest; return the checks and the amcheck
-    status ("ran on N indexes" or why it could not run). amcheck runs on its own connection
-    alongside the comparisons."""
-    with ThreadPoolExecutor(1, thread_name_prefix="amcheck") as pool:
+@dataclass(frozen=True)
+class RestoredChecks:
+    checks: list[Check]  # comparisons, content digests, ledger proof, amcheck
+    amcheck: str  # "ran on N B-tree indexes" or why not
+    ledger_proof: LedgerProof
+
+
+def run_restore_checks(
+    target: PgTarget,
+    manifest: Manifest,
+    older_anchors: Sequence[tuple[str, LedgerAnchor]] = (),
+    proof_notes: Sequence[str] = (),
+) -> RestoredChecks:
+    """Check the restored database: compare it with the manifest, prove the ledger inside it
+    (against the manifest's chain anchor and ``older_anchors``, the (key, anchor) of older
+    backups of the same ledger), and run amcheck. amcheck and the ledger proof run on their
+    own connections alongside the comparisons."""
+    with ThreadPoolExecutor(2, thread_name_prefix="restore-check") as pool:
         amcheck_run = pool.submit(_amcheck_on, target)
+        proof_run = pool.submit(
+            _prove_on, target, manifest.stats.ledger_anchor, older_anchors, proof_notes
+        )
         checks = _compare(target, manifest)
+        proof = proof_run.result()
         amcheck_checks, amcheck = amcheck_run.result()
-    return checks + amcheck_checks, amcheck
+    return RestoredChecks(checks + proof.checks + amcheck_checks, amcheck, proof)
+
+
+def run_checks(target: PgTarget, manifest: Manifest) -> tuple[list[Check], str]:
+    """``run_restore_checks`` without older anchors; return the checks and the amcheck status
+    ("ran on N indexes" or why it could not run)."""
+    done = run_restore_checks(target, manifest)
+    return done.checks, done.amcheck
+
+
+def _prove_on(
+    target: PgTarget,
+    anchor: LedgerAnchor | None,
+    older_anchors: Sequence[tuple[str, LedgerAnchor]],
+    notes: Sequence[str],
+) -> LedgerProof:
+    from core.ledger_proof import prove_ledger  # it builds on Check, defined here
+
+    with target.connect(autocommit=True) as conn:
+        return prove_ledger(conn, anchor, older_anchors, notes=notes)
 
 
 def _compare(target: PgTarget, manifest: Manifest) -> list[Check]:
@@ -72,6 +114,25 @@ def _compare(target: PgTarget, manifest: Manifest) -> list[Check]:
         for kind, expected in sorted(manifest.stats.objects.items()):
             found = found_objects.get(kind)
             checks.append(Check(f"objects {kind}", found == expected, str(expected), str(found)))
+        if manifest.stats.content_digests is not None:
+            checks += _compare_digests(manifest.stats.content_digests, table_digests(conn))
+    return checks
+
+
+def _compare_digests(expected: dict[str, str], found: dict[str, str]) -> list[Check]:
+    """One check per table (and the large objects): the SHA-256 of its content as restored
+    equals the one taken in the dump's snapshot."""
+    checks = []
+    for table in sorted(set(expected) | set(found)):
+        want, have = expected.get(table), found.get(table)
+        checks.append(
+            Check(
+                f"content {table}",
+                want is not None and want == have,
+                want or "(not in backup)",
+                have or "(not restored)",
+            )
+        )
     return checks
 
 

@@ -109,6 +109,7 @@ def restore(report: RestoreReport) -> dict[str, Any]:
         "durations": report.durations,
         "amcheck": report.amcheck,
         "notes": report.notes,
+        "ledger_proof": report.ledger_proof,
         "checks": [
             {"name": c.name, "passed": c.passed, "expected": c.expected, "found": c.found}
             for c in report.checks

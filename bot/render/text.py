@@ -25,6 +25,10 @@ def _safe(value: Any) -> str:
     return neutralise("" if value is None else str(value))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def human_size(size: int | None) -> str:
     if size is None:
         return "-"
@@ -51,7 +55,7 @@ def backup(manifest: Manifest, bucket: str) -> str:
         "✓ backup uploaded and verified",
         f"  key       s3://{bucket}/{_safe(manifest.key)}",
         f"  size      {human_size(manifest.size)} "
-        f"({manifest.size} bytes, {manifest.part_count} part{'' if manifest.part_count == 1 else 's'})",
+        f"({manifest.size} bytes, {_count(manifest.part_count, 'part')})",
         f"  sha256    {manifest.sha256}",
         f"  verified  {manifest.verification}",
         f"  duration  {human_duration(manifest.duration_seconds)}",
@@ -107,6 +111,10 @@ def status(state: FreshnessStatus) -> str:
         )
     else:
         lines.append(f"  restore   last restore test FAILED: {_safe(test.get('key'))}")
+    proof = test.get("ledger_proof") if test is not None else None
+    if isinstance(proof, dict) and proof.get("headline"):
+        mark = "✓" if proof.get("passed") is True else "✗" if proof.get("passed") is False else "-"
+        lines.append(f"  ledger    {mark} {_safe(proof.get('headline'))}")
     lines.append(
         f"  backups   {state.complete_count} complete, {human_size(state.total_size)} in all"
         + (f", {state.incomplete_count} incomplete" if state.incomplete_count else "")
@@ -150,6 +158,7 @@ def restore(report: RestoreReport) -> str:
         f"total {human_duration(d.get('total'))}",
         f"  checks    {len(report.checks)} ({_safe(report.amcheck)})",
     ]
+    lines += _ledger_proof_lines(report.ledger_proof)
     for note in report.notes:
         lines.append(f"  note      {_safe(note)}")
     for check in report.failed_checks:
@@ -157,6 +166,20 @@ def restore(report: RestoreReport) -> str:
             f"  ✗ {_safe(check.name)}: expected {_safe(check.expected)}, found {_safe(check.found)}"
         )
     return "\n".join(lines)
+
+
+def _ledger_proof_lines(proof: dict[str, Any] | None) -> list[str]:
+    """The ledger proof of a restore: its headline, then what it could not check and why,
+    its warnings and what a person should know (e.g. transactions not chained yet)."""
+    if not proof:
+        return []
+    mark = "✓" if proof.get("passed") is True else "✗" if proof.get("passed") is False else "-"
+    lines = [f"  ledger    {mark} {_safe(proof.get('headline'))}"]
+    for label, field in (("skipped", "skipped"), ("warning", "warnings"), ("info", "info")):
+        items = proof.get(field)
+        if isinstance(items, list):  # a record read back from the bucket is untrusted
+            lines += [f"  {label:<9} {_safe(item)}" for item in items]
+    return lines
 
 
 def quote_identifier(name: str) -> str:

@@ -1,7 +1,15 @@
--- A Blnk-shaped schema: Blnk's main tables with realistic types, keys, constraints and indexes.
--- Foreign keys and secondary indexes are added by blnk_post_load.sql after the data is loaded:
--- one validating pass is much faster than a check per inserted row.
+-- A Blnk-shaped schema: Blnk's main tables with realistic types, keys, constraints and indexes,
+-- as Blnk 0.12 left them (blnk_chain.sql then upgrades it to 0.15). Foreign keys and secondary
+-- indexes are added by blnk_post_load.sql after the data is loaded: one validating pass is much
+-- faster than a check per inserted row.
 CREATE SCHEMA blnk;
+
+-- The migrations Blnk has applied (sql-migrate's table, in Blnk's schema since cmd/migrate.go
+-- calls migrate.SetSchema("blnk")): what restore tests read to tell the Blnk version.
+CREATE TABLE blnk.gorp_migrations (
+    id VARCHAR(255) NOT NULL PRIMARY KEY,
+    applied_at TIMESTAMPTZ
+);
 
 CREATE TABLE blnk.ledgers (
     id SERIAL PRIMARY KEY,
@@ -39,8 +47,7 @@ CREATE TABLE blnk.balances (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     inflight_expires_at TIMESTAMPTZ,
     version BIGINT NOT NULL DEFAULT 0,
-    meta_data JSONB NOT NULL DEFAULT '{}',
-    CONSTRAINT balance_is_credit_minus_debit CHECK (balance = credit_balance - debit_balance)
+    meta_data JSONB NOT NULL DEFAULT '{}'
 );
 
 CREATE TABLE blnk.accounts (
@@ -84,16 +91,17 @@ CREATE TABLE blnk.transactions (
     rate DOUBLE PRECISION NOT NULL DEFAULT 1,
     currency TEXT NOT NULL,
     description TEXT,
-    status TEXT NOT NULL CHECK (status IN ('QUEUED', 'APPLIED', 'INFLIGHT', 'VOID', 'REJECTED')),
+    status TEXT NOT NULL CHECK (status IN ('QUEUED', 'APPLIED', 'INFLIGHT', 'VOID', 'COMMIT',
+                                           'SCHEDULED', 'REJECTED')),
     hash TEXT NOT NULL CHECK (hash ~ '^[0-9a-f]{64}$'),
     allow_overdraft BOOLEAN NOT NULL DEFAULT false,
     inflight BOOLEAN NOT NULL DEFAULT false,
     skip_queue BOOLEAN NOT NULL DEFAULT false,
     atomic BOOLEAN NOT NULL DEFAULT false,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    scheduled_for TIMESTAMPTZ,
-    inflight_expiry_date TIMESTAMPTZ,
-    effective_date TIMESTAMPTZ,
+    created_at TIMESTAMP NOT NULL DEFAULT now(),  -- without time zone, as in Blnk
+    scheduled_for TIMESTAMP,
+    inflight_expiry_date TIMESTAMP,
+    effective_date TIMESTAMP,
     meta_data JSONB NOT NULL DEFAULT '{}',
     CONSTRAINT source_is_not_destination CHECK (source <> destination)
 );
@@ -196,6 +204,24 @@ END;
 $$;
 CREATE TRIGGER balances_bump_version BEFORE UPDATE ON blnk.balances
     FOR EACH ROW EXECUTE FUNCTION blnk.bump_balance_version();
+
+-- Transactions are never updated (sql/1742098199.sql; Blnk 0.15 makes it NULL-safe and frees the
+-- chain columns, see blnk_chain.sql).
+CREATE FUNCTION blnk.prevent_transaction_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.transaction_id = OLD.transaction_id AND NEW.source = OLD.source AND
+        NEW.destination = OLD.destination AND NEW.description = OLD.description AND
+        NEW.reference = OLD.reference AND NEW.amount = OLD.amount AND
+        NEW.currency = OLD.currency AND NEW.status = OLD.status AND NEW.hash = OLD.hash AND
+        NEW.created_at = OLD.created_at AND NEW.scheduled_for = OLD.scheduled_for) THEN
+        RETURN NEW;
+    ELSE
+        RAISE EXCEPTION 'Cannot modify transaction data. Only meta_data field can be updated.';
+    END IF;
+END;
+$$;
+CREATE TRIGGER prevent_transaction_update_trigger BEFORE UPDATE ON blnk.transactions
+    FOR EACH ROW EXECUTE FUNCTION blnk.prevent_transaction_update();
 
 -- Per currency, the balances of a double-entry ledger add up to zero.
 CREATE FUNCTION blnk.ledger_imbalance() RETURNS TABLE (currency TEXT, imbalance NUMERIC)

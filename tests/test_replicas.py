@@ -1,0 +1,391 @@
+"""The service as operators run it: ``blnk-backup-bot`` processes in Slack's HTTP mode against
+the fake Slack Web API. Two replicas sharing a PostgreSQL audit database run each scheduled job
+once, not twice; when the leader is killed outright the other takes over and fires the next
+run. The process itself: a configuration error or a refused token exits 2 naming the cause,
+SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.leader import Leadership
+from core.approvals import ApprovalBook
+from core.audit import AuditEvent, AuditLog
+from core.config import Settings
+from core.database import PgTarget, create_database, drop_database
+from core.outbox import Outbox
+from tests.support.fake_slack import FAKE_TOKEN, FakeSlack
+from tests.support.faultproxy import FaultProxy
+from tests.support.s3server import free_port
+from tests.support.settings import settings_env
+from tests.support.stores import bucket_keys
+
+BOT = str(Path(sys.executable).parent / "blnk-backup-bot")
+LEADS = "this replica leads"
+SettingsFactory = Callable[..., Settings]
+
+
+@dataclass
+class Replica:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        """Ready, as this very process answers (not some other server on a reused port)."""
+        if self.proc.poll() is not None:
+            return False
+        try:
+            url = f"http://127.0.0.1:{self.port}/healthz?check=ready"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def leads(self) -> bool:
+        return LEADS in self.output()
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        wait_until(
+            lambda: self.healthy() or self.proc.poll() is not None, timeout, f"{self.pid} serves"
+        )
+        assert self.healthy(), f"replica {self.pid} did not start:\n{self.output()}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as slack:
+        yield slack
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
+    """Start ``blnk-backup-bot`` with exactly the environment given; kill whatever is left."""
+    started: list[Replica] = []
+
+    def start(env: dict[str, str], port: int | None = None) -> Replica:
+        port = port or free_port()
+        log = tmp_path / f"bot-{len(started)}.log"
+        full = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HTTP_HOST": "127.0.0.1"}
+        full |= {"HTTP_PORT": str(port)} | env
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [BOT], env=full, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+            )
+        replica = Replica(proc, port, log)
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        if replica.proc.poll() is None:
+            replica.proc.kill()
+        replica.proc.wait(10)
+
+
+def slack_env(slack: FakeSlack, **extra: str) -> dict[str, str]:
+    return {
+        "SLACK_BOT_TOKEN": FAKE_TOKEN,
+        "SLACK_SIGNING_SECRET": "signing-secret-for-tests",
+        "SLACK_API_BASE_URL": slack.base_url,
+        "BACKUP_SCHEDULE": "",
+        "RETENTION_SCHEDULE": "",
+        "MONITOR_SCHEDULE": "",
+        "RESTORE_TEST_SCHEDULE": "",
+    } | extra
+
+
+# --- the process -------------------------------------------------------------------------------
+
+
+def test_a_signing_secret_without_a_bot_token_exits_2_naming_the_variable(
+    launch: Callable[..., Replica], fake_slack: FakeSlack
+) -> None:
+    env = slack_env(fake_slack)
+    del env["SLACK_BOT_TOKEN"]
+    bot = launch(env)
+    assert bot.proc.wait(60) == 2
+    assert re.search(r"^error: .*SLACK_BOT_TOKEN is not set", bot.output(), re.M), bot.output()
+    assert fake_slack.calls() == []
+
+
+def test_an_invalid_schedule_exits_2_naming_the_variable(
+    launch: Callable[..., Replica], fake_slack: FakeSlack
+) -> None:
+    bot = launch(slack_env(fake_slack, BACKUP_SCHEDULE="0 3 * * 8"))
+    assert bot.proc.wait(60) == 2
+    assert re.search(r"^error: .*BACKUP_SCHEDULE: ", bot.output(), re.M), bot.output()
+    assert "Traceback" not in bot.output()
+
+
+def test_a_refused_bot_token_exits_2_saying_slack_refused_it(
+    launch: Callable[..., Replica], fake_slack: FakeSlack
+) -> None:
+    bot = launch(slack_env(fake_slack, SLACK_BOT_TOKEN="xoxb-not-the-right-one"))
+    assert bot.proc.wait(60) == 2
+    output = bot.output()
+    assert "SLACK_BOT_TOKEN was refused by Slack (invalid_auth)" in output, output
+    assert "xoxb-not-the-right-one" not in output and "Traceback" not in output
+    assert [c.method for c in fake_slack.calls()] == ["auth.test"]
+
+
+def test_sigterm_stops_the_service_cleanly(
+    launch: Callable[..., Replica], fake_slack: FakeSlack
+) -> None:
+    bot = launch(slack_env(fake_slack, MONITOR_SCHEDULE="0 */6 * * *"))
+    bot.wait_serving()
+    bot.proc.send_signal(signal.SIGTERM)
+    assert bot.proc.wait(30) == 0, bot.output()
+    assert "Traceback" not in bot.output()
+    assert not bot.healthy()
+
+
+def test_sigterm_during_a_backup_request_lets_it_finish_and_answer_then_exits_0(
+    launch: Callable[..., Replica],
+    fake_slack: FakeSlack,
+    make_settings: SettingsFactory,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+) -> None:
+    proxy.faults.delay = lambda r: 3.0 if "partNumber=" in r.path else 0.0  # a slow store
+    settings = make_settings(s3_endpoint_url=proxy.endpoint)
+    env = settings_env(settings) | slack_env(fake_slack, BLNK_API_KEY="k3y-for-cron")
+    bot = launch(env)
+    bot.wait_serving()
+    curl = subprocess.Popen(
+        ["curl", "-sf", "-H", "Authorization: Bearer k3y-for-cron", bot.url("/backup-s3")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: any("partNumber=" in r.path for r in proxy.faults.log), 60, "an upload")
+        bot.proc.send_signal(signal.SIGTERM)  # a rolling update, mid-backup
+        out, _ = curl.communicate(timeout=60)
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+    assert curl.returncode == 0, bot.output()
+    assert json.loads(out)["key"] in bucket_keys(s3, bucket)
+    assert bot.proc.wait(30) == 0, bot.output()
+    assert "Traceback" not in bot.output()
+
+
+# --- two replicas --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_audit(pg_server: PgTarget) -> Iterator[str]:
+    """A fresh audit database on the test server, dropped afterwards."""
+    name = f"blnk_audit_{uuid.uuid4().hex[:10]}"
+    create_database(pg_server, name)
+    params = pg_server.params
+    where = f"{params.get('host', '127.0.0.1')}:{params.get('port', '5432')}"
+    try:
+        yield f"postgresql://{params.get('user', 'postgres')}@{where}/{name}"
+    finally:
+        drop_database(pg_server, name)
+
+
+def next_minute(after: float) -> datetime:
+    when = datetime.fromtimestamp(after, UTC).replace(second=0, microsecond=0)
+    return when + timedelta(minutes=1)
+
+
+def started_runs(audit: AuditLog, due: datetime) -> list[AuditEvent]:
+    return [
+        e
+        for e in audit.events(limit=500, action="scheduled_run")
+        if e.outcome == "started" and e.details_dict().get("scheduled_for") == due.isoformat()
+    ]
+
+
+def replica_pid(event: AuditEvent) -> int:
+    return int(str(event.details_dict()["replica"]).rsplit(":", 1)[1])
+
+
+def test_two_replicas_run_each_scheduled_minute_once_and_the_survivor_takes_over(
+    launch: Callable[..., Replica],
+    fake_slack: FakeSlack,
+    make_settings: SettingsFactory,
+    shared_audit: str,
+) -> None:
+    settings = make_settings(audit_database_url=shared_audit)
+    env = settings_env(settings) | slack_env(fake_slack, MONITOR_SCHEDULE="* * * * *")
+    replicas = [launch(env), launch(env)]
+    try:
+        _two_replicas_one_run_then_takeover(replicas, shared_audit)
+    except (AssertionError, subprocess.TimeoutExpired) as exc:  # say what each replica said
+        logs = "\n".join(f"--- replica {r.pid} ---\n{r.output()[-3000:]}" for r in replicas)
+        raise AssertionError(f"{exc}\n{logs}") from exc
+
+
+def _two_replicas_one_run_then_takeover(replicas: list[Replica], shared_audit: str) -> None:
+    for replica in replicas:
+        replica.wait_serving()
+    wait_until(lambda: any(r.leads() for r in replicas), 30, "a replica leads")
+    ready = time.time()
+    leaders = [r for r in replicas if r.leads()]
+    assert len(leaders) == 1, "exactly one replica leads"
+    leader = leaders[0]
+    [other] = [r for r in replicas if r is not leader]
+
+    audit = AuditLog(shared_audit)
+    try:
+        # 1. Both replicas up: the next scheduled minute runs exactly once, on the leader.
+        first = next_minute(ready + 2)
+        wait_until(lambda: len(started_runs(audit, first)) >= 1, 90, f"the {first} run")
+        time.sleep(3)  # give a second runner, if there were one, time to show up
+        runs = started_runs(audit, first)
+        assert [replica_pid(r) for r in runs] == [leader.pid], "one run, on the leader"
+        run = runs[0]
+        assert run.trigger == "schedule"
+        assert run.details_dict()["job"] == "freshness_check"
+
+        # 2. The leader dies outright; the other takes over and fires the next minute.
+        leader.proc.kill()
+        leader.proc.wait(10)
+        killed = time.time()
+        wait_until(other.leads, 30, "the surviving replica takes over")
+        took_over = time.time() - killed
+        second = next_minute(max(time.time(), first.timestamp() + 1))
+        wait_until(lambda: len(started_runs(audit, second)) >= 1, 90, f"the {second} run")
+        runs = started_runs(audit, second)
+        assert [replica_pid(r) for r in runs] == [other.pid], "one run, on the new leader"
+        run = runs[0]
+        assert run.details_dict()["late_by_seconds"] == 0  # on time, not a catch-up
+        everyone = {replica_pid(e) for e in audit.events(limit=500, action="scheduled_run")}
+        assert everyone == {leader.pid, other.pid}
+    finally:
+        audit.close()
+    assert took_over < 20  # the election retries every 15 s
+    assert other.healthy()
+    other.proc.send_signal(signal.SIGTERM)
+    assert other.proc.wait(30) == 0
+
+
+# --- the election, in process ----------------------------------------------------------------
+
+
+def test_one_candidate_leads_and_another_takes_over_when_it_steps_down(shared_audit: str) -> None:
+    seen: list[str] = []
+    first = Leadership(shared_audit, lambda: seen.append("first leads"), lambda: None, 0.2)
+    second = Leadership(shared_audit, lambda: seen.append("second leads"), lambda: None, 0.2)
+    try:
+        first.start()
+        wait_until(lambda: first.leading, 10, "the first candidate leads")
+        second.start()
+        time.sleep(1)  # five tries
+        assert not second.leading and seen == ["first leads"]
+        first.stop()
+        wait_until(lambda: second.leading, 5, "the second candidate takes over")
+        assert seen == ["first leads", "second leads"]
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_leader_whose_connection_is_cut_steps_down_and_another_takes_over(
+    shared_audit: str, pg_server: PgTarget
+) -> None:
+    lost = threading.Event()
+    first = Leadership(shared_audit, lambda: None, lost.set, 0.2)
+    second = Leadership(shared_audit, lambda: None, lambda: None, 0.2)
+    try:
+        first.start()
+        wait_until(lambda: first.leading, 10, "the first candidate leads")
+        # The server is asked to notice a vanished leader host in seconds, not hours.
+        settings = first._conn.execute(
+            "SELECT current_setting('tcp_keepalives_idle'), "
+            "current_setting('tcp_keepalives_interval'), current_setting('tcp_keepalives_count')"
+        ).fetchone()
+        assert settings == ("10", "5", "3")
+        second.start()
+        backend = first._conn.info.backend_pid
+        with pg_server.connect(autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        assert lost.wait(5), "the leader did not notice it lost its connection"
+        assert not first.leading
+        wait_until(lambda: second.leading, 5, "the second candidate takes over")
+        time.sleep(1)  # the first keeps trying, and fails while the second holds the lock
+        assert not first.leading
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["fresh database", "existing database"])
+def test_replicas_starting_at_once_set_up_the_shared_audit_database_in_turn(
+    shared_audit: str, existing: bool
+) -> None:
+    # What every process does at start-up (the bot, the CLI, the console). Without core's
+    # set-up lock, PostgreSQL's CREATE TABLE IF NOT EXISTS and CREATE OR REPLACE TRIGGER fail
+    # under a concurrent twin (a unique violation on pg_class; "tuple concurrently updated"
+    # even when the tables exist, as in a restart of every replica at once), and that process
+    # exits with a configuration error.
+    if existing:
+        AuditLog(shared_audit).close()
+    barrier = threading.Barrier(6)
+    failures: list[str] = []
+
+    def start_up() -> None:
+        barrier.wait()
+        try:
+            audit = AuditLog(shared_audit)
+            ApprovalBook(audit, timedelta(minutes=5))
+            Outbox(audit)
+            audit.close()
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=start_up) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+
+
+def test_with_a_sqlite_audit_log_the_only_process_leads_at_once(tmp_path: Path) -> None:
+    gained = threading.Event()
+    alone = Leadership(f"sqlite:///{tmp_path / 'audit.sqlite3'}", gained.set, lambda: None)
+    alone.start()
+    assert gained.is_set() and alone.leading
+    alone.stop()
+    assert not alone.leading
