@@ -26,6 +26,7 @@ from bot.render import text as render_text
 from core import __version__
 from core.actor import Actor
 from core.backup import BackupProgress
+from core.blnkgen import BLNK_VERSIONS
 from core.config import Settings, load_settings
 from core.database import PgTarget
 from core.errors import BackupError, ConfigError, UsageError
@@ -167,7 +168,12 @@ def cmd_generate_db(_settings: Settings, args: argparse.Namespace) -> int:
     server = PgTarget.from_url(args.server_url or LOCAL_SERVER)
     _err(f"… generating {args.name} with {args.transactions} transactions on {server.display}")
     made = generate(
-        server, args.name, args.transactions, replace=args.replace, edge_objects=args.edge_objects
+        server,
+        args.name,
+        args.transactions,
+        replace=args.replace,
+        edge_objects=args.edge_objects,
+        blnk_version=args.blnk_version,
     )
     body = {
         "database": made.name,
@@ -266,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--edge-objects",
         action="store_true",
         help="add partitioned, unlogged, quoted-name, large-object and other unusual objects",
+    )
+    generate.add_argument(
+        "--blnk-version",
+        choices=list(BLNK_VERSIONS),
+        default="0.15",
+        help="schema of this Blnk release (0.15: with the transaction hash chain; 0.12: before)",
     )
     generate.set_defaults(settings_handler=cmd_generate_db)
 

@@ -935,3 +935,35 @@ def test_whatever_our_validator_accepts_the_fake_slack_accepts_too(built: list[A
 def test_rendered_blocks_round_trip_through_json() -> None:
     for message in every_message("x").values():
         assert json.loads(json.dumps(message.blocks)) == message.blocks
+
+
+def test_a_restore_result_and_the_status_say_what_was_proven_about_the_ledger() -> None:
+    report = restore_report([Check("rows blnk.transactions", True, "10", "10")])
+    proven = {
+        "ran": True,
+        "passed": True,
+        "headline": "ledger proven: 40 balances, 2,000 transactions, chain to seq 1,998",
+        "failed": [],
+    }
+    object.__setattr__(report, "ledger_proof", proven)
+    assert any(
+        "✓ ledger proven: 40 balances" in t for t in texts_of(blocks.restore_result(report, "U1"))
+    )
+    failed = proven | {"passed": False, "headline": "ledger proof FAILED: chain head"}
+    object.__setattr__(report, "ledger_proof", failed)
+    assert any(
+        "✗ ledger proof FAILED: chain head" in t
+        for t in texts_of(blocks.restore_result(report, "U1"))
+    )
+    state = freshness(
+        last_restore_test={
+            "key": "blnk_backup_20261126_030000.dump",
+            "passed": True,
+            "finished_at": "2026-11-26T04:00:00+00:00",
+            "ledger_proof": proven,
+        }
+    )
+    assert any("chain to seq 1,998" in t for t in texts_of(blocks.status(state)))
+    not_blnk = {"ran": False, "headline": "ledger not proven: no blnk schema", "skipped": []}
+    assert blocks.ledger_line(not_blnk) == "- ledger not proven: no blnk schema"
+    assert blocks.ledger_line(None) == "not checked"

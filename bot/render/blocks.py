@@ -434,6 +434,7 @@ def restore_result(report: RestoreReport, requested_by: str) -> Message:
             [
                 ("Checks", f"{len(report.checks)} run, {len(failed)} failed"),
                 ("amcheck", clip(report.amcheck, 300)),
+                ("Ledger", ledger_line(report.ledger_proof)),
                 ("Time", timing),
                 ("Requested by", mention(requested_by)),
             ]
@@ -495,9 +496,20 @@ def _restore_test_line(test: dict[str, Any] | None) -> str:
         return "none yet: `/blnk-restore-test latest` proves the newest backup restorable"
     when = clip(str(test.get("finished_at") or "?")[:19].replace("T", " "), 40)
     if test.get("passed") is True:
-        return f"✓ passed: {_code(test.get('key'), 300)}, at {when} UTC"
+        proof = test.get("ledger_proof")
+        tail = f"\n{ledger_line(proof)}" if isinstance(proof, dict) else ""
+        return f"✓ passed: {_code(test.get('key'), 300)}, at {when} UTC{tail}"
     why = test.get("error") or "checks failed"
     return f"✗ FAILED: {_code(test.get('key'), 300)}, at {when} UTC ({clip(_first_line(why), 300)})"
+
+
+def ledger_line(proof: dict[str, Any] | None) -> str:
+    """One line on what the restore test proved about the ledger inside the backup."""
+    if not isinstance(proof, dict):
+        return "not checked"
+    headline = clip(proof.get("headline") or "no result", 300)
+    mark = "✓" if proof.get("passed") is True else "-" if proof.get("ran") is False else "✗"
+    return f"{mark} {headline}"
 
 
 def _next_runs_lines(next_runs: dict[str, datetime] | None) -> list[str]:
