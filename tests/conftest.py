@@ -30,7 +30,7 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3ServerProcess
 from tests.support.s3server_alt import SeaweedS3ServerProcess
 from tests.support.settings import settings_env
-from tests.support.stores import ACCESS_KEY, SECRET_KEY, raw_s3
+from tests.support.stores import ACCESS_KEY, SECRET_KEY, drop_bucket, raw_s3
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -111,10 +111,11 @@ def s3(s3_server: S3ServerProcess) -> Any:
 
 
 @pytest.fixture
-def bucket(s3: Any) -> str:
+def bucket(s3: Any) -> Iterator[str]:
     name = f"bkt-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
-    return name
+    yield name
+    drop_bucket(s3, name)
 
 
 @pytest.fixture(scope="module")
