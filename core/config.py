@@ -261,7 +261,7 @@ class Settings(BaseSettings):
         if not value:
             return ""  # empty schedule = disabled
         fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        if len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields):
             raise ValueError("must be a 5-field cron expression like '0 3 * * *' or empty")
         value = " ".join(fields)
         if value not in _DEFAULT_SCHEDULES:  # the defaults are known good: skip the import

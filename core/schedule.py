@@ -48,14 +48,21 @@ def crontab_days(field: str) -> str:
 
 
 def cron_trigger(expression: str, timezone: str) -> Any:
-    """Return an APScheduler CronTrigger for a 5-field crontab expression. Raise ValueError."""
+    """Return an APScheduler CronTrigger for a 5-field crontab expression (or a 6-field one
+    with seconds first, as node-cron — used in Blnk's documentation — accepts). Raise
+    ValueError."""
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError("a cron expression has 5 fields: minute hour day month day-of-week")
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            "a cron expression has 5 fields (minute hour day month day-of-week), or 6 with "
+            "seconds first as in node-cron"
+        )
+    second = fields.pop(0) if len(fields) == 6 else "0"
     minute, hour, day, month, day_of_week = fields
     return CronTrigger(
+        second=second,
         minute=minute,
         hour=hour,
         day=day,

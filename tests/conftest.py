@@ -24,7 +24,7 @@ import pytest
 from core.config import Settings, load_settings
 from core.database import PgTarget, drop_database
 from core.services import Services
-from tests.support.databases import PG_URL, make_database
+from tests.support.databases import PG_URL, drop_templates, make_database
 from tests.support.embedded_pg import EmbeddedPostgres, embedded_bin_dir, postgres_answers
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3ServerProcess
@@ -46,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="default",
         help="pg_dump/pg_restore to use (PG_BIN_DIR)",
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _template_databases(pg_server: PgTarget) -> Iterator[None]:
+    yield
+    drop_templates(pg_server)
 
 
 def _local_pg_missing() -> bool:

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from core.audit import AuditLog
 from core.database import PgTarget, drop_database
 from tests.support.faultproxy import FaultProxy, Request
@@ -22,8 +20,6 @@ from tests.support.helpers import (
     make_database,
     settings_env,
 )
-
-pytestmark = pytest.mark.stores
 
 ROOT = Path(__file__).resolve().parents[1]  # the child runs the code under test
 

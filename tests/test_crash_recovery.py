@@ -28,7 +28,7 @@ from core.services import Services
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import bucket_keys, incomplete_uploads, settings_env
 
-pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
+pytestmark = pytest.mark.stores
 
 ACTOR = Actor("ivan", "cli")
 

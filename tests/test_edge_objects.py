@@ -18,7 +18,6 @@ import psycopg
 import pytest
 
 from core.audit import Actor
-from core.blnkgen import generate
 from core.database import PgTarget, create_database, drop_database, server_version
 from core.dbstats import (
     LARGE_OBJECTS_KEY,
@@ -33,7 +32,7 @@ from core.restore_checks import amcheck, btree_indexes_to_check
 from core.services import Services
 from tests.support.databases import make_database
 
-pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
+pytestmark = pytest.mark.pg_versions
 
 ACTOR = Actor("edge", "cli")
 LEAVES_OF_ENTRIES = [
@@ -50,8 +49,7 @@ QUOTED_TABLE = 'Ledger Ops.MixedCase"Quote'
 @pytest.fixture(scope="module")
 def blnk_db(pg_server: PgTarget) -> Iterator[PgTarget]:
     """In this module the database every backup is taken of holds the edge objects."""
-    name = f"blnk_edge_{uuid.uuid4().hex[:10]}"
-    generate(pg_server, name, 2_000, edge_objects=True)
+    name = make_database(pg_server, 2_000, edge_objects=True)
     yield pg_server.with_dbname(name)
     drop_database(pg_server, name)
 

@@ -36,8 +36,6 @@ from core.services import Services
 from tests.support.s3server import free_port
 from tests.support.stores import SECRET_KEY, bucket_keys, incomplete_uploads
 
-pytestmark = [pytest.mark.stores]
-
 API_KEY = "blnk-api-key-0123456789abcdef"
 DB_PASSWORD = "Db-Passw0rd-never-shown"
 SettingsFactory = Callable[..., Settings]

@@ -24,7 +24,6 @@ import pytest
 from bot.render import json as render_json
 from bot.render import text as render_text
 from core.audit import Actor
-from core.blnkgen import generate
 from core.database import PgTarget, create_database, drop_database
 from core.dbstats import LARGE_OBJECTS_KEY, ledger_anchor
 from core.ledger_proof import LedgerProof, prove_ledger
@@ -32,9 +31,10 @@ from core.manifest import LedgerAnchor, ManifestError, parse_manifest
 from core.restore import RestoreReport
 from core.restore_checks import Check
 from core.services import Services
+from tests.support.databases import make_database
 from tests.support.seeding import manifest_for
 
-pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
+pytestmark = pytest.mark.pg_versions
 
 ACTOR = Actor("auditor", "cli")
 LEDGER_CHECKS = {
@@ -51,8 +51,7 @@ CHAIN_CHECKS = {"chain genesis link", "chain links", "chain hashes", "chain leng
 def ledger(pg_server: PgTarget) -> Iterator[PgTarget]:
     """A fresh Blnk 0.15 ledger of 2,000 transactions (1,998 chained) for one test to tamper
     with."""
-    name = f"blnk_proof_{uuid.uuid4().hex[:10]}"
-    generate(pg_server, name, 2_000)
+    name = make_database(pg_server, 2_000)
     yield pg_server.with_dbname(name)
     drop_database(pg_server, name)
 
@@ -277,8 +276,7 @@ def _insert_mid_chain_and_rechain(conn: psycopg.Connection[Any], at_seq: int) ->
 def test_an_old_blnk_database_skips_the_chain_checks_with_a_reason_and_still_passes(
     make_settings: Any, pg_server: PgTarget
 ) -> None:
-    name = f"blnk_proof_old_{uuid.uuid4().hex[:10]}"
-    generate(pg_server, name, 500, blnk_version="0.12")
+    name = make_database(pg_server, 500, blnk_version="0.12")
     try:
         with services_for(make_settings, pg_server.with_dbname(name)) as services:
             manifest = services.backups.run(ACTOR).manifest
@@ -330,8 +328,7 @@ def test_i3_is_exact_from_blnk_0_13_and_a_warning_before(pg_server: PgTarget) ->
     """One minor unit of credit moved from one balance to another: I1 and I2 still hold, only
     I3 sees that the credits no longer match the APPLIED transactions."""
     for version, exact in (("0.15", True), ("0.12", False)):
-        name = f"blnk_proof_i3_{uuid.uuid4().hex[:10]}"
-        generate(pg_server, name, 300, blnk_version=version)
+        name = make_database(pg_server, 300, blnk_version=version)
         target = pg_server.with_dbname(name)
         try:
             with as_dba(target) as conn:
@@ -446,8 +443,7 @@ def test_the_proof_does_not_depend_on_the_sessions_settings(blnk_db: PgTarget) -
 def test_an_unenabled_chain_passes_as_empty_and_a_bare_blnk_schema_proves_nothing(
     pg_server: PgTarget,
 ) -> None:
-    name = f"blnk_proof_off_{uuid.uuid4().hex[:10]}"
-    generate(pg_server, name, 100)
+    name = make_database(pg_server, 100)
     try:
         with as_dba(pg_server.with_dbname(name)) as conn:  # as if the chainer never ran
             conn.execute(

@@ -223,9 +223,12 @@ def shared_audit(pg_server: PgTarget) -> Iterator[str]:
         drop_database(pg_server, name)
 
 
-def next_minute(after: float) -> datetime:
-    when = datetime.fromtimestamp(after, UTC).replace(second=0, microsecond=0)
-    return when + timedelta(minutes=1)
+SLOT = 10  # seconds: the replicas' schedule is "*/10 * * * * *" (seconds first, as node-cron)
+
+
+def next_slot(after: float) -> datetime:
+    """The first scheduled time after ``after``."""
+    return datetime.fromtimestamp((int(after) // SLOT + 1) * SLOT, UTC)
 
 
 def started_runs(audit: AuditLog, due: datetime) -> list[AuditEvent]:
@@ -240,14 +243,14 @@ def replica_pid(event: AuditEvent) -> int:
     return int(str(event.details_dict()["replica"]).rsplit(":", 1)[1])
 
 
-def test_two_replicas_run_each_scheduled_minute_once_and_the_survivor_takes_over(
+def test_two_replicas_run_each_scheduled_slot_once_and_the_survivor_takes_over(
     launch: Callable[..., Replica],
     fake_slack: FakeSlack,
     make_settings: SettingsFactory,
     shared_audit: str,
 ) -> None:
     settings = make_settings(audit_database_url=shared_audit)
-    env = settings_env(settings) | slack_env(fake_slack, MONITOR_SCHEDULE="* * * * *")
+    env = settings_env(settings) | slack_env(fake_slack, MONITOR_SCHEDULE=f"*/{SLOT} * * * * *")
     replicas = [launch(env), launch(env)]
     try:
         _two_replicas_one_run_then_takeover(replicas, shared_audit)
@@ -268,9 +271,9 @@ def _two_replicas_one_run_then_takeover(replicas: list[Replica], shared_audit: s
 
     audit = AuditLog(shared_audit)
     try:
-        # 1. Both replicas up: the next scheduled minute runs exactly once, on the leader.
-        first = next_minute(ready + 2)
-        wait_until(lambda: len(started_runs(audit, first)) >= 1, 90, f"the {first} run")
+        # 1. Both replicas up: the next scheduled slot runs exactly once, on the leader.
+        first = next_slot(ready + 2)
+        wait_until(lambda: len(started_runs(audit, first)) >= 1, 40, f"the {first} run")
         time.sleep(3)  # give a second runner, if there were one, time to show up
         runs = started_runs(audit, first)
         assert [replica_pid(r) for r in runs] == [leader.pid], "one run, on the leader"
@@ -278,14 +281,14 @@ def _two_replicas_one_run_then_takeover(replicas: list[Replica], shared_audit: s
         assert run.trigger == "schedule"
         assert run.details_dict()["job"] == "freshness_check"
 
-        # 2. The leader dies outright; the other takes over and fires the next minute.
+        # 2. The leader dies outright; the other takes over and fires the next slot.
         leader.proc.kill()
         leader.proc.wait(10)
         killed = time.time()
         wait_until(other.leads, 30, "the surviving replica takes over")
         took_over = time.time() - killed
-        second = next_minute(max(time.time(), first.timestamp() + 1))
-        wait_until(lambda: len(started_runs(audit, second)) >= 1, 90, f"the {second} run")
+        second = next_slot(max(time.time() + 1, first.timestamp() + 1))
+        wait_until(lambda: len(started_runs(audit, second)) >= 1, 40, f"the {second} run")
         runs = started_runs(audit, second)
         assert [replica_pid(r) for r in runs] == [other.pid], "one run, on the new leader"
         run = runs[0]

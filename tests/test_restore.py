@@ -22,7 +22,7 @@ from core.restore import SCRATCH_PREFIX
 from core.services import Services
 from tests.support.helpers import make_database, settings_env
 
-pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
+pytestmark = pytest.mark.pg_versions
 
 ACTOR = Actor("grace", "cli")
 

@@ -403,6 +403,18 @@ def test_a_sunday_schedule_fires_on_sundays_as_crontab_means_it(
     assert len(month) == 4 and {d.strftime("%A") for d in month} == {"Sunday"}
 
 
+def test_a_six_field_schedule_counts_seconds_first_as_node_cron_does(
+    build: Callable[..., Services],
+) -> None:
+    services = build(monitor_schedule="*/15 * * * * *")
+    scheduler = Scheduler(services, clock=Clock(at("2025-06-06T02:00:01")))
+    assert scheduler.next_runs()["freshness_check"] == at("2025-06-06T02:00:15")
+    five = build(monitor_schedule="15 * * * *")  # five fields: minute first, second 0
+    assert Scheduler(five, clock=Clock(at("2025-06-06T02:00:01"))).next_runs()[
+        "freshness_check"
+    ] == at("2025-06-06T02:15:00")
+
+
 def test_weekday_ranges_follow_crontab_numbering(build: Callable[..., Services]) -> None:
     services = build(backup_schedule="30 1 * * 1-5")  # Monday to Friday
     scheduler = Scheduler(services, clock=Clock(at("2025-06-06T02:00:00")))  # a Friday

@@ -40,8 +40,6 @@ from tests.support.slack_requests import (
 )
 from tests.support.stores import SECRET_KEY, bucket_keys
 
-pytestmark = pytest.mark.stores
-
 SlackFactory = Callable[..., Harness]
 SEED = Actor("seed", "cli")
 
