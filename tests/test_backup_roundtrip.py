@@ -69,8 +69,11 @@ def s3_calls(log: list[Request], bucket: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def restored(pg_server: PgTarget) -> Any:
+def restored(pg_server: PgTarget, pg_bin_dir: str | None) -> Any:
+    """Restore with the stock pg_restore of this run's client tools (the machine's, or the
+    PostgreSQL 18 ones with --pg/--pg-client embedded18) into a new database."""
     names: list[str] = []
+    pg_restore = str(Path(pg_bin_dir) / "pg_restore") if pg_bin_dir else "pg_restore"
 
     def restore(dump: Path, jobs: int = 1) -> PgTarget:
         name = f"blnk_restored_{len(names)}_{hashlib.sha256(str(dump).encode()).hexdigest()[:8]}"
@@ -79,15 +82,11 @@ def restored(pg_server: PgTarget) -> Any:
         names.append(name)
         subprocess.run(
             [
-                "pg_restore",
+                pg_restore,
                 "--exit-on-error",
                 f"--jobs={jobs}",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
                 "-d",
-                name,
+                pg_server.with_dbname(name).conninfo,
                 str(dump),
             ],
             check=True,
