@@ -33,9 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psutil
-from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,6 +42,7 @@ from core.blnkgen import generate  # noqa: E402
 from core.database import PgTarget  # noqa: E402
 from tests.support.s3server import S3ServerProcess  # noqa: E402
 from tests.support.s3server_alt import SeaweedS3ServerProcess  # noqa: E402
+from tests.support.stores import ACCESS_KEY, SECRET_KEY, raw_s3  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 BIN = Path(sys.executable).parent
@@ -63,7 +62,6 @@ def ensure_database(transactions: int, fresh: bool) -> tuple[str, int]:
 
 
 # The test servers' fixed credentials (SeaweedFS checks them; moto accepts any).
-ACCESS_KEY, SECRET_KEY = "AKIATESTTESTTEST", "s3cr3t-w1ll-n3v3r-b3-pr1nt3d"
 
 
 def bench_env(endpoint: str, bucket: str, audit: Path, **extra: str) -> dict[str, str]:
@@ -78,17 +76,6 @@ def bench_env(endpoint: str, bucket: str, audit: Path, **extra: str) -> dict[str
         "AUDIT_DATABASE_URL": f"sqlite:///{audit}",
         **extra,
     }
-
-
-def bench_client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
 
 
 class RssSampler:
@@ -265,7 +252,7 @@ def bench_store(args: argparse.Namespace, kind: str, report: dict[str, Any]) -> 
         args.out / f"bench-audit-{kind}.sqlite3",
         BACKUP_COMPRESSION_LEVEL=str(args.level),
     )
-    client = bench_client(s3_server.endpoint)
+    client = raw_s3(s3_server.endpoint)
     client.create_bucket(Bucket=bucket)
 
     def s3_cpu() -> float:

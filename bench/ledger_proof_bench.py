@@ -30,7 +30,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.backup_bench import ACCESS_KEY, SECRET_KEY  # noqa: E402
 from core import ledger_proof as lp  # noqa: E402
 from core.audit import Actor  # noqa: E402
 from core.blnkgen import generate  # noqa: E402
@@ -38,7 +37,7 @@ from core.config import load_settings  # noqa: E402
 from core.database import PgTarget, SnapshotSession, drop_database  # noqa: E402
 from core.services import Services  # noqa: E402
 from tests.support.s3server import S3ServerProcess  # noqa: E402
-from tests.support.stores import raw_s3  # noqa: E402
+from tests.support.stores import ACCESS_KEY, SECRET_KEY, raw_s3  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 ACTOR = Actor("bench", "cli")
@@ -77,11 +76,23 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the generated database")
+    parser.add_argument(
+        "--database",
+        help="measure this existing Blnk 0.15 database (e.g. backup_bench.py's blnk_bench_N) "
+        "instead of generating one; it is never dropped",
+    )
     args = parser.parse_args()
 
     server = PgTarget.from_url(SERVER)
-    name = f"blnk_proof_bench_{args.transactions}_{uuid.uuid4().hex[:6]}"
-    generated, made = timed(lambda: generate(server, name, args.transactions))
+    if args.database:
+        name, generated = args.database, 0.0
+        with server.with_dbname(name).connect() as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        size = int(row[0]) if row else 0
+    else:
+        name = f"blnk_proof_bench_{args.transactions}_{uuid.uuid4().hex[:6]}"
+        generated, made = timed(lambda: generate(server, name, args.transactions))
+        size = made.size_bytes
     target = server.with_dbname(name)
     s3_server = S3ServerProcess()
     s3_server.start()
@@ -89,7 +100,8 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {os.cpu_count()} CPUs {platform.machine()}",
         "transactions": args.transactions,
-        "database_bytes": made.size_bytes,
+        "database": name,
+        "database_bytes": size,
         "generate_seconds": generated,
     }
     try:
@@ -139,7 +151,7 @@ def main() -> None:
             }
     finally:
         s3_server.stop()
-        if not args.keep:
+        if not args.keep and not args.database:
             drop_database(server, name)
     print(json.dumps(result, indent=2))
 

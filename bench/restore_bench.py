@@ -28,9 +28,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.backup_bench import bench_client, bench_env, ensure_database  # noqa: E402
+from bench.backup_bench import bench_env, ensure_database  # noqa: E402
 from core.database import PgTarget, create_database, drop_database  # noqa: E402
 from tests.support.s3server import S3ServerProcess  # noqa: E402
+from tests.support.stores import raw_s3  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 BIN = Path(sys.executable).parent
@@ -68,7 +69,7 @@ def main() -> None:
         RESTORE_TEST_DATABASE_URL=SERVER,
         RESTORE_JOBS=str(args.jobs),
     )
-    client = bench_client(s3_server.endpoint)
+    client = raw_s3(s3_server.endpoint)
     client.create_bucket(Bucket=bucket)
     try:
         _, backup = cli(env, "backup")

@@ -16,16 +16,19 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import __version__
 from core.config import Settings, load_settings
 from core.errors import BackupError, ConfigError, UsageError
 
+if TYPE_CHECKING:
+    from bot.slack.app import SlackBot
+
 log = logging.getLogger("blnk_backup.bot")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-OUTBOX_EVERY = 30.0
+HOUSEKEEPING_EVERY = 30.0  # outbox delivery, approval expiry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +113,7 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         leadership.start()
     stop = threading.Event()
     flusher = threading.Thread(
-        target=_flush_outbox, args=(slack.messenger, stop), name="outbox", daemon=True
+        target=_housekeeping, args=(slack, stop), name="housekeeping", daemon=True
     )
     flusher.start()
 
@@ -172,12 +175,12 @@ def _connect_socket_mode(app: Any, settings: Settings) -> Any:
     return handler
 
 
-def _flush_outbox(messenger: Any, stop: threading.Event) -> None:
-    while not stop.wait(OUTBOX_EVERY):
+def _housekeeping(slack: SlackBot, stop: threading.Event) -> None:
+    while not stop.wait(HOUSEKEEPING_EVERY):
         try:
-            messenger.flush_outbox()
+            slack.housekeeping()
         except Exception:
-            log.exception("delivering the outbox failed")
+            log.exception("housekeeping (outbox, approval expiry) failed")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from tests.support.s3server_alt import SeaweedS3ServerProcess
 from tests.support.settings import settings_env
 from tests.support.stores import ACCESS_KEY, SECRET_KEY, drop_bucket, raw_s3
 
+pytest_plugins = ["tests.support.slack_fixtures"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,53 +17,25 @@ import pytest
 from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
 from bot.render.slack_limits import validate_view
 from core.actor import Actor
-from core.config import Settings
 from core.database import PgTarget, database_exists, drop_database
 from tests.support.fake_slack import FakeMessage, FakeSlack, block_texts
+from tests.support.slack_fixtures import SlackFactory
 from tests.support.slack_requests import (
     APPROVER1,
     APPROVER2,
     CHANNEL,
     OPERATOR,
     OPERATOR2,
-    SIGNING_SECRET,
     STRANGER,
-    Harness,
     Sent,
-    SlackApps,
     assert_quick_ack,
     buttons,
-    fake_slack,
     visible,
     wait_message,
 )
-from tests.support.stores import SECRET_KEY, bucket_keys
+from tests.support.stores import bucket_keys
 
-SlackFactory = Callable[..., Harness]
 SEED = Actor("seed", "cli")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with fake_slack() as server:
-        yield server
-
-
-@pytest.fixture
-def secrets() -> list[str]:
-    """Values that must never appear in anything sent to Slack (a test may add more)."""
-    return [SECRET_KEY, SIGNING_SECRET]
-
-
-@pytest.fixture
-def start_app(
-    fake: FakeSlack, make_settings: Callable[..., Settings], secrets: list[str]
-) -> Iterator[SlackFactory]:
-    """start_app(settings=None, progress_interval=0.2, **setting_overrides) → a running bot.
-    Afterwards every message and view it sent is validated and searched for the secrets."""
-    apps = SlackApps(fake, make_settings, secrets)
-    yield apps.start
-    apps.close()
 
 
 def final_state(fake: FakeSlack, message: FakeMessage, prefix: str) -> FakeMessage:
@@ -325,3 +296,23 @@ def test_opening_the_app_home_publishes_backups_and_pending_approvals(
     app.slack.event({"type": "app_home_opened", "user": APPROVER2, "tab": "messages"})
     time.sleep(0.3)
     assert fake.views(APPROVER2) == []
+
+
+def test_housekeeping_expires_an_overdue_request_and_takes_its_buttons_away(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app(approval_ttl_minutes=5)
+    doomed, message, approval_id = app.request_delete(s3)
+    app.bot.housekeeping()  # not yet due: nothing changes
+    assert app.approval_status(approval_id) == "pending"
+    assert set(buttons(fake.message(CHANNEL, message.ts))) == {APPROVE_ACTION, DENY_ACTION}
+    later = datetime.now(UTC) + timedelta(minutes=5, seconds=1)
+    app.services.approvals.clock = lambda: later
+    app.bot.housekeeping()  # nobody clicked: the service's half-minute round expires it
+    assert app.approval_status(approval_id) == "expired"
+    final = final_state(fake, message, "Expired")
+    assert "nobody decided in time" in visible(final) and doomed in visible(final)
+    assert [e.outcome for e in app.events("approval_expired")] == ["recorded"]
+    app.bot.housekeeping()  # once only
+    assert len(app.events("approval_expired")) == 1
+    assert doomed in bucket_keys(s3, bucket)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,9 +21,9 @@ import pytest
 from bot.render.blocks import refusal
 from bot.render.slack_limits import validate_message
 from core.actor import Actor
-from core.config import Settings
 from core.database import PgTarget
 from tests.support.fake_slack import FakeSlack
+from tests.support.slack_fixtures import SlackFactory
 from tests.support.slack_requests import (
     ALERTS,
     CHANNEL,
@@ -31,45 +31,18 @@ from tests.support.slack_requests import (
     GROUP_MEMBER,
     OPERATOR,
     OPERATOR2,
-    SIGNING_SECRET,
     STRANGER,
     Harness,
-    SlackApps,
     SlackSender,
     assert_quick_ack,
     channel_messages,
     everything_shown,
-    fake_slack,
     visible,
     wait_message,
 )
 from tests.support.stores import SECRET_KEY, bucket_keys
 
-SlackFactory = Callable[..., Harness]
 SEED = Actor("seed", "cli")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with fake_slack() as server:
-        yield server
-
-
-@pytest.fixture
-def secrets() -> list[str]:
-    """Values that must never appear in anything sent to Slack (a test may add more)."""
-    return [SECRET_KEY, SIGNING_SECRET]
-
-
-@pytest.fixture
-def start_app(
-    fake: FakeSlack, make_settings: Callable[..., Settings], secrets: list[str]
-) -> Iterator[SlackFactory]:
-    """start_app(settings=None, progress_interval=0.2, **setting_overrides) → a running bot.
-    Afterwards every message and view it sent is validated and searched for the secrets."""
-    apps = SlackApps(fake, make_settings, secrets)
-    yield apps.start
-    apps.close()
 
 
 # --- /blnk-backup ---------------------------------------------------------------------------------

@@ -47,6 +47,12 @@ class SlackBot:
     alerts: Alerts | None
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def housekeeping(self) -> None:
+        """What the service does every half minute: deliver the outbox, expire overdue
+        approval requests (their messages lose the buttons)."""
+        self.messenger.flush_outbox()
+        self.ops.expire_overdue()
+
     def close(self) -> None:
         self.jobs.shutdown(wait=True)
         if self.alerts is not None:

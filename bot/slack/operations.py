@@ -316,6 +316,15 @@ class SlackOperations:
             return f"restored {report.key} into {report.database}: {verdict}"
         raise BackupError(f"unknown approved action {approval.action!r}")
 
+    def expire_overdue(self) -> int:
+        """Expire the requests past their deadline (audited in core) and take their buttons
+        away; return how many. Atomic per request, so with several replicas each is redrawn by
+        the one that expired it."""
+        expired = self.services.approvals.expire_overdue()
+        for approval in expired:
+            self._show_decision(approval)
+        return len(expired)
+
     def _show_decision(self, approval: Approval, *, final: bool = False) -> None:
         display = approval.display
         message = blocks.approval_decided(approval)
@@ -333,5 +342,6 @@ class SlackOperations:
             error = None
         except BackupError as exc:
             state, backups, error = None, [], exc.message
+        self.expire_overdue()
         pending = self.services.approvals.pending()
         return blocks.home_view(state, backups, pending, self.next_runs(), error=error)
