@@ -34,8 +34,8 @@ HOUSEKEEPING_EVERY = 30.0  # outbox delivery, approval expiry
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blnk-backup-bot",
-        description="The blnk-backup Slack bot, scheduler and HTTP API (or, with no Slack "
-        "tokens, a local console).",
+        description="The blnk-backup Slack bot, scheduler and HTTP API. With no Slack tokens: "
+        "the HTTP API and scheduler alone when BLNK_API_KEY is set, else a local console.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--env-file", help="read settings from this env file too")
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         settings = load_settings(args.env_file)
-        if args.console or not (settings.slack_app_token or settings.slack_signing_secret):
+        slack = settings.slack_app_token or settings.slack_signing_secret
+        if args.console or not (slack or settings.blnk_api_key):
             from bot.console import run_console
 
             logging.getLogger().setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
@@ -74,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
-    """Serve Slack (Socket Mode or HTTP), the HTTP API and the scheduler until SIGTERM."""
+    """Serve Slack (Socket Mode or HTTP), the HTTP API and the scheduler until SIGTERM; with no
+    Slack tokens (an operator who only wants Blnk's /backup-s3), the HTTP API and the scheduler
+    alone."""
     from bot.http import HttpApi, Probes, run_until, serve
     from bot.leader import Leadership
     from bot.metrics import EngineCollector
@@ -83,7 +86,8 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     from core.outbox import Outbox
     from core.services import Services
 
-    if settings.slack_bot_token is None:  # before anything starts, naming the variable
+    with_slack = bool(settings.slack_app_token or settings.slack_signing_secret)
+    if with_slack and settings.slack_bot_token is None:  # before anything starts
         mode = "SLACK_APP_TOKEN" if settings.slack_app_token else "SLACK_SIGNING_SECRET"
         raise ConfigError([f"SLACK_BOT_TOKEN is not set (needed with {mode})"])
     services = Services(settings)
@@ -93,17 +97,18 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     services.approvals  # noqa: B018
     outbox = Outbox(services.audit)
     scheduler = Scheduler(services)
-    slack = build_slack(settings, services, next_runs=scheduler.next_runs)
-    _check_token(slack.client)
+    slack = build_slack(settings, services, next_runs=scheduler.next_runs) if with_slack else None
+    if slack is not None:
+        _check_token(slack.client)
     socket_mode = settings.slack_app_token is not None
     handler: Any = None
     probes = Probes()
-    if socket_mode:
+    if slack is not None and socket_mode:
         handler = _connect_socket_mode(slack.app, settings)
         probes.socket_connected = lambda: bool(handler.client.is_connected())
     api = HttpApi(
         services,
-        slack_app=None if socket_mode else slack.app,
+        slack_app=slack.app if slack is not None and not socket_mode else None,
         collector=EngineCollector(services, scheduler.next_runs, outbox.waiting),
         probes=probes,
     )
@@ -112,10 +117,10 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     if with_scheduler:
         leadership.start()
     stop = threading.Event()
-    flusher = threading.Thread(
-        target=_housekeeping, args=(slack, stop), name="housekeeping", daemon=True
-    )
-    flusher.start()
+    if slack is not None:
+        threading.Thread(
+            target=_housekeeping, args=(slack, stop), name="housekeeping", daemon=True
+        ).start()
 
     def shut_down(_signum: int, _frame: object) -> None:
         stop.set()  # run_until drains the requests in flight, then closes the server
@@ -123,9 +128,12 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
 
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
-    mode = "Socket Mode" if socket_mode else "HTTP mode (/slack/events)"
+    if slack is None:
+        mode = "not configured (HTTP API and scheduler only; failures are logged and audited)"
+    else:
+        mode = "in Socket Mode" if socket_mode else "in HTTP mode (/slack/events)"
     log.info(
-        "blnk-backup-bot %s: Slack in %s; HTTP on %s:%s",
+        "blnk-backup-bot %s: Slack %s; HTTP on %s:%s",
         __version__,
         mode,
         settings.http_host,
@@ -138,7 +146,8 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         leadership.stop()
         if handler is not None:
             handler.close()
-        slack.close()
+        if slack is not None:
+            slack.close()
         services.close()
     return EXIT_OK
 

@@ -165,12 +165,16 @@ class ApprovalBook:
             return Approval.of(record) if record is not None else None
 
     def pending(self) -> list[Approval]:
-        """Return the requests still waiting for a decision (expiring overdue ones first)."""
-        self.expire_overdue()
+        """Return the requests still open for a decision (pending and not past their deadline).
+
+        Only reads: expiring is ``expire_overdue``'s, whose caller also updates what the front
+        end shows (a metrics scrape must not expire a request behind the Slack message's back).
+        """
         with Session(self.engine) as session:
             records = session.exec(
                 select(ApprovalRecord)
                 .where(ApprovalRecord.status == "pending")
+                .where(col(ApprovalRecord.expires_at) > self.clock())
                 .order_by(col(ApprovalRecord.requested_at))
             ).all()
             return [Approval.of(r) for r in records]

@@ -10,6 +10,7 @@ text and an opaque JSON payload.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,10 @@ from sqlalchemy import or_, update
 from sqlalchemy.engine import CursorResult
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from core.actor import Actor
 from core.audit import AuditLog
+
+log = logging.getLogger("blnk_backup.outbox")
 
 MAX_ATTEMPTS = 20
 CLAIM_FOR = timedelta(minutes=2)
@@ -54,6 +58,7 @@ class Outbox:
     """Messages waiting to be delivered, with exponential back-off between attempts."""
 
     def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
         self.engine = audit.engine
         audit.create_tables([OutboxRow])
 
@@ -128,6 +133,28 @@ class Outbox:
         if attempts + 1 >= MAX_ATTEMPTS:
             values["given_up_at"] = now
         self._set(message_id, **values)
+        if attempts + 1 >= MAX_ATTEMPTS:  # never silently: logged and audited
+            log.warning(
+                "gave up delivering message %s to %s after %d attempts (the cause is in the "
+                "audit log, masked)",
+                message_id,
+                self._destination(message_id),
+                attempts + 1,
+            )
+            self.audit.record(
+                action="outbox_gave_up",
+                outcome="failed",
+                actor=Actor("outbox", "schedule"),
+                run_id=message_id,
+                error_code="undeliverable",
+                error_cause=f"after {attempts + 1} attempts: {error}",
+                details={"destination": self._destination(message_id)},
+            )
+
+    def _destination(self, message_id: str) -> str | None:
+        with Session(self.engine) as session:
+            row = session.get(OutboxRow, message_id)
+            return row.destination if row is not None else None
 
     def waiting(self) -> int:
         """How many messages are still waiting to be delivered."""

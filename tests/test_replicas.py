@@ -207,6 +207,56 @@ def test_sigterm_during_a_backup_request_lets_it_finish_and_answer_then_exits_0(
     assert "Traceback" not in bot.output()
 
 
+def test_without_slack_an_api_key_serves_the_http_api_and_scheduler_alone_for_cron(
+    launch: Callable[..., Replica], make_settings: SettingsFactory, s3: Any, bucket: str
+) -> None:
+    """An operator who only replaces Blnk's /backup-s3: BLNK_API_KEY, no Slack tokens, no
+    terminal (a container). The service runs; a cron line with curl gets a verified backup."""
+    env = settings_env(make_settings()) | {"BLNK_API_KEY": "k3y-for-cron", "BACKUP_SCHEDULE": ""}
+    bot = launch(env)
+    bot.wait_serving()
+    assert "Slack not configured (HTTP API and scheduler only" in bot.output()
+    done = subprocess.run(
+        ["curl", "-sS", "-f", "-H", "Authorization: Bearer k3y-for-cron", bot.url("/backup-s3")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + bot.output()
+    key = json.loads(done.stdout)["key"]
+    assert {key, key + ".manifest.json"} <= set(bucket_keys(s3, bucket))
+    wrong = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", bot.url("/backup-s3")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert wrong.stdout == "401"
+    # No Slack: nothing listens for Slack events.
+    events = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            bot.url("/slack/events"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert events.stdout == "404"
+    with urllib.request.urlopen(bot.url("/metrics"), timeout=10) as reply:  # noqa: S310
+        assert "blnk_backup_last_success_timestamp_seconds" in reply.read().decode()
+    bot.proc.send_signal(signal.SIGTERM)
+    assert bot.proc.wait(30) == 0, bot.output()
+    assert "Traceback" not in bot.output()
+
+
 # --- two replicas --------------------------------------------------------------------------
 
 
