@@ -28,6 +28,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from core.audit import Actor, AuditLog
 from core.errors import BackupError, UsageError
+from core.redact import MAX_REASON_LENGTH, check_plain_text
 
 log = logging.getLogger("blnk_backup.approvals")
 
@@ -130,6 +131,7 @@ class ApprovalBook:
         """Record a pending request and return it. Raise UsageError for an unknown action."""
         if action not in ACTIONS:
             raise UsageError(f"{action!r} is not an action that needs approval")
+        reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
         now = self.clock()
         record = ApprovalRecord(
             id=uuid.uuid4().hex,

@@ -1,6 +1,6 @@
 """The backup use case: snapshot → pg_dump → streamed multipart upload → verify → manifest.
 
-Invariants kept here (DESIGN.md 1-3, 8):
+Invariants kept here (1-3 and 8 of docs/architecture.md's table):
 - success is reported only after pg_dump exited 0, the upload completed and the store's size
   and checksum matched what was streamed; the manifest is written last;
 - any failure kills pg_dump, aborts the multipart upload (or, when the store is unreachable,
@@ -45,7 +45,7 @@ from core.errors import (
 from core.keys import BackupKey
 from core.manifest import COMPLETE_STATUS, Manifest
 from core.multipart import CompletedUpload, MiB, MultipartUpload
-from core.redact import check_plain_text
+from core.redact import MAX_REASON_LENGTH, check_plain_text
 
 if TYPE_CHECKING:  # the heavy adapters are built on another thread while pg_dump starts
     from core.audit import AuditLog, AuditRun
@@ -53,8 +53,6 @@ if TYPE_CHECKING:  # the heavy adapters are built on another thread while pg_dum
     from core.s3store import S3Store
 
 log = logging.getLogger("blnk_backup.backup")
-
-MAX_REASON_LENGTH = 500
 
 
 class BackupParts(Protocol):

@@ -1,8 +1,8 @@
 """Configuration from the environment, validated once, with every problem reported together.
 
-Variable names are the contract in DESIGN.md. Blnk's own names are accepted as fallbacks so the
-bot can share Blnk's env file. Secrets are held as ``SecretStr`` and never printed: error
-messages name the variable, never its value.
+Variable names are a fixed contract (README, "Configuration"). Blnk's own names are accepted
+as fallbacks so the bot can share Blnk's env file. Secrets are held as ``SecretStr`` and never
+printed: error messages name the variable, never its value.
 """
 
 from __future__ import annotations
@@ -262,7 +262,10 @@ class Settings(BaseSettings):
             return ""  # empty schedule = disabled
         fields = value.split()
         if len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields):
-            raise ValueError("must be a 5-field cron expression like '0 3 * * *' or empty")
+            raise ValueError(
+                "must be a 5-field cron expression like '0 3 * * *' (or 6 fields, seconds "
+                "first) or empty"
+            )
         value = " ".join(fields)
         if value not in _DEFAULT_SCHEDULES:  # the defaults are known good: skip the import
             from core.schedule import cron_trigger

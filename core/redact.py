@@ -41,6 +41,9 @@ def neutralise_lines(text: str) -> str:
     return "\n".join(neutralise(line) for line in text.split("\n"))
 
 
+MAX_REASON_LENGTH = 500  # a reason is one line: why a backup, a restore, a deletion
+
+
 def check_plain_text(what: str, value: str | None, max_length: int) -> str | None:
     """Given user input (a reason, an actor name), return it stripped, or None if empty.
 

@@ -316,3 +316,36 @@ def test_housekeeping_expires_an_overdue_request_and_takes_its_buttons_away(
     app.bot.housekeeping()  # once only
     assert len(app.events("approval_expired")) == 1
     assert doomed in bucket_keys(s3, bucket)
+
+
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        ("delete {oldest} duplicate of last night's", "delete"),
+        ("prune apply quarterly clean-up", "prune_apply"),
+    ],
+)
+def test_a_risky_request_may_say_why_and_the_approver_sees_it(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str, text: str, action: str
+) -> None:
+    app = start_app()
+    keys = app.seed(s3, [0.1, 1, 2, 3, 100.1, 100.2, 100.3])  # prune has something to delete
+    command = text.format(oldest=keys[-1])
+    reason = command.split(" ", 2)[-1]
+    app.command("/blnk-backups", command)
+    message = wait_message(fake, "Approval needed", timeout=20)
+    assert reason in visible(message)
+    [requested] = app.events("approval_requested")
+    assert requested.reason == reason and requested.details_dict()["request"] == action
+    assert set(keys) <= set(bucket_keys(s3, bucket))  # nothing happens before approval
+
+
+def test_a_reason_with_control_characters_is_refused_and_nothing_is_requested(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    keys = app.seed(s3, [2, 1, 0.1])
+    reply = app.command("/blnk-backups", f"delete {keys[0]} fine\x1b[2Jforged").wait_response()
+    assert "control characters" in visible(reply) and "Nothing was changed" in visible(reply)
+    assert app.services.approvals.pending() == []
+    assert app.events("approval_requested") == []

@@ -305,7 +305,7 @@ def test_a_restore_test_shows_its_progress_then_the_result(
     [
         ("/blnk-backups", "frobnicate"),
         ("/blnk-backups", "delete"),
-        ("/blnk-backups", "prune apply now"),
+        ("/blnk-backups", "bucket frobnicate"),
         ("/blnk-restore", "latest blnk_new"),
         ("/blnk-restore", "latest into"),
         ("/blnk-restore-test", "one two"),
@@ -523,8 +523,9 @@ def test_hostile_reasons_are_harmless_in_every_message(
     hostile_word = "&lt;!here&gt;" if as_sent == "escaped by Slack" else "<!here>"
     usage = app.command("/blnk-backups", f"delete {hostile_word}").wait_response()
     assert "here" in visible(usage)  # shown, as text
-    app.command("/blnk-restore", f"{done_key(app)} into {hostile_word}")
-    wait_message(fake, "Approval needed")
+    app.command("/blnk-restore", f"{done_key(app)} into {hostile_word} {text}")  # and a reason
+    request = wait_message(fake, "Approval needed")
+    assert "evil.example" in visible(request)  # the reason is shown, as text
     app.slack.event({"type": "app_home_opened", "user": OPERATOR, "tab": "home"})
     fake.wait_for(lambda: bool(fake.views(OPERATOR)))
     # And a failing backup's alert carries the reason too.

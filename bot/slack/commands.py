@@ -19,11 +19,14 @@ COMMANDS = (BACKUP, BACKUPS, RESTORE_TEST, RESTORE)
 USAGE = {
     BACKUP: "`/blnk-backup [reason]`, e.g. `/blnk-backup before migration 42`",
     BACKUPS: (
-        "`/blnk-backups list | status | prune | prune apply | delete KEY | bucket check | "
-        "bucket apply | audit | help`"
+        "`/blnk-backups list | status | prune | prune apply [reason] | delete KEY [reason] | "
+        "bucket check | bucket apply [reason] | audit | help`"
     ),
     RESTORE_TEST: "`/blnk-restore-test [KEY | latest]`",
-    RESTORE: "`/blnk-restore KEY into NEWDB`, e.g. `/blnk-restore latest into blnk_restored`",
+    RESTORE: (
+        "`/blnk-restore KEY|latest into NEWDB [reason]`, e.g. "
+        "`/blnk-restore latest into blnk_restored incident 1234`"
+    ),
 }
 
 # What each request does, and whether it changes something (then it needs an approval).
@@ -58,9 +61,9 @@ def parse(command: str, text: str) -> Request:
             raise UsageError(f"one backup at a time: {USAGE[RESTORE_TEST]}")
         return Request("restore_test", key=words[0] if words else "latest")
     if command == RESTORE:
-        if len(words) != 3 or words[1].lower() != "into":
+        if len(words) < 3 or words[1].lower() != "into":
             raise UsageError(f"usage: {USAGE[RESTORE]}")
-        return Request("restore", key=words[0], into=words[2])
+        return Request("restore", key=words[0], into=words[2], reason=_reason(words[3:]))
     if command == BACKUPS:
         return _parse_backups(words)
     raise UsageError(f"unknown command {command!r}")
@@ -81,6 +84,13 @@ def _parse_backups(words: list[str]) -> Request:
     }
     if tuple(lowered) in simple:
         return Request(simple[tuple(lowered)])
-    if len(words) == 2 and lowered[0] == "delete":
-        return Request("delete", key=words[1])
+    # The risky ones (they become approval requests) may say why, for the approver.
+    if len(words) > 2 and tuple(lowered[:2]) in {("prune", "apply"), ("bucket", "apply")}:
+        return Request(simple[tuple(lowered[:2])], reason=_reason(words[2:]))
+    if len(words) >= 2 and lowered[0] == "delete":
+        return Request("delete", key=words[1], reason=_reason(words[2:]))
     raise UsageError(f"usage: {USAGE[BACKUPS]}")
+
+
+def _reason(words: list[str]) -> str | None:
+    return " ".join(words) or None
