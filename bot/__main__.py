@@ -164,8 +164,10 @@ def _check_token(client: Any) -> None:
 
 
 def _connect_socket_mode(app: Any, settings: Settings) -> Any:
-    """Connect Socket Mode, retrying the first connection with backoff (the library raises on
-    it instead of retrying)."""
+    """Connect Socket Mode, retrying with backoff when ``apps.connections.open`` fails at
+    start-up (slack_sdk raises then instead of retrying). A failed WebSocket handshake does not
+    raise: slack_sdk's own session check reconnects it within its ping interval (10 s), and
+    readiness reports 503 meanwhile (tests/test_socket_mode.py)."""
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     assert settings.slack_app_token is not None

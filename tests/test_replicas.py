@@ -11,14 +11,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,61 +29,14 @@ from core.audit import AuditEvent, AuditLog
 from core.config import Settings
 from core.database import PgTarget, create_database, drop_database
 from core.outbox import Outbox
+from tests.support.bot_process import BOT, Replica, wait_until
 from tests.support.fake_slack import FAKE_TOKEN, FakeSlack
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import free_port
 from tests.support.settings import settings_env
 from tests.support.stores import bucket_keys
 
-BOT = str(Path(sys.executable).parent / "blnk-backup-bot")
-LEADS = "this replica leads"
 SettingsFactory = Callable[..., Settings]
-
-
-@dataclass
-class Replica:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def healthy(self) -> bool:
-        """Ready, as this very process answers (not some other server on a reused port)."""
-        if self.proc.poll() is not None:
-            return False
-        try:
-            url = f"http://127.0.0.1:{self.port}/healthz?check=ready"
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                return bool(reply.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def leads(self) -> bool:
-        return LEADS in self.output()
-
-    def wait_serving(self, timeout: float = 60) -> None:
-        wait_until(
-            lambda: self.healthy() or self.proc.poll() is not None, timeout, f"{self.pid} serves"
-        )
-        assert self.healthy(), f"replica {self.pid} did not start:\n{self.output()}"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -10,9 +10,12 @@ It speaks HTTP like Slack: every method answers 200 with ``{"ok": ...}``, a rate
 another); form-encoded and JSON bodies are both accepted, as slack_sdk sends them (JSON for
 chat.* and views.publish, form for the rest; ``blocks``/``view`` given as JSON strings are
 decoded). Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
-``views.publish``, ``usergroups.users.list``, ``conversations.open``; anything else is
-``unknown_method``. It also serves response URLs (``response_url(name)``), which Bolt's
-``respond()`` posts to.
+``views.publish``, ``usergroups.users.list``, ``conversations.open``, and
+``apps.connections.open`` once ``socket_mode_url`` is set (a callable giving a fresh WebSocket URL,
+e.g. ``FakeSocketMode.new_url``; only the app-level token, in the Authorization header, may call
+it, and only it: a bot token there, or the app token elsewhere, gets ``not_allowed_token_type``);
+anything else is ``unknown_method``. It also serves response URLs (``response_url(name)``), which
+Bolt's ``respond()`` posts to.
 
 Every call is recorded (``calls``), and the latest state of every message is kept
 (``messages``, ``message``) with its earlier versions, so a test can assert on what a person
@@ -41,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 ALL = "*"
 FAKE_TOKEN = "xoxb-fake-token"
+FAKE_APP_TOKEN = "xapp-1-test"  # app-level token (Socket Mode)
 MESSAGE_METHODS = ("chat.postMessage", "chat.update", "chat.postEphemeral")
 # Slack's published limits, restated here on purpose (not imported from the bot).
 SLACK_MAX_BLOCKS = {"message": 50, "view": 100}
@@ -193,8 +197,12 @@ class FakeSlack:
         user_groups: dict[str, list[str]] | None = None,
         bot_user_id: str = "UBOT0001",
         team_id: str = "T0000FAKE",
+        app_token: str = FAKE_APP_TOKEN,
+        socket_mode_url: Callable[[], str] | None = None,
     ) -> None:
         self.tokens = {token}
+        self.app_tokens = {app_token}
+        self.socket_mode_url = socket_mode_url  # what apps.connections.open answers
         self.user_groups = dict(user_groups or {})
         self.bot_user_id = bot_user_id
         self.team_id = team_id
@@ -381,11 +389,15 @@ class FakeSlack:
             self._record(method, params, None, at, 200, response)
             self._send(request, 200, response)
             return
-        token = _bearer(request.headers.get("Authorization")) or params.pop("token", None)
+        bearer = _bearer(request.headers.get("Authorization"))
+        token = bearer or params.pop("token", None)
+        app_level = method == "apps.connections.open"
         if token is None:
             response = {"ok": False, "error": "not_authed"}
-        elif token not in self.tokens:
+        elif token not in self.tokens | self.app_tokens or (app_level and bearer is None):
             response = {"ok": False, "error": "invalid_auth"}
+        elif app_level != (token in self.app_tokens):
+            response = {"ok": False, "error": "not_allowed_token_type"}
         else:
             wait, failure = self._take_faults(method)
             if wait:
@@ -463,6 +475,8 @@ class FakeSlack:
             "usergroups.users.list": self._usergroup_users,
             "conversations.open": self._conversations_open,
         }.get(method)
+        if method == "apps.connections.open" and self.socket_mode_url is not None:
+            handler = self._connections_open
         if handler is None:
             return {"ok": False, "error": "unknown_method"}
         return handler(params)
@@ -578,6 +592,10 @@ class FakeSlack:
         if not users:
             return {"ok": False, "error": "users_list_not_supplied"}
         return {"ok": True, "channel": {"id": "D" + "".join(sorted(users))}}
+
+    def _connections_open(self, _params: dict[str, Any]) -> dict[str, Any]:
+        assert self.socket_mode_url is not None
+        return {"ok": True, "url": self.socket_mode_url()}
 
     def _shown(self, text: str, blocks: list[dict[str, Any]], ts: str) -> dict[str, Any]:
         return {
