@@ -58,6 +58,29 @@ ABANDON_AFTER = timedelta(minutes=2)
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([a-z_]+)"')
 
 
+class _ParallelRestoreDeadlock(Exception):
+    """A parallel pg_restore lost a deadlock to one of its own workers."""
+
+    def __init__(self, statement: str) -> None:
+        super().__init__(statement)
+        self.statement = statement
+
+
+def _failed_statement(stderr_lines: list[str], error: str, limit: int = 160) -> str:
+    """The ``Command was:`` line pg_restore printed after the first error containing
+    ``error``, shortened to ``limit`` characters."""
+    found = False
+    for line in stderr_lines:
+        if not found:
+            found = line.startswith("pg_restore: error:") and error in line
+        elif line.startswith("Command was: "):
+            statement = line.removeprefix("Command was: ").strip()
+            return statement if len(statement) <= limit else statement[: limit - 1] + "…"
+        elif line.startswith("pg_restore: "):
+            break
+    return "statement not shown"
+
+
 @dataclass(frozen=True)
 class RestoreReport:
     key: str
@@ -301,12 +324,8 @@ class RestoreService:
         stage("restoring")
         with _timed(durations, "restore"):
             self._check_archive(pg_restore, dump, key)
-            create_database(server, name)
             try:
-                self._pg_restore(pg_restore, dump, target, not keep, notes)
-            except BaseException:
-                drop_database(server, name)  # a half-restored database helps nobody
-                raise
+                self._restore_into(pg_restore, dump, server, name, not keep, notes)
             finally:
                 dump.unlink(missing_ok=True)
         try:
@@ -348,8 +367,48 @@ class RestoreService:
                 f"{key} is not a readable pg_dump archive: {done.tail or 'empty table of contents'}"
             )
 
+    def _restore_into(
+        self,
+        pg_restore: str,
+        dump: Path,
+        server: PgTarget,
+        name: str,
+        no_owner: bool,
+        notes: list[str],
+    ) -> None:
+        """Create database ``name`` on ``server`` and restore ``dump`` into it.
+
+        A parallel pg_restore can deadlock against itself: two workers attaching partitioned
+        indexes, or an index attach racing a constraint on the same partition, each wait for
+        the other's lock and the server kills one. That is a race in pg_restore's scheduling,
+        not a fault of the backup, so the half-restored database is dropped and the restore
+        runs once more with one job, which cannot deadlock with itself; a note says so. Any
+        other failure drops the database and is raised."""
+        jobs = self.settings.restore_jobs
+        while True:
+            create_database(server, name)
+            try:
+                self._pg_restore(pg_restore, dump, server.with_dbname(name), no_owner, notes, jobs)
+                return
+            except _ParallelRestoreDeadlock as deadlock:
+                drop_database(server, name)
+                notes.append(
+                    f"pg_restore --jobs={jobs} deadlocked against itself ({deadlock.statement}); "
+                    "restored again with --jobs=1"
+                )
+                jobs = 1
+            except BaseException:
+                drop_database(server, name)  # a half-restored database helps nobody
+                raise
+
     def _pg_restore(
-        self, pg_restore: str, dump: Path, target: PgTarget, no_owner: bool, notes: list[str]
+        self,
+        pg_restore: str,
+        dump: Path,
+        target: PgTarget,
+        no_owner: bool,
+        notes: list[str],
+        jobs: int,
     ) -> None:
         """Run pg_restore -j N into target; stop at the first error.
 
@@ -363,7 +422,7 @@ class RestoreService:
         newer_tool = restore_major > server_major
         argv = [
             pg_restore,
-            f"--jobs={self.settings.restore_jobs}",
+            f"--jobs={jobs}",
             "--no-password",
             f"--dbname={target.conninfo}",
         ]
@@ -375,6 +434,8 @@ class RestoreService:
         if done.status == 0:
             return
         errors = [ln for ln in done.stderr_lines if ln.startswith("pg_restore: error:")]
+        if jobs > 1 and any("deadlock detected" in e for e in errors):
+            raise _ParallelRestoreDeadlock(_failed_statement(done.stderr_lines, "deadlock"))
         refused = [e for e in errors if _UNKNOWN_SETTING.search(e)]
         if newer_tool and errors and len(refused) == len(errors):
             names = sorted({m[1] for e in refused if (m := _UNKNOWN_SETTING.search(e))})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from core.audit import Actor
 from core.database import PgTarget, databases_like, drop_database
 from core.dbstats import ledger_totals, object_counts, row_counts
 from core.errors import ConfigError, RestoreCheckError, UsageError
+from core.processes import find_tool
 from core.restore import SCRATCH_PREFIX
 from core.services import Services
 from tests.support.helpers import make_database, settings_env
@@ -63,6 +65,74 @@ def test_a_good_backup_passes_every_check_and_the_scratch_database_is_dropped(
     assert status.last_restore_test["key"] == backup.key
     events = restore_services.audit.events(action="restore_test")
     assert [e.outcome for e in events] == ["succeeded", "started"]
+
+
+def _pg_restore_that_deadlocks_in_parallel(directory: Path, pg_bin_dir: str | None) -> Path:
+    """A PG_BIN_DIR whose pg_restore, given --jobs above 1, runs the real one and then reports
+    the deadlock a parallel restore of partitioned indexes can hit (as seen in CI); with
+    --jobs=1, and for --version and --list, it is the real one. Every restore is logged to
+    ``calls``."""
+    directory.mkdir()
+    (directory / "pg_dump").symlink_to(find_tool("pg_dump", pg_bin_dir))
+    real = shlex.quote(find_tool("pg_restore", pg_bin_dir))
+    calls = shlex.quote(str(directory / "calls"))
+    script = directory / "pg_restore"
+    script.write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do case "$arg" in\n'
+        f'  --jobs=1) echo "$arg" >> {calls}; exec {real} "$@" ;;\n'
+        f'  --jobs=*) echo "$arg" >> {calls}; parallel=yes ;;\n'
+        "esac; done\n"
+        f'[ -z "$parallel" ] && exec {real} "$@"\n'
+        f'{real} "$@"\n'
+        "cat >&2 <<'END'\n"
+        "pg_restore: error: could not execute query: ERROR:  deadlock detected\n"
+        "DETAIL:  Process 20108 waits for AccessExclusiveLock on relation 250805 of database"
+        " 250298; blocked by process 20109.\n"
+        "HINT:  See server log for query details.\n"
+        "Command was: ALTER INDEX edge.entries_2024_idx ATTACH PARTITION edge.entries_q1_idx;\n"
+        "END\n"
+        "exit 1\n"
+    )
+    script.chmod(0o755)
+    return directory
+
+
+def test_a_parallel_restore_that_deadlocks_is_restored_again_with_one_job(
+    make_settings: Any, tmp_path: Path, pg_server: PgTarget, pg_bin_dir: str | None
+) -> None:
+    tools = _pg_restore_that_deadlocks_in_parallel(tmp_path / "bin", pg_bin_dir)
+    services = Services(make_settings(restore_tests=True, pg_bin_dir=str(tools), restore_jobs=3))
+    try:
+        services.backups.run(ACTOR)
+        report = services.restores.test(ACTOR, "latest")
+    finally:
+        services.close()
+
+    assert report.passed, report.failed_checks
+    assert (tools / "calls").read_text().split() == ["--jobs=3", "--jobs=1"]
+    assert report.notes == [
+        "pg_restore --jobs=3 deadlocked against itself (ALTER INDEX edge.entries_2024_idx "
+        "ATTACH PARTITION edge.entries_q1_idx;); restored again with --jobs=1"
+    ]
+    assert databases_like(pg_server, SCRATCH_PREFIX) == []
+
+
+def test_a_deadlock_with_one_job_is_a_failure_not_a_retry(
+    make_settings: Any, tmp_path: Path, pg_server: PgTarget, pg_bin_dir: str | None
+) -> None:
+    tools = _pg_restore_that_deadlocks_in_parallel(tmp_path / "bin", pg_bin_dir)
+    script = tools / "pg_restore"  # now it reports the deadlock whatever the number of jobs
+    script.write_text(script.read_text().replace("--jobs=1)", "--jobs=never)"))
+    services = Services(make_settings(restore_tests=True, pg_bin_dir=str(tools), restore_jobs=1))
+    try:
+        services.backups.run(ACTOR)
+        with pytest.raises(RestoreCheckError, match="deadlock detected"):
+            services.restores.test(ACTOR, "latest")
+    finally:
+        services.close()
+    assert (tools / "calls").read_text().split() == ["--jobs=1"]
+    assert databases_like(pg_server, SCRATCH_PREFIX) == []
 
 
 def test_a_flipped_byte_fails_as_corrupt_before_any_restore(
