@@ -7,12 +7,18 @@ lock) another one takes over within a minute. A leader host that vanishes withou
 connection is noticed by the server through TCP keepalives asked for on that connection (about
 25 s), not after the kernel default of two hours. The leader checks its connection on the same
 beat and steps down if it is gone. With SQLite there is one process by construction: it leads.
+
+Each scheduled run also holds a lock of its job (``JobLock``) on a connection of its own for
+as long as it runs. Leadership can move while a run goes on (a leader whose connection was cut
+steps down, yet its run continues), so the job lock, not leadership, is what keeps two runs of
+one job apart across replicas and what proves a run that never ended dead.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +27,72 @@ from sqlalchemy.engine import make_url
 log = logging.getLogger("blnk_backup.leader")
 
 LEADER_LOCK_ID = 0x626C6E6B_6C656164  # "blnklead"
+JOB_LOCK_CLASS = 0x626C6A62  # "bljb": the first key of every job lock
+
+
+def shared_audit(audit_url: str) -> bool:
+    """True when replicas can share this audit database (PostgreSQL) and must coordinate."""
+    return make_url(audit_url).get_backend_name() == "postgresql"
+
+
+def lock_connection(audit_url: str, application_name: str) -> Any:
+    """A connection to the shared audit database for holding session advisory locks: the lock
+    lives exactly as long as the connection, and the server notices a dead holder quickly."""
+    import psycopg
+
+    url = make_url(audit_url).set(drivername="postgresql")
+    return psycopg.connect(
+        url.render_as_string(hide_password=False),
+        autocommit=True,
+        application_name=application_name,
+        connect_timeout=10,
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+        # The server must notice a dead holder too: a host that vanishes sends no FIN, and
+        # with the kernel default (2 h of silence) nobody could take the lock over.
+        options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+    )
+
+
+class JobLock:
+    """A lock per scheduled job that every replica sees: held for the whole of a run, so
+    holding it proves that no earlier run of that job is still alive anywhere — the runs
+    recorded as started and never ended are dead (a SIGKILLed or vanished process), not
+    merely a leader that lost its election. With SQLite there is one process, and the
+    scheduler's in-process guard is the lock."""
+
+    def __init__(self, audit_url: str, job: str) -> None:
+        self.audit_url = audit_url
+        self.key = zlib.crc32(job.encode()) - 2**31  # a signed int4 for pg_try_advisory_lock
+        self._conn: Any = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when a run of this job holds it elsewhere."""
+        if not shared_audit(self.audit_url):
+            return True
+        conn = lock_connection(self.audit_url, "blnk-backup-job")
+        try:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (JOB_LOCK_CLASS, self.key)
+            ).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()  # closing the session releases its advisory lock
+            except Exception:
+                log.debug("closing a job lock connection failed", exc_info=True)
 
 
 class Leadership:
@@ -43,7 +115,7 @@ class Leadership:
     @property
     def shared(self) -> bool:
         """True when replicas share the audit database (PostgreSQL) and must elect."""
-        return make_url(self.audit_url).get_backend_name() == "postgresql"
+        return shared_audit(self.audit_url)
 
     def start(self) -> None:
         if not self.shared:
@@ -75,24 +147,8 @@ class Leadership:
             self._stop.wait(self.interval)
 
     def _try_lock(self) -> bool:
-        import psycopg
-
         if self._conn is None:
-            url = make_url(self.audit_url).set(drivername="postgresql")
-            self._conn = psycopg.connect(
-                url.render_as_string(hide_password=False),
-                autocommit=True,
-                application_name="blnk-backup-leader",
-                connect_timeout=10,
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-                # The server must notice a dead leader too: a host that vanishes sends no FIN,
-                # and with the kernel default (2 h of silence) nobody could take the lock over.
-                options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
-                "-c tcp_keepalives_count=3",
-            )
+            self._conn = lock_connection(self.audit_url, "blnk-backup-leader")
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_ID,)).fetchone()
         return bool(row and row[0])
 

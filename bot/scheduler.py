@@ -3,12 +3,15 @@ monthly restore test, each from its ``*_SCHEDULE`` cron expression in ``SCHEDULE
 (empty = disabled), run in the bot's process by APScheduler 3.
 
 - Never two runs of a job at once: ``max_instances=1`` and ``coalesce`` in APScheduler, a guard
-  per job here (a late catch-up run and an on-time one, or two direct ``fire`` calls), and a
-  backup also holds its database lock. A run skipped because the previous one still runs is
-  recorded (and alerted) as ``schedule_missed``, never dropped silently.
+  per job here (a late catch-up run and an on-time one, or two direct ``fire`` calls), a job
+  lock that every replica sees (``bot.leader.JobLock``: leadership can move while a run goes
+  on), and a backup also holds its database lock. A run skipped because the previous one
+  still runs is recorded (and alerted) as ``schedule_missed``, never dropped silently.
 - Every scheduled run is audited with the ``schedule`` trigger: a ``scheduled_run`` event
   around the use case's own audited run, naming the job, the time it was due (the trigger's
   fire time, identical on every replica) and the replica (host:pid) that ran it.
+- A run whose process was killed (SIGKILL, OOM, a vanished host) never ends in the log; the
+  next run of that job, holding the job lock, closes it as ``abandoned`` (and it is alerted).
 - Runs missed while the service was down: when the scheduler starts (or a replica becomes the
   leader) it reads, from the shared audit log, when each job last ran. The newest fire time
   missed since then runs once, now, if it is within ``SCHEDULE_GRACE_MINUTES`` (120 by default)
@@ -33,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.leader import JobLock
 from core.actor import Actor
 from core.errors import BackupError
 from core.schedule import cron_trigger, fire_times_between
@@ -170,18 +174,46 @@ class Scheduler:
         due = scheduled_for or self.clock()
         busy = self._busy.setdefault(name, threading.Lock())
         if not busy.acquire(blocking=False):
-            self._record_missed(
-                name,
-                due,
-                code="overlap",
-                cause=f"the {name} run due at {self._when(due)} was skipped: "
-                "the previous run of that job was still running",
-            )
+            self._record_missed(name, due, code="overlap", cause=self._overlap(name, due, "here"))
             return
         try:
-            self._run(name, due, late)
+            job_lock = JobLock(self.services.settings.audit_database_url, name)
+            try:
+                held = job_lock.acquire()
+            except Exception as exc:
+                log.warning("scheduled %s not run: its job lock: %s", name, type(exc).__name__)
+                return
+            if not held:
+                self._record_missed(
+                    name, due, code="overlap", cause=self._overlap(name, due, "on another replica")
+                )
+                return
+            try:
+                self._close_dead_runs(name)
+                self._run(name, due, late)
+            finally:
+                job_lock.release()
         finally:
             busy.release()
+
+    def _overlap(self, name: str, due: datetime, where: str) -> str:
+        return (
+            f"the {name} run due at {self._when(due)} was skipped: "
+            f"the previous run of that job was still running {where}"
+        )
+
+    def _close_dead_runs(self, name: str) -> None:
+        """Close the runs of this job that started and never ended (their process was killed:
+        a run alive anywhere would hold the job lock this replica holds now)."""
+        try:
+            closed = self.services.audit.close_abandoned(
+                "scheduled_run", ACTOR, scope={"job": name}, before=datetime.now(UTC)
+            )
+        except Exception:
+            log.exception("closing dead %s runs failed", name)
+            return
+        for run in closed:
+            log.warning("a %s run started at %s never ended; recorded as abandoned", name, run.at)
 
     def _run(self, name: str, due: datetime, late: bool) -> None:
         late_by = round((self.clock() - due).total_seconds()) if late else 0

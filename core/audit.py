@@ -267,6 +267,7 @@ class AuditLog:
                 run_id=run.run_id,
                 key=run.key,
                 reason=run.reason,
+                details=details or None,
                 error_code="abandoned",
                 error_cause=(
                     f"the run started at {run.at:%Y-%m-%d %H:%M:%S} UTC by {run.trigger}:"

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -23,12 +24,15 @@ from typing import Any
 
 import pytest
 
-from bot.leader import Leadership
+from bot.leader import JobLock, Leadership
+from bot.scheduler import Scheduler
+from bot.slack.alerts import alert_for
 from core.approvals import ApprovalBook
 from core.audit import AuditEvent, AuditLog
 from core.config import Settings
 from core.database import PgTarget, create_database, drop_database
 from core.outbox import Outbox
+from core.services import Services
 from tests.support.bot_process import BOT, Replica, wait_until
 from tests.support.fake_slack import FAKE_TOKEN, FakeSlack
 from tests.support.faultproxy import FaultProxy
@@ -393,3 +397,110 @@ def test_with_a_sqlite_audit_log_the_only_process_leads_at_once(tmp_path: Path) 
     assert gained.is_set() and alone.leading
     alone.stop()
     assert not alone.leading
+
+
+# --- a scheduled run killed outright ------------------------------------------------------------
+
+_A_RUN_THAT_HANGS = """
+import time
+from bot.scheduler import Scheduler
+from core.config import load_settings
+from core.services import Services
+
+scheduler = Scheduler(Services(load_settings()))
+
+def hangs(_note):
+    print("running", flush=True)
+    time.sleep(600)
+    return "never"
+
+scheduler.runners["freshness_check"] = hangs
+scheduler.fire("freshness_check")
+"""
+
+
+def _hanging_run(settings: Settings) -> subprocess.Popen[str]:
+    """A process whose scheduled freshness check hangs; returns once the run has started."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _A_RUN_THAT_HANGS],
+        env=os.environ | settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    assert line == "running", f"the hanging run did not start: {line}"
+    return child
+
+
+def _killed_run_is_closed_by_the_next(services: Services, child: subprocess.Popen[str]) -> None:
+    [alive] = [e for e in services.audit.events(action="scheduled_run") if e.outcome == "started"]
+    child.kill()
+    child.wait(10)
+    Scheduler(services).fire("freshness_check")
+    runs = services.audit.events(action="scheduled_run")
+    [dead] = [e for e in runs if e.outcome == "abandoned"]
+    assert dead.run_id == alive.run_id and dead.details_dict()["job"] == "freshness_check"
+    assert "never ended" in (dead.error_cause or "")
+    found = alert_for(dead)
+    assert found is not None and found[0] == "A scheduled run was killed before it ended"
+    assert "*Job:* freshness_check" in found[1]
+    ended = [e for e in runs if e.outcome == "succeeded"]
+    assert len(ended) == 1 and ended[0].run_id != alive.run_id
+
+
+def test_a_scheduled_run_killed_outright_is_closed_as_abandoned_by_the_next_run_of_its_job(
+    make_settings: SettingsFactory, shared_audit: str
+) -> None:
+    settings = make_settings(audit_database_url=shared_audit)
+    child = _hanging_run(settings)
+    services = Services(settings)
+    try:
+        [alive] = services.audit.events(action="scheduled_run")
+        # 1. The run is alive in another process (a replica): the next one is skipped and
+        #    recorded, and the live run is not declared dead.
+        Scheduler(services).fire("freshness_check")
+        [skipped] = services.audit.events(action="schedule_missed")
+        assert skipped.error_code == "overlap"
+        assert "still running on another replica" in (skipped.error_cause or "")
+        assert [e.run_id for e in services.audit.events(action="scheduled_run")] == [alive.run_id]
+        # 2. Its process is killed outright: the next run of the job closes it as abandoned,
+        #    alerted with the job's name, and then runs.
+        _killed_run_is_closed_by_the_next(services, child)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        services.close()
+
+
+def test_with_a_sqlite_audit_log_a_killed_scheduled_run_is_closed_by_the_next_process(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings()  # the default deployment: one process, SQLite
+    child = _hanging_run(settings)
+    services = Services(settings)
+    try:
+        _killed_run_is_closed_by_the_next(services, child)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        services.close()
+
+
+def test_a_job_lock_is_held_by_one_holder_at_a_time_and_freed_when_released(
+    shared_audit: str,
+) -> None:
+    first, second = JobLock(shared_audit, "backup"), JobLock(shared_audit, "backup")
+    other_job = JobLock(shared_audit, "retention")
+    try:
+        assert first.acquire()
+        assert not second.acquire()
+        assert other_job.acquire()  # one job's run never holds up another job
+        first.release()
+        assert second.acquire()
+    finally:
+        for lock in (first, second, other_job):
+            lock.release()

@@ -32,6 +32,7 @@ _ALERTS: dict[tuple[str, str], tuple[str, str]] = {
     ("orphan_aborted", "recorded"): ("Removed what a killed backup left behind", "low"),
     ("freshness_check", "failed"): ("Backups need attention", "high"),
     ("schedule_missed", "recorded"): ("A scheduled run was missed", "high"),
+    ("scheduled_run", "abandoned"): ("A scheduled run was killed before it ended", "medium"),
 }
 # Refusals a person already sees in their own reply; alert only when the scheduler hits them.
 _PERSONAL = {"usage_error", "already_running", "config_error", "approval_refused"}
@@ -48,6 +49,9 @@ def alert_for(event: AuditEvent) -> tuple[str, list[str], str] | None:
         return None
     title, severity = found
     lines = [f"*When:* {event.at:%Y-%m-%d %H:%M:%S} UTC, {event.trigger}:{event.actor}"]
+    job = event.details_dict().get("job") if event.action == "scheduled_run" else None
+    if job:
+        lines.append(f"*Job:* {neutralise(str(job))}")
     if event.key:
         lines.append(f"*Backup:* `{event.key}`")
     if event.reason:
