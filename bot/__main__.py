@@ -166,16 +166,22 @@ def _check_token(client: Any) -> None:
 def _connect_socket_mode(app: Any, settings: Settings) -> Any:
     """Connect Socket Mode, retrying with backoff when ``apps.connections.open`` fails at
     start-up (slack_sdk raises then instead of retrying). A failed WebSocket handshake does not
-    raise: slack_sdk's own session check reconnects it within its ping interval (10 s), and
-    readiness reports 503 meanwhile (tests/test_socket_mode.py)."""
+    raise: slack_sdk's own session check reconnects it within its ping interval (5 s), and
+    readiness reports 503 meanwhile. A connection that dies later is replaced within seconds by
+    the watchdog (bot/slack/socket_watchdog.py; tests/test_socket_mode.py)."""
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
+    from bot.slack.socket_watchdog import PING_INTERVAL, SocketWatchdog
+
     assert settings.slack_app_token is not None
-    handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())
+    handler = SocketModeHandler(
+        app, settings.slack_app_token.get_secret_value(), ping_interval=PING_INTERVAL
+    )
     delay = 1.0
     for attempt in range(8):
         try:
             handler.connect()  # type: ignore[no-untyped-call]
+            SocketWatchdog(handler.client, PING_INTERVAL).start()
             return handler
         except Exception as exc:
             log.warning("Socket Mode connection failed (%s); retrying in %.0f s", exc, delay)

@@ -116,6 +116,7 @@ class Connection:
     close_code: int | None = None  # from the client's close frame, if it sent one
     pings: list[bytes] = field(default_factory=list)
     pongs: list[bytes] = field(default_factory=list)
+    silent: bool = False  # the link is gone without a trace: nothing is answered or sent
     _send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -284,6 +285,12 @@ class FakeSocketMode:
                     conn.send(OP_CLOSE, struct.pack("!H", code) + b"server going away")
             self._close(conn)
 
+    def go_silent(self) -> None:
+        """Act like a link that died without a close or a reset (a vanished host or NAT
+        entry): the TCP connections stay open, but nothing is answered or sent on them."""
+        for conn in self.connections(open_only=True):
+            conn.silent = True
+
     def _newest(self) -> Connection:
         open_now = self.connections(open_only=True)
         assert open_now, "no client is connected"
@@ -418,7 +425,8 @@ class FakeSocketMode:
                     raise ProtocolError("bad control frame")
                 if opcode == OP_PING:
                     conn.pings.append(payload)
-                    conn.send(OP_PONG, payload)
+                    if not conn.silent:
+                        conn.send(OP_PONG, payload)
                 elif opcode == OP_PONG:
                     conn.pongs.append(payload)
                 elif opcode == OP_CLOSE:
