@@ -6,6 +6,7 @@ SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -419,8 +420,10 @@ scheduler.fire("freshness_check")
 """
 
 
-def _hanging_run(settings: Settings) -> subprocess.Popen[str]:
-    """A process whose scheduled freshness check hangs; returns once the run has started."""
+@contextlib.contextmanager
+def _hanging_run(settings: Settings) -> Iterator[tuple[subprocess.Popen[str], Services]]:
+    """A process whose scheduled freshness check hangs (yielded once the run has started),
+    and this process's Services on the same audit log; both ended afterwards."""
     child = subprocess.Popen(
         [sys.executable, "-c", _A_RUN_THAT_HANGS],
         env=os.environ | settings_env(settings),
@@ -428,10 +431,17 @@ def _hanging_run(settings: Settings) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert child.stdout is not None
-    line = child.stdout.readline().strip()
-    assert line == "running", f"the hanging run did not start: {line}"
-    return child
+    services = Services(settings)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().strip()
+        assert line == "running", f"the hanging run did not start: {line}"
+        yield child, services
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        services.close()
 
 
 def _killed_run_is_closed_by_the_next(services: Services, child: subprocess.Popen[str]) -> None:
@@ -453,10 +463,7 @@ def _killed_run_is_closed_by_the_next(services: Services, child: subprocess.Pope
 def test_a_scheduled_run_killed_outright_is_closed_as_abandoned_by_the_next_run_of_its_job(
     make_settings: SettingsFactory, shared_audit: str
 ) -> None:
-    settings = make_settings(audit_database_url=shared_audit)
-    child = _hanging_run(settings)
-    services = Services(settings)
-    try:
+    with _hanging_run(make_settings(audit_database_url=shared_audit)) as (child, services):
         [alive] = services.audit.events(action="scheduled_run")
         # 1. The run is alive in another process (a replica): the next one is skipped and
         #    recorded, and the live run is not declared dead.
@@ -468,26 +475,13 @@ def test_a_scheduled_run_killed_outright_is_closed_as_abandoned_by_the_next_run_
         # 2. Its process is killed outright: the next run of the job closes it as abandoned,
         #    alerted with the job's name, and then runs.
         _killed_run_is_closed_by_the_next(services, child)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(10)
-        services.close()
 
 
 def test_with_a_sqlite_audit_log_a_killed_scheduled_run_is_closed_by_the_next_process(
     make_settings: SettingsFactory,
 ) -> None:
-    settings = make_settings()  # the default deployment: one process, SQLite
-    child = _hanging_run(settings)
-    services = Services(settings)
-    try:
+    with _hanging_run(make_settings()) as (child, services):  # the default: one process, SQLite
         _killed_run_is_closed_by_the_next(services, child)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(10)
-        services.close()
 
 
 def test_a_job_lock_is_held_by_one_holder_at_a_time_and_freed_when_released(
