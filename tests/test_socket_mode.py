@@ -251,7 +251,7 @@ def test_a_connection_gone_silent_is_replaced_once_its_pings_go_unanswered(
     socket_mode.go_silent()
     second = socket_mode.wait_connected(count=2, timeout=25)
     replaced_in = time.monotonic() - began
-    # Two and a half ping intervals unanswered (12.5 s), seen within the watchdog's second.
+    # Two and a half ping intervals unanswered (12.5 s), seen within a quarter second.
     assert 10 < replaced_in < 20, replaced_in
     socket_mode.wait_for(lambda: not first.open, timeout=5)  # the client let the old one go
     assert second.open and "had no answer to its pings" in socket_bot.proc.output()

@@ -8,7 +8,7 @@ loop spins a core, and the connection counts as connected until five of its stat
 silent without any close (a host or network gone) is dropped only after four ping intervals
 without a pong.
 
-The watchdog looks at the current connection once a second, without reading from it:
+The watchdog looks at the current connection four times a second, without reading from it:
 
 - the kernel's TCP state (``TCP_INFO``, Linux): once the peer has closed (``CLOSE_WAIT``) or
   reset it (``CLOSE``), the connection is dead now;
@@ -54,7 +54,7 @@ class SocketWatchdog:
         self,
         client: Any,
         ping_interval: float = PING_INTERVAL,
-        every: float = 1.0,
+        every: float = 0.25,
     ) -> None:
         self.client = client
         self.stale_after = ping_interval * STALE_PINGS
