@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -248,10 +248,17 @@ class AuditLog:
         )
 
     def close_abandoned(
-        self, action: str, actor: Actor, *, scope: dict[str, Any], before: datetime
+        self,
+        action: str,
+        actor: Actor,
+        *,
+        scope: dict[str, Any],
+        before: datetime,
+        run_ids: Collection[str] | None = None,
     ) -> list[AuditEvent]:
         """Close every ``started`` run of ``action`` with no end whose details match ``scope``
-        and that started before ``before``, with an ``abandoned`` event; return the runs closed.
+        (and whose id is in ``run_ids``, if given) and that started before ``before``, with an
+        ``abandoned`` event; return the runs closed.
 
         Call only while holding the lock those runs held: then none of them can still be alive.
         """
@@ -259,6 +266,8 @@ class AuditLog:
         for run in self._open_runs(action, before):
             details = run.details_dict()
             if any(details.get(k) != v for k, v in scope.items()):
+                continue
+            if run_ids is not None and run.run_id not in run_ids:
                 continue
             self.record(
                 action=action,

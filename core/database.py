@@ -25,6 +25,7 @@ from core.redact import has_control_characters
 # Any constants work; they only have to be the same in every process of this program.
 BACKUP_LOCK_ID = 0x626C6E6B_6261636B  # "blnkback"
 RESTORE_LOCK_ID = 0x626C6E6B_72657374  # "blnkrest"
+RESTORE_INTO_LOCK_ID = 0x626C6E6B_696E746F  # "blnkinto", held in the database being restored
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,26 @@ def drop_database(server: PgTarget, name: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def comment_on_database(server: PgTarget, name: str, text: str) -> None:
+    """Set the comment of database ``name`` (shown by ``\\l+`` in psql)."""
+    with server.connect(autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(text))
+        )
+
+
+def databases_commented(server: PgTarget, prefix: str) -> list[tuple[str, str]]:
+    """(name, comment) of the databases on the server whose comment starts with ``prefix``."""
+    with server.connect(autocommit=True) as conn:
+        rows = conn.execute(
+            """SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database
+               WHERE starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), %s)
+               ORDER BY datname""",
+            (prefix,),
+        ).fetchall()
+    return [(str(name), str(comment)) for name, comment in rows]
 
 
 def databases_like(server: PgTarget, prefix: str) -> list[str]:

@@ -14,6 +14,7 @@ its lock, removes both and closes the dead run's audit record as ``abandoned``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -32,17 +33,20 @@ from typing import Any
 from core.audit import Actor, AuditLog, AuditRun
 from core.config import Settings
 from core.database import (
+    RESTORE_INTO_LOCK_ID,
     RESTORE_LOCK_ID,
     AdvisoryLock,
     PgTarget,
     check_database_name,
+    comment_on_database,
     create_database,
     database_exists,
+    databases_commented,
     databases_like,
     drop_database,
     server_version,
 )
-from core.errors import BackupError, RestoreCheckError, UsageError
+from core.errors import AlreadyRunningError, BackupError, RestoreCheckError, UsageError
 from core.keys import BackupKey
 from core.manifest import LedgerAnchor, Manifest
 from core.processes import find_tool, run_tool, tool_version
@@ -56,6 +60,10 @@ SCRATCH_PREFIX = "blnk_restore_test_"
 # the lock, so holding the lock proves it dead.
 ABANDON_AFTER = timedelta(minutes=2)
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([a-z_]+)"')
+# The comment a database restored with ``restore`` carries until pg_restore has finished: a
+# restore killed outright leaves it, and the next restore on that server drops the database.
+INCOMPLETE_RESTORE = "blnk-backup: INCOMPLETE restore, run "
+_RUN_IN_COMMENT = re.compile(r"run ([0-9a-f]{32})\b")
 
 
 class _ParallelRestoreDeadlock(Exception):
@@ -218,13 +226,14 @@ class RestoreService:
                 raise UsageError(f"refusing to restore into the source database {into!r}")
             if into.startswith(SCRATCH_PREFIX):
                 raise UsageError(f"names starting with {SCRATCH_PREFIX} are for restore tests")
+            self._sweep_killed_restores(actor, server)
             if database_exists(server, into):
                 raise UsageError(f"database {into!r} already exists; choose a new name")
             key, manifest, listed = self._resolve(which)
             run.note(key=key.key)
-            with tempfile.TemporaryDirectory(prefix="blnk-restore-into-") as workdir:
+            with _held_workdir(_RESTORE_WORKDIRS / run.run_id) as workdir:
                 report = self._restore_and_check(
-                    key, manifest, server, into, Path(workdir), stage, True, listed
+                    key, manifest, server, into, workdir, stage, True, listed, run.run_id
                 )
             self._record_report(run, report)
         return report
@@ -297,6 +306,32 @@ class RestoreService:
             log.warning("dropping %s, left behind by an earlier restore test", name)
             drop_database(self.scratch_server, name)
 
+    def _sweep_killed_restores(self, actor: Actor, server: PgTarget) -> None:
+        """Remove what restores killed outright left: their downloaded dumps (a work directory
+        whose file lock nobody holds) and their half-restored databases on ``server`` (still
+        commented as incomplete, with nobody holding their advisory lock), and close their
+        audit runs as ``abandoned``. A live restore holds both locks, so it is never touched."""
+        dead: set[str] = set()
+        if _RESTORE_WORKDIRS.is_dir():
+            for workdir in _RESTORE_WORKDIRS.iterdir():
+                if _remove_if_unlocked(workdir):
+                    log.warning("removed %s, left behind by a killed restore", workdir)
+                    dead.add(workdir.name)
+        for name, comment in databases_commented(server, INCOMPLETE_RESTORE):
+            try:
+                with AdvisoryLock(server.with_dbname(name), RESTORE_INTO_LOCK_ID, "restoring"):
+                    pass
+            except AlreadyRunningError:
+                continue  # a restore into it is running
+            log.warning("dropping %s, a half-restored database left by a killed restore", name)
+            drop_database(server, name)
+            if found := _RUN_IN_COMMENT.search(comment):
+                dead.add(found[1])
+        if dead:
+            self.audit.close_abandoned(
+                "restore", actor, scope={}, before=datetime.now(UTC), run_ids=dead
+            )
+
     def _restore_and_check(
         self,
         key: BackupKey,
@@ -307,11 +342,14 @@ class RestoreService:
         stage: Progress,
         keep: bool,
         listed: list[StoredBackup] | None,
+        run_id: str | None = None,
     ) -> RestoreReport:
         """Download, verify and restore into a new database ``name``, then check it. With
         ``keep`` False (a restore test) the database is a scratch copy: restored without owners
-        and privileges, and dropped at the end. ``listed`` is the bucket's listing if it was
-        read already (for the older backups' chain anchors)."""
+        and privileges, and dropped at the end. With ``keep`` the database says in its comment
+        that it is incomplete (naming the audit run ``run_id``) until pg_restore has finished,
+        and then what it was restored from. ``listed`` is the bucket's listing if it was read
+        already (for the older backups' chain anchors)."""
         began = time.monotonic()
         durations: dict[str, float] = {}
         notes: list[str] = []
@@ -324,8 +362,9 @@ class RestoreService:
         stage("restoring")
         with _timed(durations, "restore"):
             self._check_archive(pg_restore, dump, key)
+            incomplete = f"{INCOMPLETE_RESTORE}{run_id} of {key.key}" if keep else None
             try:
-                self._restore_into(pg_restore, dump, server, name, not keep, notes)
+                self._restore_into(pg_restore, dump, server, name, not keep, notes, incomplete)
             finally:
                 dump.unlink(missing_ok=True)
         try:
@@ -336,6 +375,15 @@ class RestoreService:
         finally:
             if not keep:
                 drop_database(server, name)
+        if keep:
+            failed = sum(1 for c in done.checks if not c.passed)
+            comment_on_database(
+                server,
+                name,
+                f"blnk-backup: restored from {key.key} on {datetime.now(UTC):%Y-%m-%d %H:%M} "
+                f"UTC; {len(done.checks)} checks, "
+                + (f"{failed} FAILED" if failed else "all passed"),
+            )
         durations["total"] = round(time.monotonic() - began, 3)
         return RestoreReport(
             key=key.key,
@@ -375,8 +423,11 @@ class RestoreService:
         name: str,
         no_owner: bool,
         notes: list[str],
+        incomplete: str | None = None,
     ) -> None:
-        """Create database ``name`` on ``server`` and restore ``dump`` into it.
+        """Create database ``name`` on ``server`` and restore ``dump`` into it. With
+        ``incomplete``, the database carries that comment, and its own advisory lock is held,
+        while pg_restore runs (see ``_sweep_killed_restores``).
 
         A parallel pg_restore can deadlock against itself: two workers attaching partitioned
         indexes, or an index attach racing a constraint on the same partition, each wait for
@@ -388,7 +439,10 @@ class RestoreService:
         while True:
             create_database(server, name)
             try:
-                self._pg_restore(pg_restore, dump, server.with_dbname(name), no_owner, notes, jobs)
+                with _marked_while_restoring(server, name, incomplete):
+                    self._pg_restore(
+                        pg_restore, dump, server.with_dbname(name), no_owner, notes, jobs
+                    )
                 return
             except _ParallelRestoreDeadlock as deadlock:
                 drop_database(server, name)
@@ -482,6 +536,48 @@ class RestoreService:
             )
         except BackupError:
             log.exception("could not record the failed restore test next to %s", key)
+
+
+_RESTORE_WORKDIRS = Path(tempfile.gettempdir()) / "blnk-restore-into"
+
+
+@contextmanager
+def _held_workdir(path: Path) -> Iterator[Path]:
+    """A work directory locked (flock) for as long as this process uses it, then removed; a
+    killed process's lock goes with it, so ``_remove_if_unlocked`` can tell a leftover."""
+    path.mkdir(parents=True)
+    with (path / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_if_unlocked(path: Path) -> bool:
+    """Remove work directory ``path`` if no process holds its lock; True if removed."""
+    try:
+        with (path / ".lock").open("r") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
+            return True
+    except BlockingIOError:
+        return False  # in use
+    except OSError:  # no lock file: not one of ours, or half made; leave it
+        return False
+
+
+@contextmanager
+def _marked_while_restoring(server: PgTarget, name: str, comment: str | None) -> Iterator[None]:
+    """While the body runs, hold database ``name``'s own advisory lock and give it the
+    ``comment`` saying it is incomplete; afterwards say that pg_restore has finished."""
+    if comment is None:
+        yield
+        return
+    with AdvisoryLock(server.with_dbname(name), RESTORE_INTO_LOCK_ID, f"{name} is being restored"):
+        comment_on_database(server, name, comment)
+        yield
+        comment_on_database(server, name, "blnk-backup: restored; checks running")
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,17 +17,28 @@ import pytest
 
 from bot.cli import main
 from core.audit import Actor
-from core.database import PgTarget, databases_like, drop_database
+from core.database import (
+    RESTORE_INTO_LOCK_ID,
+    AdvisoryLock,
+    PgTarget,
+    comment_on_database,
+    create_database,
+    database_exists,
+    databases_commented,
+    databases_like,
+    drop_database,
+)
 from core.dbstats import ledger_totals, object_counts, row_counts
 from core.errors import ConfigError, RestoreCheckError, UsageError
 from core.processes import find_tool
-from core.restore import SCRATCH_PREFIX
+from core.restore import INCOMPLETE_RESTORE, SCRATCH_PREFIX
 from core.services import Services
 from tests.support.helpers import make_database, settings_env
 
 pytestmark = pytest.mark.pg_versions
 
 ACTOR = Actor("grace", "cli")
+BLNK_BACKUP = str(Path(sys.executable).parent / "blnk-backup")
 
 
 @pytest.fixture
@@ -271,6 +283,56 @@ def test_a_killed_restore_test_leaves_a_scratch_database_that_the_next_run_drops
         for leftover in databases_like(pg_server, SCRATCH_PREFIX):
             drop_database(pg_server, leftover)
         drop_database(pg_server, name)
+
+
+def test_a_killed_restore_leaves_a_database_marked_incomplete_that_the_next_restore_drops(
+    make_settings: Any, pg_server: PgTarget, tmp_path: Path
+) -> None:
+    name = make_database(pg_server, 20_000)
+    tag = os.getpid()
+    killed, live, new = f"blnk_killed_{tag}", f"blnk_live_{tag}", f"blnk_next_{tag}"
+    settings = make_settings(database=name)
+    services = Services(settings)
+    try:
+        services.backups.run(ACTOR)
+        env = settings_env(settings, PATH=os.environ["PATH"], HOME=str(tmp_path), RESTORE_JOBS="1")
+        proc = subprocess.Popen(
+            [BLNK_BACKUP, "restore", "latest", "--into", killed, "--yes"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while (
+            not databases_commented(pg_server, INCOMPLETE_RESTORE) and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # the program and its pg_restore, no clean-up
+        proc.wait(10)
+        [(left, comment)] = databases_commented(pg_server, INCOMPLETE_RESTORE)
+        [started] = services.audit.events(action="restore")
+        assert left == killed and started.outcome == "started" and started.run_id in comment
+        workdirs = list(Path(tempfile.gettempdir(), "blnk-restore-into").glob(started.run_id))
+        assert len(workdirs) == 1  # its downloaded dump, left behind
+
+        # A restore that is alive (its database's lock held) is never touched by the sweep.
+        create_database(pg_server, live)
+        comment_on_database(pg_server, live, f"{INCOMPLETE_RESTORE}{'0' * 32} of some key")
+        with AdvisoryLock(pg_server.with_dbname(live), RESTORE_INTO_LOCK_ID, "restoring"):
+            report = services.restores.restore(ACTOR, "latest", new, pg_server)
+
+        assert report.passed
+        assert not database_exists(pg_server, killed) and not workdirs[0].exists()
+        assert database_exists(pg_server, live)
+        [(_name, done)] = databases_commented(pg_server, f"blnk-backup: restored from {report.key}")
+        assert _name == new and done.endswith("checks, all passed")
+        closed = [e for e in services.audit.events(action="restore") if e.run_id == started.run_id]
+        assert [e.outcome for e in closed] == ["abandoned", "started"]
+    finally:
+        services.close()
+        for database in (killed, live, new, name):
+            drop_database(pg_server, database)
 
 
 def test_an_archive_pg_restore_cannot_read_fails_before_a_database_is_created(
