@@ -29,6 +29,7 @@ log = logging.getLogger("blnk_backup.bot")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 HOUSEKEEPING_EVERY = 30.0  # outbox delivery, approval expiry
+STOPPING = "the service is shutting down (SIGTERM)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +79,7 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     """Serve Slack (Socket Mode or HTTP), the HTTP API and the scheduler until SIGTERM; with no
     Slack tokens (an operator who only wants Blnk's /backup-s3), the HTTP API and the scheduler
     alone."""
-    from bot.http import HttpApi, Probes, run_until, serve
+    from bot.http import OVERDUE_SECONDS, HttpApi, Probes, run_until, serve
     from bot.leader import Leadership
     from bot.metrics import EngineCollector
     from bot.scheduler import Scheduler
@@ -140,10 +141,15 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         settings.http_port,
     )
     try:
-        run_until(server, stop)
+        run_until(server, stop, on_overdue=lambda: services.stop_backup(STOPPING, 0))
     finally:
         stop.set()
         leadership.stop()
+        # A backup running for Slack or the scheduler (not an HTTP request) is stopped too, so
+        # it fails as interrupted — cleaned up, audited and alerted — instead of vanishing
+        # with the process.
+        if not services.stop_backup(STOPPING, OVERDUE_SECONDS):
+            log.warning("a backup is still cleaning up; the next backup finishes that")
         if handler is not None:
             handler.close()
         if slack is not None:

@@ -237,6 +237,12 @@ def _json(
     return [payload]
 
 
+# Shutting down (SIGTERM): requests in flight get DRAIN_SECONDS to finish, then running backups
+# are stopped and get OVERDUE_SECONDS to clean up and answer — 25 s, inside Kubernetes' 30 s.
+DRAIN_SECONDS = 15.0
+OVERDUE_SECONDS = 10.0
+
+
 def serve(api: HttpApi, host: str, port: int, threads: int = 8) -> Any:
     """Create (not yet run) the waitress server for api; serve with ``run_until``."""
     from waitress.server import create_server
@@ -244,11 +250,19 @@ def serve(api: HttpApi, host: str, port: int, threads: int = 8) -> Any:
     return create_server(api, host=host, port=port, threads=threads, ident="blnk-backup")
 
 
-def run_until(server: Any, stop: threading.Event, drain_seconds: float = 25.0) -> None:
+def run_until(
+    server: Any,
+    stop: threading.Event,
+    drain_seconds: float = DRAIN_SECONDS,
+    on_overdue: Callable[[], object] = lambda: None,
+    overdue_seconds: float = OVERDUE_SECONDS,
+) -> None:
     """Serve until ``stop`` is set (wake the loop with ``server.pull_trigger()``), then shut
     down gracefully: stop accepting connections, give the requests in flight up to
-    ``drain_seconds`` to finish and be sent (a ``/backup-s3`` during a rolling update, or
-    Kubernetes' 30 s grace), and close — all on this thread, the server's own loop, so no worker
+    ``drain_seconds`` to finish and be sent (a ``/backup-s3`` during a rolling update); if some
+    still run, call ``on_overdue`` (which stops the backups: they fail as interrupted and clean
+    up) and give them ``overdue_seconds`` more to send that answer — together within
+    Kubernetes' 30 s grace — and close. All on this thread, the server's own loop, so no worker
     finishing a response ever finds the server's wake-up pipe closed under it."""
     from waitress import wasyncore
 
@@ -257,14 +271,21 @@ def run_until(server: Any, stop: threading.Event, drain_seconds: float = 25.0) -
             timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
         )
 
+    def drain(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while _in_flight(server) and time.monotonic() < deadline:
+            turn(0.1)
+
     while not stop.is_set():
         turn(1.0)
     server.accepting = False  # new connections wait in the backlog and are refused on close
-    deadline = time.monotonic() + drain_seconds
-    while _in_flight(server) and time.monotonic() < deadline:
-        turn(0.1)
+    drain(drain_seconds)
     if _in_flight(server):
-        log.warning("shutting down with requests still running after %.0f s", drain_seconds)
+        log.warning("requests still running after %.0f s: stopping them", drain_seconds)
+        on_overdue()
+        drain(overdue_seconds)
+    if _in_flight(server):
+        log.warning("shutting down with requests still running")
     server.close()
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
 

@@ -107,6 +107,7 @@ class BackupService:
         self.clock = clock
         self._running = threading.Lock()
         self._holder: str | None = None
+        self._stream: DumpStream | None = None  # the running backup's, for ``interrupt``
         # A run that started this long before ours and never ended cannot still be waiting for
         # the lock (that takes seconds), so holding the lock proves it dead.
         self.abandon_after = timedelta(minutes=2)
@@ -154,6 +155,8 @@ class BackupService:
             content_digests=self.settings.backup_content_digest,
         )
         acquired = self._running.acquire(blocking=False)
+        if acquired:
+            self._stream = stream
         early: BaseException | None = None
         try:
             if not acquired:
@@ -190,8 +193,28 @@ class BackupService:
             stream.close()
             if acquired:
                 self._holder = None
+                self._stream = None
                 self._running.release()
         return BackupResult(run.run_id, manifest)
+
+    def interrupt(self, why: str) -> bool:
+        """Stop the backup running in this process, if pg_dump is still dumping (a service
+        shutting down): it then fails as ``interrupted``, cleaned up and audited like any
+        failure. A backup past its dump (completing, verifying, replicating) is left to end.
+        Return True if a backup was running."""
+        stream = self._stream
+        if stream is None:
+            return False
+        stream.interrupt(why)
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the backup running in this process to end;
+        return True if none runs."""
+        if not self._running.acquire(timeout=timeout):
+            return False
+        self._running.release()
+        return True
 
     def _build_adapters(self) -> None:
         """Build the S3 clients and the audit log (imports included) off the critical path;

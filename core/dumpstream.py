@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
 from core.database import AdvisoryLock, PgTarget, SnapshotSession, backup_lock, server_version
-from core.errors import DumpError, PreflightError
+from core.errors import BackupInterrupted, DumpError, PreflightError
 from core.manifest import SnapshotStats
 from core.processes import StreamingProcess, find_tool, tool_version
 
@@ -65,6 +65,7 @@ class DumpStream:
         self._stats_pool: ThreadPoolExecutor | None = None
         self._stats: Future[SnapshotStats] | None = None
         self._timer: threading.Timer | None = None
+        self._interrupted: str | None = None
         self.size = 0
         self.server_version = ""
         self.pg_dump_version = ""
@@ -93,6 +94,8 @@ class DumpStream:
         ]
         env = self.target.libpq_env(dict(os.environ))
         self._process = StreamingProcess(argv, env, secrets=[self.target.password])
+        if self._interrupted is not None:  # stopped while it was starting
+            self._process.kill()
         self._pump = threading.Thread(target=self._run_pump, name="pg_dump-pump", daemon=True)
         self._pump.start()
         self._stats_pool = ThreadPoolExecutor(1, thread_name_prefix="snapshot-stats")
@@ -105,6 +108,12 @@ class DumpStream:
 
     def _expire(self) -> None:
         self._timed_out.set()
+        if self._process is not None:
+            self._process.kill()
+
+    def interrupt(self, why: str) -> None:
+        """Stop pg_dump now (from any thread); ``finish`` then raises BackupInterrupted."""
+        self._interrupted = why
         if self._process is not None:
             self._process.kill()
 
@@ -150,6 +159,10 @@ class DumpStream:
         returncode = self._process.wait()
         if self._timer is not None:
             self._timer.cancel()
+        if self._interrupted is not None and returncode != 0:
+            raise BackupInterrupted(
+                f"the backup was stopped before pg_dump finished: {self._interrupted}"
+            )
         if self._timed_out.is_set():
             raise DumpError(
                 f"pg_dump did not finish within BACKUP_TIMEOUT_MINUTES "

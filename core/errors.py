@@ -10,6 +10,7 @@ boundary (``raise StorageError(...) from exc``) so front ends only ever see this
     ├── AlreadyRunningError    a backup of this database is already running (HTTP 409)
     ├── PreflightError         database/server/bucket not usable; nothing was started
     ├── DumpError              pg_dump failed; carries the tail of its stderr
+    │   └── BackupInterrupted      the service stopped the backup (SIGTERM) and cleaned up
     ├── StorageError           S3 refused or failed; carries the S3 error code
     ├── VerificationError      what the store holds differs from what was streamed
     ├── LocalCopyError         the optional local copy (BACKUP_KEEP_LOCAL_COPY) failed
@@ -67,6 +68,12 @@ class PreflightError(BackupError):
 
 class DumpError(BackupError):
     code = "dump_failed"
+
+
+class BackupInterrupted(DumpError):
+    """The service stopped a running backup (SIGTERM): pg_dump killed, nothing left behind."""
+
+    code = "interrupted"
 
 
 class StorageError(BackupError):

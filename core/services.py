@@ -10,6 +10,7 @@ would each have their own in-process lock).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from core.s3store import S3Store
 
 T = TypeVar("T")
+log = logging.getLogger("blnk_backup.services")
 
 
 class _built_once(Generic[T]):
@@ -156,6 +158,16 @@ class Services:
             stale_after_hours=self.settings.stale_after_hours,
             restore_test_max_age_days=self.settings.restore_test_max_age_days,
         )
+
+    def stop_backup(self, why: str, wait_seconds: float) -> bool:
+        """Stop the backup running in this process, if any (the service shutting down), and
+        wait up to ``wait_seconds`` for it to clean up. Return False if one still runs."""
+        backups: BackupService | None = self._parts.get("backups")
+        if backups is None:
+            return True  # never built: none ran
+        if backups.interrupt(why):
+            log.warning("stopping the running backup: %s", why)
+        return backups.wait_idle(wait_seconds)
 
     def close(self) -> None:
         audit = self._parts.get("audit")

@@ -39,7 +39,7 @@ from tests.support.fake_slack import FAKE_TOKEN, FakeSlack
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import free_port
 from tests.support.settings import settings_env
-from tests.support.stores import bucket_keys
+from tests.support.stores import bucket_keys, incomplete_uploads
 
 SettingsFactory = Callable[..., Settings]
 
@@ -161,6 +161,62 @@ def test_sigterm_during_a_backup_request_lets_it_finish_and_answer_then_exits_0(
     assert json.loads(out)["key"] in bucket_keys(s3, bucket)
     assert bot.proc.wait(30) == 0, bot.output()
     assert "Traceback" not in bot.output()
+
+
+def test_sigterm_during_a_backup_longer_than_the_drain_stops_it_cleanly_and_answers(
+    launch: Callable[..., Replica],
+    fake_slack: FakeSlack,
+    make_settings: SettingsFactory,
+    blnk_db: PgTarget,
+    s3: Any,
+    bucket: str,
+) -> None:
+    settings = make_settings()
+    env = settings_env(settings) | slack_env(fake_slack, BLNK_API_KEY="k3y-for-cron")
+    bot = launch(env)
+    bot.wait_serving()
+    # A migration holding a table makes pg_dump wait: a backup far longer than the drain.
+    with blnk_db.connect() as holder:
+        holder.execute("LOCK TABLE blnk.transactions IN ACCESS EXCLUSIVE MODE")
+        bearer = "Authorization: Bearer k3y-for-cron"
+        curl = subprocess.Popen(
+            ["curl", "-s", "-w", "\n%{http_code}", "-H", bearer, bot.url("/backup-s3")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: _pg_dump_waits(blnk_db), 60, "pg_dump waiting on the lock")
+            stopped = time.monotonic()
+            bot.proc.send_signal(signal.SIGTERM)  # a rolling update, mid-backup
+            out, _ = curl.communicate(timeout=60)
+            assert bot.proc.wait(30) == 0, bot.output()
+            took = time.monotonic() - stopped
+        finally:
+            if curl.poll() is None:
+                curl.kill()
+    body, status = out.rsplit("\n", 1)
+    assert status == "500", out
+    error = json.loads(body)["error"]
+    assert error["code"] == "interrupted" and "shutting down" in error["message"], error
+    assert took < 30, took  # inside Kubernetes' grace period
+    assert incomplete_uploads(s3, bucket) == [] and bucket_keys(s3, bucket) == []
+    audit = AuditLog(settings.audit_database_url)
+    try:
+        [failed] = [e for e in audit.events(action="backup") if e.outcome != "started"]
+    finally:
+        audit.close()
+    assert (failed.outcome, failed.error_code) == ("failed", "interrupted")
+    assert "Traceback" not in bot.output()
+
+
+def _pg_dump_waits(target: PgTarget) -> bool:
+    with target.connect(autocommit=True) as conn:
+        row = conn.execute(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = 'pg_dump'
+                 AND wait_event_type = 'Lock'"""
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def test_without_slack_an_api_key_serves_the_http_api_and_scheduler_alone_for_cron(
