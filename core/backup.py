@@ -378,7 +378,7 @@ class _BackupRun:
             size=completed.size,
             started_at=self.key.started_at,
             finished_at=finished,
-            duration_seconds=round((finished - self.key.started_at).total_seconds(), 3),
+            duration_seconds=round((finished - self.started).total_seconds(), 3),
             database=self.s.target.dbname,
             server_version=self.stream.server_version,
             pg_dump_version=self.stream.pg_dump_version,

@@ -210,10 +210,20 @@ class Settings(BaseSettings):
         raw = value.get_secret_value().strip()
         if "://" in raw and not raw.startswith(("postgres://", "postgresql://")):
             raise ValueError("must be a postgres:// or postgresql:// URL or a libpq conninfo")
+        if "://" in raw and unencoded_userinfo(raw):
+            # libpq would read part of the password as the host or the database name, and
+            # every message naming them would show it.
+            raise ValueError(
+                "has a '/' or '@' in its user or password that is not percent-encoded: "
+                "write / as %2F and @ as %40"
+            )
         try:
             params = conninfo_to_dict(raw)
         except psycopg.ProgrammingError:
             raise ValueError("cannot be parsed as a postgres URL or libpq conninfo") from None
+        for port in str(params.get("port") or "5432").split(","):
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("has a port that is not a number from 1 to 65535")
         if info.field_name == "database_url" and not params.get("dbname"):
             # libpq would fall back to the user's name, usually the empty "postgres" database:
             # backing that up and calling it healthy is worse than refusing.
@@ -232,6 +242,9 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        if value is not None and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            # Credentials there would be shown wherever the URL is (errors, logs).
+            raise ValueError("must not carry a user or password: use the credential variables")
         return value
 
     @field_validator("s3_prefix")
@@ -301,13 +314,17 @@ class Settings(BaseSettings):
         # S3-compatible stores (MinIO, Ceph, moto) rarely serve virtual-hosted buckets.
         return "path" if self.s3_endpoint_url else "auto"
 
-    def require(self, *needs: str) -> None:
-        """Raise ConfigError naming every variable a use case needs but is not set."""
-        problems = [
-            f"{_ENV_NAMES.get(need) or _variable_for(need)} is not set (needed for this command)"
+    def missing(self, *needs: str) -> list[str]:
+        """The variables (by their names) of ``needs`` that are not set."""
+        return [
+            _ENV_NAMES.get(need) or _variable_for(need)
             for need in needs
             if getattr(self, need) is None
         ]
+
+    def require(self, *needs: str) -> None:
+        """Raise ConfigError naming every variable a use case needs but is not set."""
+        problems = [f"{name} is not set (needed for this command)" for name in self.missing(*needs)]
         if problems:
             raise ConfigError(problems)
 
@@ -346,6 +363,15 @@ def _problems(exc: ValidationError) -> Iterable[str]:
         field = by_alias.get(loc.lower(), loc)
         message = str(error["msg"]).removeprefix("Value error, ")
         yield f"{_variable_for(field)}: {message}"
+
+
+def unencoded_userinfo(url: str) -> bool:
+    """True if a postgres URL's user or password holds a raw ``@`` or ``/``: its authority
+    (up to the first ``/``) has two ``@``, or an ``@`` follows the first ``/`` — where libpq
+    would take the rest of the password for the host or the database name."""
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    authority, slash, path = rest.partition("/")
+    return authority.count("@") > 1 or (bool(slash) and "@" in path)
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from core.config import unencoded_userinfo
 from core.dbstats import ledger_anchor, ledger_totals, object_counts, row_counts, table_digests
 from core.errors import AlreadyRunningError, DumpError, PreflightError, UsageError
 from core.manifest import SnapshotStats
@@ -38,6 +39,11 @@ class PgTarget:
     @classmethod
     def from_url(cls, url: str) -> PgTarget:
         """Given a postgres URL or conninfo, return a PgTarget. Raise PreflightError if bad."""
+        if "://" in url and unencoded_userinfo(url):  # never parse a password into a host name
+            raise PreflightError(
+                "the database URL has a '/' or '@' in its user or password that is not "
+                "percent-encoded: write / as %2F and @ as %40"
+            )
         try:
             params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
         except psycopg.ProgrammingError:

@@ -213,6 +213,23 @@ def test_backup_in_the_same_second_waits_for_a_free_key(
     assert second.key == "blnk_backup_20260102_030406.dump"
 
 
+def test_the_duration_is_measured_from_the_start_not_from_the_keys_whole_second(
+    make_settings: Any,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    began = datetime(2026, 1, 2, 3, 4, 5, 900_000, tzinfo=UTC)  # the key says 03:04:05
+    ticks = iter([began] + [began + timedelta(seconds=0.25)] * 20)
+    services = Services(make_settings())
+    services.backups.clock = lambda: next(ticks)
+    try:
+        manifest = services.backups.run(ACTOR).manifest
+    finally:
+        services.close()
+    assert manifest.key == "blnk_backup_20260102_030405.dump"
+    assert manifest.duration_seconds == 0.25  # not 1.15 (from 03:04:05.000)
+
+
 def test_unrelated_objects_in_the_bucket_are_never_touched_or_listed(
     services: Services, s3: Any, bucket: str
 ) -> None:

@@ -14,7 +14,7 @@ from bot.render import text as render_text
 from core.audit import Actor
 from core.config import load_settings
 from core.database import PgTarget
-from core.errors import ConfigError, UsageError
+from core.errors import ConfigError, PreflightError, UsageError
 from core.redact import neutralise
 from core.services import Services
 from tests.support.helpers import bucket_keys, incomplete_uploads
@@ -119,6 +119,42 @@ def test_a_database_url_without_a_database_name_is_a_configuration_error() -> No
             load_settings(database_url=url)
     # The restore-test server is a maintenance connection: no name is fine there.
     load_settings(restore_test_database_url="postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://blnk:Pw/S3cr3tSLASH@127.0.0.1:5432/blnk",  # libpq: host "blnk", port "Pw"
+        "postgresql://blnk:Pw@S3cr3tAT@127.0.0.1:5432/blnk",  # libpq: host "S3cr3tAT@127.0.0.1"
+    ],
+)
+def test_a_password_with_a_raw_slash_or_at_sign_is_refused_without_showing_it(url: str) -> None:
+    # Parsed as it stands, part of the password became the host or database name, and every
+    # message naming the database showed it (found by a stranger's trial).
+    for variable in ("database_url", "restore_test_database_url"):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(**{variable: url})
+        assert "percent-encoded" in str(refused.value) and "S3cr3t" not in str(refused.value)
+    with pytest.raises(PreflightError) as refused_here:  # --server-url and the like
+        PgTarget.from_url(url)
+    assert "S3cr3t" not in str(refused_here.value)
+    encoded = url.replace("Pw/", "Pw%2F").replace("Pw@", "Pw%40")
+    target = PgTarget.from_url(load_settings(database_url=encoded).database_url.get_secret_value())
+    assert target.password is not None and target.password.startswith("Pw")
+    assert target.display == "postgresql://blnk@127.0.0.1:5432/blnk"
+
+
+def test_an_endpoint_url_carrying_credentials_is_refused_without_showing_them() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(s3_endpoint_url="http://user:AwsS3cretZZ9@127.0.0.1:9000")
+    assert "S3_ENDPOINT_URL" in str(refused.value) and "AwsS3cret" not in str(refused.value)
+    load_settings(s3_endpoint_url="http://127.0.0.1:9000/path@x")  # an @ past the host is fine
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:99999/db", "host=h dbname=db port=0"])
+def test_a_database_port_out_of_range_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="port that is not a number from 1 to 65535"):
+        load_settings(database_url=url)
 
 
 @pytest.mark.parametrize("prefix", ["a/../b/", "./x/", "a//b/", "prod\n/", "prod\x1b/", "../"])
