@@ -263,7 +263,7 @@ class AuditLog:
         Call only while holding the lock those runs held: then none of them can still be alive.
         """
         closed = []
-        for run in self._open_runs(action, before):
+        for run in self.open_runs(action, before):
             details = run.details_dict()
             if any(details.get(k) != v for k, v in scope.items()):
                 continue
@@ -286,7 +286,9 @@ class AuditLog:
             closed.append(run)
         return closed
 
-    def _open_runs(self, action: str, before: datetime) -> list[AuditEvent]:
+    def open_runs(self, action: str, before: datetime) -> list[AuditEvent]:
+        """The ``started`` runs of ``action`` with no end that started before ``before``,
+        oldest first."""
         ended = select(AuditEvent.run_id).where(
             AuditEvent.action == action, col(AuditEvent.outcome).in_(ENDED)
         )

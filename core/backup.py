@@ -175,6 +175,8 @@ class BackupService:
                 except BaseException as exc:  # audited below, once the audit log is ready
                     early = exc
             warm_up.join()
+            if isinstance(early, AlreadyRunningError) and early.holder is None:
+                early = self._name_the_holder(early)
             with self.audit.run(
                 "backup", actor, reason=reason, details={"database": self.target.display}
             ) as run:
@@ -196,6 +198,25 @@ class BackupService:
                 self._stream = None
                 self._running.release()
         return BackupResult(run.run_id, manifest)
+
+    def _name_the_holder(self, refused: AlreadyRunningError) -> AlreadyRunningError:
+        """The backup holding the database's lock runs in another process (a replica, a
+        CLI run): name who started it, from the newest open backup run in the audit log
+        (when that log is shared with it)."""
+        try:
+            runs = self.audit.open_runs("backup", before=self.clock())
+        except Exception:  # naming the holder is a courtesy; the refusal stands without it
+            return refused
+        mine = self.target.display
+        runs = [r for r in runs if r.details_dict().get("database") == mine]
+        if not runs:
+            return refused
+        holder = f"{runs[-1].trigger}:{runs[-1].actor}"
+        return AlreadyRunningError(
+            f"a backup of {self.target.dbname} is already running (started by {holder}); "
+            "try again when it ends",
+            holder=holder,
+        )
 
     def interrupt(self, why: str) -> bool:
         """Stop the backup running in this process, if pg_dump is still dumping (a service

@@ -409,10 +409,14 @@ def test_a_second_concurrent_backup_is_refused_in_process_and_across_processes(
     worker.start()
     try:
         assert dumping.wait(30)
-        with pytest.raises(AlreadyRunningError, match="already running"):
+        holder = f"started by {ACTOR.trigger}:{ACTOR.name}"
+        with pytest.raises(AlreadyRunningError, match="already running") as here:
             services.backups.run(ACTOR)
-        with pytest.raises(AlreadyRunningError, match="already running"):
-            other_process.backups.run(ACTOR)
+        assert holder in str(here.value)
+        # The other process knows who from the audit log they share (a replica, a CLI run).
+        with pytest.raises(AlreadyRunningError, match="already running") as there:
+            other_process.backups.run(Actor("U999", "slack"))
+        assert holder in str(there.value) and there.value.holder == "cli:bob"
     finally:
         release.set()
         worker.join(60)
