@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     s3_replica_endpoint_url: str | None = Field(
         None, validation_alias=_env("S3_REPLICA_ENDPOINT_URL")
     )
+    # For a replica another provider or account keeps (default: the primary's credentials).
+    s3_replica_access_key_id: str | None = Field(
+        None, validation_alias=_env("S3_REPLICA_ACCESS_KEY_ID")
+    )
+    s3_replica_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=_env("S3_REPLICA_SECRET_ACCESS_KEY")
+    )
 
     # --- backup ---------------------------------------------------------------------------
     backup_compression_level: int = Field(
@@ -189,6 +196,8 @@ class Settings(BaseSettings):
         "s3_replica_bucket",
         "s3_replica_region",
         "s3_replica_endpoint_url",
+        "s3_replica_access_key_id",
+        "s3_replica_secret_access_key",
         "blnk_api_key",
         "slack_bot_token",
         "slack_app_token",

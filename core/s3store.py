@@ -17,9 +17,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config
+from pydantic import SecretStr
 
 from core.config import Settings
-from core.errors import StorageError
+from core.errors import ConfigError, StorageError
 from core.keys import MANIFEST_SUFFIX, RESTORE_TEST_SUFFIX, BackupKey
 from core.manifest import Manifest, ManifestError, completeness_problem, parse_manifest
 from core.multipart import MiB, MultipartUpload, UploadedPart
@@ -63,9 +64,14 @@ _NOT_CONFIGURED = {
 
 
 def make_client(
-    settings: Settings, *, region: str | None = None, endpoint_url: str | None = None
+    settings: Settings,
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    credentials: tuple[str | None, SecretStr | None] | None = None,
 ) -> S3Client:
-    """Build a boto3 S3 client from settings (retries, timeouts, addressing, checksums)."""
+    """Build a boto3 S3 client from settings (retries, timeouts, addressing, checksums), with
+    the primary's credentials unless ``credentials`` (access key id, secret) are given."""
     when: Literal["when_supported", "when_required"] = (
         "when_supported" if settings.s3_checksum == "sha256" else "when_required"
     )
@@ -85,9 +91,9 @@ def make_client(
         request_checksum_calculation=when,
         response_checksum_validation=when,
     )
-    secret = settings.aws_secret_access_key
+    key_id, secret = credentials or (settings.aws_access_key_id, settings.aws_secret_access_key)
     session = boto3.session.Session(
-        aws_access_key_id=settings.aws_access_key_id,
+        aws_access_key_id=key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
     )
     return session.client(
@@ -181,10 +187,16 @@ class S3Store:
         storage class and encryption as the primary."""
         if settings.s3_replica_bucket is None:
             return None
+        key_id, secret = settings.s3_replica_access_key_id, settings.s3_replica_secret_access_key
+        if (key_id is None) != (secret is None):
+            raise ConfigError(
+                ["S3_REPLICA_ACCESS_KEY_ID and S3_REPLICA_SECRET_ACCESS_KEY: set both or neither"]
+            )
         client = make_client(
             settings,
             region=settings.s3_replica_region or settings.aws_region,
             endpoint_url=settings.s3_replica_endpoint_url or settings.s3_endpoint_url,
+            credentials=(key_id, secret) if key_id is not None else None,
         )
         return cls(
             client,

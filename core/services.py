@@ -78,6 +78,7 @@ class Services:
             v.get_secret_value() if v is not None else None
             for v in (
                 s.aws_secret_access_key,
+                s.s3_replica_secret_access_key,
                 s.blnk_api_key,
                 s.slack_bot_token,
                 s.slack_app_token,

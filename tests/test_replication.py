@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 from typing import Any
 
+import boto3
 import pytest
 
 from core.audit import Actor
+from core.errors import ConfigError
 from core.services import Services
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import bucket_keys, incomplete_uploads
 from tests.support.s3server import free_port
+from tests.support.s3server_alt import SeaweedS3ServerProcess
 from tests.support.seeding import seed
 
 pytestmark = pytest.mark.stores
@@ -60,6 +64,50 @@ def test_across_endpoints_the_copy_is_streamed_and_verified(
     assert record["checksum"].split("-")[0] == manifest.store_checksum.split("-")[0]
     assert any("uploads" in r.path for r in proxy.faults.log)  # it went through the other endpoint
     services.close()
+
+
+REPLICA_KEY, REPLICA_SECRET = "AKIAREPLICAREPLICA", "r3plica-s3cr3t-n3ver-sh0wn"
+
+
+def test_a_replica_kept_by_another_provider_uses_its_own_credentials(
+    make_settings: Any,
+) -> None:
+    other = SeaweedS3ServerProcess(REPLICA_KEY, REPLICA_SECRET)  # its own account, its own keys
+    other.start()
+    try:
+        replica_s3 = boto3.client(
+            "s3",
+            endpoint_url=other.endpoint,
+            aws_access_key_id=REPLICA_KEY,
+            aws_secret_access_key=REPLICA_SECRET,
+            region_name="us-east-1",
+        )
+        replica_s3.create_bucket(Bucket="blnk-replica")
+        where = {"s3_replica_bucket": "blnk-replica", "s3_replica_endpoint_url": other.endpoint}
+
+        # With the primary's keys, the other provider refuses: the backup stands, alerted.
+        services = Services(make_settings(**where, s3_max_attempts=1))
+        [refused] = services.backups.run(ACTOR).manifest.replicas
+        services.close()
+        assert refused["status"] == "failed" and "InvalidAccessKeyId" in refused["error"]
+
+        keys = {"s3_replica_access_key_id": REPLICA_KEY}
+        services = Services(
+            make_settings(**where, **keys, s3_replica_secret_access_key=REPLICA_SECRET)
+        )
+        manifest = services.backups.run(ACTOR).manifest
+        [record] = manifest.replicas
+        assert record["status"] == "verified" and record["method"] == "streamed copy"
+        listed = replica_s3.list_objects_v2(Bucket="blnk-replica")["Contents"]
+        assert {o["Key"] for o in listed} >= {manifest.key, manifest.key + ".manifest.json"}
+        recorded = json.dumps([e.model_dump(mode="json") for e in services.audit.events(limit=500)])
+        assert REPLICA_SECRET not in recorded
+        services.close()
+
+        with pytest.raises(ConfigError, match="set both or neither"):
+            Services(make_settings(**where, **keys)).replica  # noqa: B018
+    finally:
+        other.stop()
 
 
 def test_a_replica_that_is_down_alerts_but_the_backup_stands(

@@ -62,7 +62,8 @@ def _free_port_pair() -> int:
 
 
 class SeaweedS3ServerProcess:
-    def __init__(self) -> None:
+    def __init__(self, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> None:
+        self.access_key, self.secret_key = access_key, secret_key
         ports: list[int] = []
         while len(ports) < 8:  # S3 first, then gRPC and the other components' ports
             port = free_port()
@@ -80,7 +81,7 @@ class SeaweedS3ServerProcess:
     def start(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="s3alt-"))
         (self._dir / "data").mkdir()
-        identity = {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}
+        identity = {"accessKey": self.access_key, "secretKey": self.secret_key}
         config = {
             "identities": [
                 {
