@@ -79,7 +79,15 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     """Serve Slack (Socket Mode or HTTP), the HTTP API and the scheduler until SIGTERM; with no
     Slack tokens (an operator who only wants Blnk's /backup-s3), the HTTP API and the scheduler
     alone."""
-    from bot.http import OVERDUE_SECONDS, HttpApi, Probes, run_until, serve
+    from bot.http import (
+        BACKUP_NEEDS,
+        DRAIN_SECONDS,
+        OVERDUE_SECONDS,
+        HttpApi,
+        Probes,
+        run_until,
+        serve,
+    )
     from bot.leader import Leadership
     from bot.metrics import EngineCollector
     from bot.scheduler import Scheduler
@@ -123,7 +131,10 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
             target=_housekeeping, args=(slack, stop), name="housekeeping", daemon=True
         ).start()
 
+    stopping_since: list[float] = []
+
     def shut_down(_signum: int, _frame: object) -> None:
+        stopping_since.append(time.monotonic())
         stop.set()  # run_until drains the requests in flight, then closes the server
         server.pull_trigger()
 
@@ -133,6 +144,11 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         mode = "not configured (HTTP API and scheduler only; failures are logged and audited)"
     else:
         mode = "in Socket Mode" if socket_mode else "in HTTP mode (/slack/events)"
+    if missing := settings.missing(*BACKUP_NEEDS):
+        log.warning(
+            "not ready: %s not set; backups (scheduled or asked for) fail until it is",
+            " and ".join(missing),
+        )
     log.info(
         "blnk-backup-bot %s: Slack %s; HTTP on %s:%s",
         __version__,
@@ -144,12 +160,14 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         run_until(server, stop, on_overdue=lambda: services.stop_backup(STOPPING, 0))
     finally:
         stop.set()
-        leadership.stop()
-        # A backup running for Slack or the scheduler (not an HTTP request) is stopped too, so
-        # it fails as interrupted — cleaned up, audited and alerted — instead of vanishing
-        # with the process.
-        if not services.stop_backup(STOPPING, OVERDUE_SECONDS):
+        # A backup running for Slack or the scheduler (not an HTTP request) gets what is left
+        # of the drain, then is stopped too, so it fails as interrupted — cleaned up, audited
+        # and alerted — instead of vanishing with the process. Before the scheduler stops: it
+        # waits for a catch-up run, which may be that backup.
+        left = DRAIN_SECONDS - (time.monotonic() - stopping_since[0]) if stopping_since else 0.0
+        if not services.stop_backup(STOPPING, OVERDUE_SECONDS, grace_seconds=max(0.0, left)):
             log.warning("a backup is still cleaning up; the next backup finishes that")
+        leadership.stop()
         if handler is not None:
             handler.close()
         if slack is not None:

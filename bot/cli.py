@@ -36,6 +36,8 @@ log = logging.getLogger("blnk_backup.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+MAX_LIMIT = 10_000  # rows of a listing or the audit log: more is not read by a person
+MAX_TRANSACTIONS = 100_000_000  # a generated database of tens of GB; benchmarks use 1-2 million
 
 
 def _out(text: str) -> None:
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.set_defaults(handler=cmd_backup)
 
     listing = command("list", "list recent complete backups, newest first")
-    listing.add_argument("--limit", type=_positive, default=20)
+    listing.add_argument("--limit", type=_up_to(MAX_LIMIT), default=20)
     listing.add_argument("--all", action="store_true", help="include incomplete backups")
     listing.set_defaults(handler=cmd_list)
 
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     bucket.set_defaults(handler=cmd_bucket)
 
     audit = command("audit", "show the audit log, newest first")
-    audit.add_argument("--limit", type=_positive, default=50)
+    audit.add_argument("--limit", type=_up_to(MAX_LIMIT), default=50)
     audit.add_argument("--action", help="only this action (e.g. backup)")
     audit.set_defaults(handler=cmd_audit)
 
@@ -262,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generate-db", "create a realistic Blnk-shaped database (demos, tests, benchmarks)"
     )
     generate.add_argument("name", help="name of the database to create")
-    generate.add_argument("--transactions", type=_positive, default=10_000)
+    generate.add_argument("--transactions", type=_up_to(MAX_TRANSACTIONS), default=10_000)
     generate.add_argument(
         "--server-url",
         help=f"server to create it on (default: {LOCAL_SERVER}; BLNK_DATABASE_URL is not used)",
@@ -284,14 +286,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _up_to(maximum: int) -> Callable[[str], int]:
+    """A whole number from 1 to maximum. The upper bound is what makes a typo like
+    ``--limit 99999999999999999999`` a usage error (exit 2) instead of an overflow deep in the
+    audit database's driver or a generator that would run for days."""
+
+    def whole_number(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError("must be at least 1")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}")
+        return value
+
+    return whole_number
 
 
 class Terminated(BaseException):

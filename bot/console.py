@@ -35,6 +35,7 @@ from bot.slack.operations import Caller, SlackOperations
 from core.config import Settings, load_settings
 from core.database import PgTarget
 from core.errors import BackupError, UsageError
+from core.redact import neutralise
 from core.services import Services
 
 log = logging.getLogger("blnk_backup.console")
@@ -293,7 +294,9 @@ class Console:
         return True
 
     def _command(self, command: str, text: str) -> None:
-        self.screen.say(f"{self.user}> {command} {text}".rstrip())
+        # The echo is typed (or piped) text shown on a terminal: an ESC in it could recolour or
+        # rewrite the screen, so it is neutralised like every other echoed text.
+        self.screen.say(neutralise(f"{self.user}> {command} {text}".rstrip()))
         try:
             request = parse(command, text)
         except UsageError as exc:

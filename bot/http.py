@@ -159,7 +159,12 @@ class HttpApi:
             body["audit_database"] = True
         except Exception:
             body["audit_database"] = False
-        body["ready"] = body["audit_database"] and body["socket_mode"] is not False
+        missing = self.services.settings.missing(*BACKUP_NEEDS)
+        body["configured"] = not missing
+        if missing:
+            body["missing"] = missing
+        ready = body["audit_database"] and body["socket_mode"] is not False and not missing
+        body["ready"] = ready
         if check == "backups":
             try:
                 status = self.services.catalog.status()
@@ -237,6 +242,8 @@ def _json(
     return [payload]
 
 
+# What a backup needs; without it the service cannot do its job, so it is not ready.
+BACKUP_NEEDS = ("database_url", "s3_bucket")
 # Shutting down (SIGTERM): requests in flight get DRAIN_SECONDS to finish, then running backups
 # are stopped and get OVERDUE_SECONDS to clean up and answer — 25 s, inside Kubernetes' 30 s.
 DRAIN_SECONDS = 15.0

@@ -4,9 +4,9 @@ every replica reports the same figures) plus this process's scheduler and outbox
     blnk_backup_last_success_timestamp_seconds   when the newest successful backup finished
     blnk_backup_last_duration_seconds            how long it took
     blnk_backup_last_size_bytes                  how big its dump is
-    blnk_backup_failures_total{code}             failed backups by cause, ever
+    blnk_backup_failures_total{code}             failed backups by cause, ever (not refusals)
     blnk_backup_running                          1 while this process runs a backup
-    blnk_restore_test_last_passed                1 passed / 0 failed (absent: never ran)
+    blnk_restore_test_last_passed                1 passed / 0 failed, not refusals (absent: none)
     blnk_restore_test_last_timestamp_seconds     when it ended (age = time() - this)
     blnk_ledger_proof_last_passed                1 if the last restore test proved the ledger
     blnk_approvals_pending                       requests waiting for a decision
@@ -22,10 +22,27 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlmodel import Session, col, or_, select
 
+from core.audit import AuditEvent, AuditLog
 from core.services import Services
 
 NextRuns = Callable[[], dict[str, datetime]]
+
+# Runs refused before they did anything: a key that is not a complete backup, a run of the same
+# kind already going, a decision the approval book refused. They say nothing about the backups,
+# so they are neither a restore-test result nor a failed backup (the person who asked sees the
+# refusal in their reply; bot/slack/alerts.py ``_PERSONAL`` leaves them out of alerts the same
+# way). A refused *scheduled* restore test still shows: its ``scheduled_run`` fails and is
+# alerted, and blnk_restore_test_last_timestamp_seconds keeps ageing (as RESTORE_TEST_MAX_AGE_DAYS
+# turns into a breach in ``status`` and /healthz).
+#
+# ``config_error`` is deliberately not a refusal here. Inside a run it means the safety net
+# itself is broken (S3 refused the credentials, the bucket is gone), and a restore test that
+# could not read the backups has not proved them restorable: it counts as failed, and a backup
+# that could not start for it as a failure. (A restore test without RESTORE_TEST_DATABASE_URL
+# is refused before its run is recorded, core/restore.py: that never reaches these figures.)
+REFUSALS = ("usage_error", "already_running", "approval_refused")
 
 
 class EngineCollector(Collector):
@@ -60,14 +77,15 @@ class EngineCollector(Collector):
             "blnk_backup_failures", "Failed backups by cause, over the audit log", labels=["code"]
         )
         for code, count in sorted(audit.failure_counts("backup").items()):
-            failures.add_metric([code], count)
+            if code not in REFUSALS:
+                failures.add_metric([code], count)
         yield failures
 
         running = GaugeMetricFamily("blnk_backup_running", "1 while this process runs a backup")
         running.add_metric([], 1.0 if self._backup_running() else 0.0)
         yield running
 
-        test = audit.last("restore_test", ("succeeded", "failed"))
+        test = _last_restore_test(audit)
         if test is not None:
             passed = GaugeMetricFamily(
                 "blnk_restore_test_last_passed", "1 if the last restore test passed"
@@ -110,6 +128,23 @@ class EngineCollector(Collector):
             return self.services.backups.running
         except Exception:  # no database configured: nothing can run
             return False
+
+
+def _last_restore_test(audit: AuditLog) -> AuditEvent | None:
+    """The newest restore test that ran (passed or failed), skipping refusals: a mistyped key
+    or a second test while one runs must not turn a passed test into "failed"."""
+    query = (
+        select(AuditEvent)
+        .where(AuditEvent.action == "restore_test")
+        .where(col(AuditEvent.outcome).in_(("succeeded", "failed")))
+        .where(
+            or_(col(AuditEvent.error_code).is_(None), col(AuditEvent.error_code).not_in(REFUSALS))
+        )
+        .order_by(col(AuditEvent.id).desc())
+        .limit(1)
+    )
+    with Session(audit.engine) as session:
+        return session.exec(query).first()
 
 
 def _aware_ts(when: datetime) -> float:

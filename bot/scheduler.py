@@ -18,7 +18,8 @@ monthly restore test, each from its ``*_SCHEDULE`` cron expression in ``SCHEDULE
   — recorded and alerted as ``schedule_missed`` with ``error_code="late"`` saying it runs now and
   how late; older or later-than-grace misses are recorded as ``schedule_missed``
   (``error_code="missed"``) and alerted, at most a few per job. APScheduler's own misfire
-  grace (1 s by default, which would silently skip) is set to the same grace.
+  grace (1 s by default, which would silently skip) is set to the same grace. ``stop()`` stops
+  the catch-up too: a late run already going finishes, no other starts after it.
 - Failures and breaches (stale backups, a failed restore test) land in the audit log and from
   there in ``SLACK_ALERT_CHANNEL``.
 """
@@ -48,6 +49,7 @@ ACTOR = Actor("scheduler", "schedule")
 DEFAULT_GRACE = timedelta(minutes=120)
 ON_TIME = timedelta(seconds=60)  # an APScheduler run later than this says it was late
 REPORTED_MISSES = 3  # misses recorded (and alerted) per job at start-up, the newest ones
+CATCH_UP_JOIN_SECONDS = 10.0  # how long stop() waits for the catch-up to notice and end
 Clock = Callable[[], datetime]
 
 
@@ -62,6 +64,18 @@ def last_fire_time(trigger: Any, now: datetime, within: timedelta) -> datetime |
         if window >= within:
             return None
         window = min(window * 8, within)
+
+
+def _join(thread: threading.Thread, timeout: float) -> None:
+    """Wait for thread at most timeout seconds (never for itself: a stop from inside a run)."""
+    if thread is threading.current_thread():
+        return
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning(
+            "the catch-up's late run still goes on after the scheduler stopped; "
+            "it starts nothing more"
+        )
 
 
 def _minutes(seconds: int) -> str:
@@ -104,6 +118,7 @@ class Scheduler:
         self.triggers = {job.name: cron_trigger(job.expression, self.timezone) for job in self.jobs}
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self._scheduler: Any = None
+        self._catch_up: tuple[threading.Thread, threading.Event] | None = None
         self._lock = threading.Lock()
         self._busy: dict[str, threading.Lock] = {job.name: threading.Lock() for job in self.jobs}
         self.runners: dict[str, Callable[[str | None], str]] = {
@@ -138,13 +153,32 @@ class Scheduler:
             scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
             scheduler.start()
             self._scheduler = scheduler
-        threading.Thread(target=self.catch_up, name="scheduler-catch-up", daemon=True).start()
+            # An Event per start: a catch-up left over from an earlier leadership, still
+            # finishing its run, must not be revived by a new start.
+            stopped = threading.Event()
+            thread = threading.Thread(
+                target=self._catch_up_in_background,
+                args=(stopped,),
+                name="scheduler-catch-up",
+                daemon=True,
+            )
+            thread.start()
+            self._catch_up = (thread, stopped)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = CATCH_UP_JOIN_SECONDS) -> None:
+        """Stop firing jobs, and tell the catch-up to start nothing more: after a shutdown (or a
+        lost leadership) no late run may begin, and the console removes the audit file's
+        directory right after this. A catch-up already inside a run lets that run finish (it
+        cleans up after itself); this waits for it at most ``timeout`` seconds."""
         with self._lock:
             scheduler, self._scheduler = self._scheduler, None
+            catch_up, self._catch_up = self._catch_up, None
+            if catch_up is not None:
+                catch_up[1].set()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if catch_up is not None:
+            _join(catch_up[0], timeout)
 
     @property
     def running(self) -> bool:
@@ -236,10 +270,25 @@ class Scheduler:
                 raise
             log.warning("scheduled %s failed: %s", name, exc)
 
-    def catch_up(self) -> None:
-        """Run (once, late) or report the newest run of each job missed while nobody ran it."""
+    def _catch_up_in_background(self, stopped: threading.Event) -> None:
+        """The catch-up thread: a failure is logged, not a traceback on stderr."""
+        try:
+            self.catch_up(stopped)
+        except Exception:
+            if stopped.is_set():  # e.g. the audit database closed under it at shutdown
+                log.debug("the catch-up ended with an error after stop()", exc_info=True)
+            else:
+                log.exception("catching up on missed runs failed")
+
+    def catch_up(self, stopped: threading.Event | None = None) -> None:
+        """Run (once, late) or report the newest run of each job missed while nobody ran it.
+        Once ``stopped`` is set, start nothing more: it is checked between jobs and before a
+        late run fires."""
+        stopped = stopped or threading.Event()
         now = self.clock()
         for job in self.jobs:
+            if stopped.is_set():
+                return
             last = self._last_run(job.name)
             if last is None:
                 continue  # never ran here: nothing can have been missed yet
@@ -250,6 +299,8 @@ class Scheduler:
             if now - newest <= self.grace:
                 for skipped in missed[:-1][-REPORTED_MISSES:]:
                     self._missed(job, skipped, coalesced=True)
+                if stopped.is_set():
+                    return  # not recorded as running late: the next start finds it missed
                 self._record_missed(
                     job.name,
                     newest,

@@ -160,12 +160,15 @@ class Services:
             restore_test_max_age_days=self.settings.restore_test_max_age_days,
         )
 
-    def stop_backup(self, why: str, wait_seconds: float) -> bool:
-        """Stop the backup running in this process, if any (the service shutting down), and
-        wait up to ``wait_seconds`` for it to clean up. Return False if one still runs."""
+    def stop_backup(self, why: str, wait_seconds: float, grace_seconds: float = 0.0) -> bool:
+        """Let the backup running in this process, if any, end within ``grace_seconds``; then
+        stop it (the service shutting down) and wait up to ``wait_seconds`` for it to clean up.
+        Return False if one still runs."""
         backups: BackupService | None = self._parts.get("backups")
         if backups is None:
             return True  # never built: none ran
+        if grace_seconds > 0 and backups.wait_idle(grace_seconds):
+            return True
         if backups.interrupt(why):
             log.warning("stopping the running backup: %s", why)
         return backups.wait_idle(wait_seconds)

@@ -153,6 +153,36 @@ def test_usage_errors_exit_2() -> None:
     assert raised.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("argv", "bound"),
+    [
+        (["audit", "--limit", "99999999999999999999"], "at most 10000"),
+        (["audit", "--limit", "10001"], "at most 10000"),
+        (["list", "--limit", "99999999999999999999"], "at most 10000"),
+        (["generate-db", "blnk_never_made", "--transactions", "99999999999999999999"], "at most"),
+    ],
+    ids=["audit huge", "audit one too many", "list huge", "generate-db huge"],
+)
+def test_a_number_beyond_its_bound_is_a_usage_error_not_an_internal_error(
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    bound: str,
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert bound in err and "internal error" not in err
+
+
+def test_the_largest_audit_limit_is_accepted(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "--limit", "10000", "--json"]) == 0
+    assert isinstance(_json(capsys), list)
+
+
 def test_the_console_script_is_installed_and_answers(tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     env = {

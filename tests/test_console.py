@@ -1,20 +1,26 @@
 """The local console, run the way the README says (``./scripts/run``) with nothing configured:
 it brings a local S3 server and a demo database, and a scripted session backs up, lists,
-restore-tests, and deletes a backup that a second user approves."""
+restore-tests, and deletes a backup that a second user approves. The echo of a typed command
+shows control characters instead of obeying them."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from bot.console import Console
+from core.config import Settings
 from core.database import PgTarget, databases_like
+from core.redact import has_control_characters
+from core.services import Services
 from tests.support.helpers import SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,3 +143,22 @@ def test_a_scripted_session_backs_up_restore_tests_and_deletes_with_a_second_use
     session.send("/quit")
     assert session.proc.wait(120) == 0
     assert SECRET_KEY not in "\n".join(session.lines)
+
+
+def test_the_echo_of_a_typed_command_shows_control_characters_instead_of_obeying_them(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(slack_operators="U1", slack_approvers="U1 U2")
+    services = Services(settings)
+    out = io.StringIO()
+    console = Console(settings, services, out)
+    try:
+        console.handle("/blnk-backup \x1b[31mred\x07")
+        console.handle("/blnk-backups \x1b[2J \u202eenil")
+    finally:
+        console.alerts.close()
+        services.close()
+    shown = out.getvalue()
+    assert "U1> /blnk-backup \\x1b[31mred\\x07" in shown
+    assert "U1> /blnk-backups \\x1b[2J \\u202eenil" in shown
+    assert not has_control_characters(shown.replace("\n", "")), repr(shown)

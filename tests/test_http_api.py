@@ -29,8 +29,15 @@ from bot.metrics import EngineCollector
 from bot.scheduler import Scheduler
 from core.actor import Actor
 from core.config import Settings
-from core.database import PgTarget, create_database, drop_database
-from core.errors import AlreadyRunningError
+from core.database import (
+    RESTORE_LOCK_ID,
+    AdvisoryLock,
+    PgTarget,
+    backup_lock,
+    create_database,
+    drop_database,
+)
+from core.errors import AlreadyRunningError, UsageError
 from core.manifest import COMPLETE_STATUS
 from core.services import Services
 from tests.support.s3server import free_port
@@ -367,6 +374,25 @@ def test_readiness_follows_the_socket_mode_connection(start: Callable[..., Clien
     assert reply.json["socket_mode"] is False and reply.json["audit_database"] is True
 
 
+def test_readiness_is_503_naming_what_is_missing_when_backups_cannot_run(
+    start: Callable[..., Client],
+) -> None:
+    # Started with neither a database nor a bucket, the service said ready while every
+    # scheduled backup would fail (found by a stranger's trial).
+    client = start(s3_bucket=None, database_url=None)
+    reply = client.get("/healthz?check=ready")
+    assert reply.status == 503 and reply.json["configured"] is False
+    assert reply.json["missing"] == [
+        "BLNK_DATABASE_URL (or BLNK_DATA_SOURCE_DNS)",
+        "S3_BACKUP_BUCKET (or BLNK_S3_BUCKET_NAME)",
+    ]
+    assert client.get("/healthz").status == 200  # alive: a restart would not help
+    # Blnk's endpoint itself still answers as Blnk documents it: 400, a configuration error.
+    assert client.get("/backup-s3", headers={"Authorization": f"Bearer {API_KEY}"}).status == 400
+    ready = start().get("/healthz?check=ready")
+    assert ready.status == 200 and ready.json["configured"] is True and "missing" not in ready.json
+
+
 def test_readiness_is_503_when_the_audit_database_cannot_be_reached(
     start: Callable[..., Client], pg_server: PgTarget
 ) -> None:
@@ -461,3 +487,64 @@ def test_metrics_parse_and_report_backups_failures_restore_tests_approvals_and_n
     assert metrics["blnk_backup_running"][()] == 0.0
     next_backup = metrics["blnk_scheduler_next_run_timestamp_seconds"][(("job", "backup"),)]
     assert next_backup > now and datetime.fromtimestamp(next_backup, UTC).hour == 3
+
+
+@contextmanager
+def _holding(lock: AdvisoryLock) -> Iterator[None]:
+    """Hold lock as a run in progress would; other test runs may share this server and hold it
+    for a while: wait for theirs."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            lock.__enter__()
+            break
+        except AlreadyRunningError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def test_refused_restore_tests_and_backups_are_neither_results_nor_failures_in_the_metrics(
+    start: Callable[..., Client],
+) -> None:
+    """Refused before they ran (a key that does not exist, another run already going), a restore
+    test and a backup say nothing about the backups: the last restore test still passed and
+    proved the ledger, and the failures count only the backup that really failed."""
+    client = start(restore_tests=True)
+    services = client.services
+    assert client.backup().status == 200
+    assert _restore_test(services).passed
+    passed = _metrics(client)
+    assert passed["blnk_restore_test_last_passed"][()] == 1.0
+    assert passed["blnk_ledger_proof_last_passed"][()] == 1.0
+
+    actor = Actor("ops", "cli")
+    with pytest.raises(UsageError, match="does not exist"):
+        services.restores.test(actor, "blnk_backup_20300101_000000.dump")
+    scratch = services.restores.scratch_server
+    held = _holding(AdvisoryLock(scratch, RESTORE_LOCK_ID, "a restore test is already running"))
+    with held, pytest.raises(AlreadyRunningError):
+        services.restores.test(actor, "latest")
+    with _holding(backup_lock(services.target)):
+        assert client.backup().status == 409
+    assert start(database="no_such_ledger_db").backup().status == 500  # a real failure
+    refused = [e.error_code for e in services.audit.events(limit=20) if e.outcome == "failed"]
+    assert sorted(refused) == [
+        "already_running",
+        "already_running",
+        "preflight_failed",
+        "usage_error",
+    ]
+
+    metrics = _metrics(client)
+    for name in (
+        "blnk_restore_test_last_passed",
+        "blnk_restore_test_last_timestamp_seconds",
+        "blnk_ledger_proof_last_passed",
+    ):
+        assert metrics[name] == passed[name], name
+    assert metrics["blnk_backup_failures_total"] == {(("code", "preflight_failed"),): 1.0}

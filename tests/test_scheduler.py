@@ -259,6 +259,95 @@ def test_a_monthly_jobs_last_run_is_found_behind_hundreds_of_frequent_runs(
     assert ran == ["run late: due 2025-07-01 05:00 UTC, 30 min late"]
 
 
+class GatedClock(Clock):
+    """A clock that holds the catch-up thread at its first reading until the test opens the
+    gate: the moment between start() and the catch-up's first look at the audit log."""
+
+    def __init__(self, now: datetime) -> None:
+        super().__init__(now)
+        self.reached, self.gate = threading.Event(), threading.Event()
+
+    def __call__(self) -> datetime:
+        if threading.current_thread().name == "scheduler-catch-up":
+            self.reached.set()
+            self.gate.wait(30)
+        return self.now
+
+
+def _stop_while(scheduler: Scheduler, release: threading.Event) -> None:
+    """Call stop() as the service or the console does, and open release once stop() has told
+    the catch-up to stop (it waits for the catch-up, so it runs on a thread of its own)."""
+    stopping = threading.Thread(target=scheduler.stop)
+    stopping.start()
+    wait_until(lambda: not scheduler.running)
+    release.set()
+    stopping.join(30)
+    assert not stopping.is_alive()
+    for thread in threading.enumerate():  # nothing left over that could still start a run
+        if thread.name == "scheduler-catch-up":
+            thread.join(30)
+
+
+def test_a_catch_up_stopped_before_it_fires_never_runs_the_missed_job(
+    build: Callable[..., Services],
+) -> None:
+    services = build(monitor_schedule="0 */6 * * *")
+    clock = GatedClock(at("2025-06-02T00:00:01"))
+    scheduler = Scheduler(services, clock=clock)
+    ran: list[str | None] = []
+
+    def check(note: str | None) -> str:
+        ran.append(note)
+        return "ran"
+
+    scheduler.runners["freshness_check"] = check
+    scheduler.fire("freshness_check", scheduled_for=at("2025-06-02T00:00"))
+    clock.now = at("2025-06-02T06:45:00")  # the 06:00 run was missed: a catch-up would run it
+    scheduler.start()
+    assert clock.reached.wait(10)
+    _stop_while(scheduler, clock.gate)
+
+    assert ran == [None]  # only the on-time run before the stop
+    assert len(events(services, "scheduled_run", "started")) == 1
+    assert events(services, "schedule_missed") == []  # left for the next start to find
+
+
+def test_a_catch_up_stopped_during_a_late_run_lets_it_finish_and_starts_no_other(
+    build: Callable[..., Services],
+) -> None:
+    services = build(retention_schedule="0 */6 * * *", monitor_schedule="0 */6 * * *")
+    for job in ("retention", "freshness_check"):  # both last ran at 00:00; 06:00 was missed
+        services.audit.record(
+            action="scheduled_run",
+            outcome="started",
+            actor=Actor("scheduler", "schedule"),
+            details={"job": job, "scheduled_for": "2025-06-02T00:00:00+00:00"},
+        )
+    scheduler = Scheduler(services, clock=Clock(at("2025-06-02T06:45:00")))
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow_retention(_note: str | None) -> str:
+        started.set()
+        release.wait(30)
+        ran.append("retention")
+        return "slow"
+
+    def check(_note: str | None) -> str:
+        ran.append("freshness_check")
+        return "ran"
+
+    scheduler.runners |= {"retention": slow_retention, "freshness_check": check}
+    scheduler.start()
+    assert started.wait(10)  # the catch-up is inside the late retention run
+    _stop_while(scheduler, release)
+
+    assert ran == ["retention"]  # finished, and stop() waited for it; the check never began
+    [finished] = events(services, "scheduled_run", "succeeded")
+    assert finished.details_dict()["job"] == "retention"
+    assert [m.details_dict()["job"] for m in events(services, "schedule_missed")] == ["retention"]
+
+
 # --- never twice at once -------------------------------------------------------------------
 
 
