@@ -122,9 +122,10 @@ def test_a_refused_bot_token_exits_2_saying_slack_refused_it(
 
 
 def test_sigterm_stops_the_service_cleanly(
-    launch: Callable[..., Replica], fake_slack: FakeSlack
+    launch: Callable[..., Replica], fake_slack: FakeSlack, make_settings: SettingsFactory
 ) -> None:
-    bot = launch(slack_env(fake_slack, MONITOR_SCHEDULE="0 */6 * * *"))
+    env = settings_env(make_settings()) | slack_env(fake_slack, MONITOR_SCHEDULE="0 */6 * * *")
+    bot = launch(env)
     bot.wait_serving()
     bot.proc.send_signal(signal.SIGTERM)
     assert bot.proc.wait(30) == 0, bot.output()
