@@ -221,11 +221,7 @@ class RestoreService:
         with self.audit.run(
             "restore", actor, key=which, details={"into": into, "server": server.display}
         ) as run:
-            target = server.with_dbname(into)
-            if self.source is not None and _same_database(target, self.source):
-                raise UsageError(f"refusing to restore into the source database {into!r}")
-            if into.startswith(SCRATCH_PREFIX):
-                raise UsageError(f"names starting with {SCRATCH_PREFIX} are for restore tests")
+            self.check_target(into, server)
             self._sweep_killed_restores(actor, server)
             if database_exists(server, into):
                 raise UsageError(f"database {into!r} already exists; choose a new name")
@@ -237,6 +233,17 @@ class RestoreService:
                 )
             self._record_report(run, report)
         return report
+
+    def check_target(self, into: str, server: PgTarget) -> None:
+        """Raise UsageError if ``restore`` would never create ``into`` on ``server``: not a
+        valid name, the source database, or a restore test's scratch name (restore tests drop
+        those as leftovers). Reads nothing; whether the name is taken is checked when the
+        restore runs, after what a killed restore left is swept."""
+        check_database_name(into)
+        if self.source is not None and _same_database(server.with_dbname(into), self.source):
+            raise UsageError(f"refusing to restore into the source database {into!r}")
+        if into.startswith(SCRATCH_PREFIX):
+            raise UsageError(f"names starting with {SCRATCH_PREFIX} are for restore tests")
 
     # --- steps --------------------------------------------------------------------------------
     def _resolve(self, which: str) -> tuple[BackupKey, Manifest, list[StoredBackup] | None]:

@@ -17,7 +17,14 @@ import pytest
 from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
 from bot.render.slack_limits import validate_view
 from core.actor import Actor
-from core.database import PgTarget, database_exists, drop_database
+from core.database import (
+    PgTarget,
+    comment_on_database,
+    create_database,
+    database_exists,
+    drop_database,
+)
+from core.restore import INCOMPLETE_RESTORE
 from tests.support.fake_slack import FakeMessage, FakeSlack, block_texts
 from tests.support.slack_fixtures import SlackFactory
 from tests.support.slack_requests import (
@@ -277,6 +284,71 @@ def test_restore_into_a_new_database_goes_through_an_approval_and_creates_it(
             drop_database(pg_server, into)
 
 
+@pytest.mark.parametrize(
+    ("typed", "into", "reason"),
+    [
+        ('"weird name" Grace\'s test', "weird name", "Grace's test"),
+        # What some Slack clients send when a person types the same quotes.
+        ("\u201cweird name\u201d Grace\u2019s test", "weird name", "Grace\u2019s test"),
+        ('\u2018it"s\u2019 why', 'it"s', "why"),
+        ("'a b'\"c d\"", "a bc d", None),  # as a shell joins them
+        ('"Z\u00fcrich donn\u00e9es"  two  spaces', "Z\u00fcrich donn\u00e9es", "two spaces"),
+    ],
+)
+def test_a_restore_request_reads_the_name_like_a_shell_word_and_the_reason_as_typed(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, typed: str, into: str, reason: str | None
+) -> None:
+    app = start_app()
+    [key] = app.seed(s3, [0.5])
+    app.command("/blnk-restore", f"latest into {typed}")
+    message = wait_message(fake, "Approval needed")
+    [pending] = app.services.approvals.pending()
+    assert pending.params == {"key": key, "into": into}  # `latest`, pinned to the newest
+    assert pending.reason == reason
+    assert into in visible(message)
+
+
+def test_restore_into_a_quoted_name_with_spaces_creates_exactly_that_database(
+    start_app: SlackFactory, fake: FakeSlack, pg_server: PgTarget
+) -> None:
+    app = start_app()
+    key = app.services.backups.run(SEED).manifest.key
+    into = f"blnk restored {uuid.uuid4().hex[:8]} \u00e9t\u00e9"
+    try:
+        app.command("/blnk-restore", f"latest into \u201c{into}\u201d Grace's test")
+        message = wait_message(fake, "Approval needed")
+        approval_id = buttons(message)[APPROVE_ACTION]
+        app.click(message, approve=True, user=APPROVER1)
+        done = app.wait_status(approval_id, "executed", "failed", timeout=120)
+        assert done.status == "executed", done.outcome
+        assert database_exists(pg_server, into)
+        assert f"restored {key} into {into}: all checks passed" in visible(
+            final_state(fake, message, "Approved and done")
+        )
+        [requested] = app.events("approval_requested")
+        assert requested.reason == "Grace's test"
+    finally:
+        drop_database(pg_server, into)
+
+
+def test_a_database_a_killed_restore_left_half_restored_does_not_block_a_request(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, pg_server: PgTarget
+) -> None:
+    # The restore itself drops such a leftover before it creates the database again, so the
+    # check made before the approval must not call the name taken.
+    app = start_app()
+    app.seed(s3, [0.5])
+    into = f"blnk_half_{uuid.uuid4().hex[:8]}"
+    create_database(pg_server, into)
+    try:
+        comment_on_database(pg_server, into, f"{INCOMPLETE_RESTORE}{uuid.uuid4().hex}")
+        app.command("/blnk-restore", f"latest into {into}")
+        wait_message(fake, "Approval needed")
+        assert [a.params["into"] for a in app.services.approvals.pending()] == [into]
+    finally:
+        drop_database(pg_server, into)
+
+
 # --- App Home ------------------------------------------------------------------------------------
 def test_opening_the_app_home_publishes_backups_and_pending_approvals(
     start_app: SlackFactory, fake: FakeSlack, s3: Any
@@ -323,6 +395,7 @@ def test_housekeeping_expires_an_overdue_request_and_takes_its_buttons_away(
     [
         ("delete {oldest} duplicate of last night's", "delete"),
         ("prune apply quarterly clean-up", "prune_apply"),
+        ("delete \u201c{oldest}\u201d duplicate of last night\u2019s", "delete"),  # quoted key
     ],
 )
 def test_a_risky_request_may_say_why_and_the_approver_sees_it(

@@ -21,7 +21,8 @@ import pytest
 from bot.render.blocks import refusal
 from bot.render.slack_limits import validate_message
 from core.actor import Actor
-from core.database import PgTarget
+from core.database import PgTarget, database_exists
+from core.restore import SCRATCH_PREFIX
 from tests.support.fake_slack import FakeSlack
 from tests.support.slack_fixtures import SlackFactory
 from tests.support.slack_requests import (
@@ -309,6 +310,11 @@ def test_a_restore_test_shows_its_progress_then_the_result(
         ("/blnk-restore", "latest blnk_new"),
         ("/blnk-restore", "latest into"),
         ("/blnk-restore-test", "one two"),
+        # A quote never closed: refused, never a database named `"weird`.
+        ("/blnk-restore", 'latest into "weird name'),
+        ("/blnk-restore", "latest into \u201cweird name"),  # a typographic quote
+        ("/blnk-restore", "latest into \u2018weird name"),
+        ("/blnk-backups", 'delete "blnk_backup_20200101_000000.dump why'),
     ],
 )
 def test_bad_arguments_get_the_usage_in_the_acknowledgement_and_change_nothing(
@@ -334,6 +340,9 @@ def test_bad_arguments_get_the_usage_in_the_acknowledgement_and_change_nothing(
         ("/blnk-backups", "delete not-a-backup.txt", "not-a-backup.txt"),
         ("/blnk-restore", "blnk_backup_20200101_000000.dump into blnk_new", "does not exist"),
         ("/blnk-backups", "prune apply", "deletes nothing"),
+        # `latest`, as the usage suggests, with no backup at all: said plainly.
+        ("/blnk-restore", "latest into blnk_new", "there is no complete backup to restore yet"),
+        ("/blnk-restore", "Latest into blnk_new", "there is no complete backup to restore yet"),
     ],
 )
 def test_arguments_that_name_nothing_real_get_the_usage_and_request_no_approval(
@@ -347,6 +356,51 @@ def test_arguments_that_name_nothing_real_get_the_usage_and_request_no_approval(
     assert why in visible(reply) and "Nothing was changed" in visible(reply)
     assert app.services.approvals.pending() == []
     assert not [e for e in app.services.audit.events() if e.action.startswith("approval")]
+    assert fake.messages() == []
+
+
+@pytest.mark.parametrize(
+    ("into", "why"),
+    [
+        ("postgres", "database 'postgres' already exists"),
+        ("template1", "database 'template1' already exists"),
+        ("{source}", "refusing to restore into the source database"),
+        ("\u201c{source}\u201d", "refusing to restore into the source database"),  # quoted
+        (f"{SCRATCH_PREFIX}mine", f"names starting with {SCRATCH_PREFIX} are for restore tests"),
+        ('"{too_long}"', "database names must be 1-63 bytes long"),  # 71 bytes, quoted
+    ],
+)
+def test_a_restore_the_restore_would_refuse_is_refused_before_anyone_is_asked_to_approve(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, pg_server: PgTarget, into: str, why: str
+) -> None:
+    app = start_app()
+    app.seed(s3, [0.5])  # a complete backup: only the target name is wrong
+    source = app.services.target.dbname
+    into = into.format(source=source, too_long="a" * 40 + " " + "b" * 30)
+    sent = app.command("/blnk-restore", f"latest into {into} because")
+    assert_quick_ack(sent)
+    reply = sent.wait_response()
+    assert reply["response_type"] == "ephemeral"
+    assert why in visible(reply) and "Nothing was changed" in visible(reply)
+    assert app.services.approvals.pending() == []
+    assert not [e for e in app.services.audit.events() if e.action.startswith("approval")]
+    assert fake.messages() == []
+    assert not database_exists(pg_server, f"{SCRATCH_PREFIX}mine")
+
+
+def test_a_restore_whose_server_does_not_answer_is_refused_before_any_approval(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any
+) -> None:
+    # Whether the name is free cannot be checked: refused with the server's reason, not
+    # "something went wrong" and not an approval request that can only fail.
+    app = start_app(database="blnk_there_is_no_such_database")
+    app.seed(s3, [0.5])
+    reply = app.command("/blnk-restore", "latest into blnk_new").wait_response()
+    assert reply["response_type"] == "ephemeral"
+    shown = visible(reply)
+    assert "Not done" in shown and "blnk_there_is_no_such_database" in shown
+    assert "something went wrong" not in shown
+    assert app.services.approvals.pending() == []
     assert fake.messages() == []
 
 

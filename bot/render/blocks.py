@@ -686,7 +686,7 @@ _HELP = [
     ("/blnk-backups audit", "the newest audit events"),
     ("/blnk-backups help", "this message"),
     ("/blnk-restore-test [KEY|latest]", "restore a backup into a scratch database and check it"),
-    ("/blnk-restore KEY into NEWDB", "restore a backup into a new database (approval)"),
+    ("/blnk-restore KEY|latest into NEWDB", "restore into a new database (approval; quote names)"),
 ]
 
 

@@ -1,9 +1,16 @@
 """Slash command text → what to do. Pure parsing, no I/O: a bad or unknown argument is a
-UsageError whose message is the usage line a person needs."""
+UsageError whose message is the usage line a person needs.
+
+Arguments that name something (a backup key, a new database's name) are read like words in a
+shell, so a database name may hold spaces, quotes and any letter: ``into "weird name"``. A
+reason is free text after them, taken as typed: reading it like a shell would break on the
+apostrophe in "Grace's test"."""
 
 from __future__ import annotations
 
 import html
+import io
+import shlex
 from dataclasses import dataclass
 
 from core.errors import UsageError
@@ -25,12 +32,19 @@ USAGE = {
     RESTORE_TEST: "`/blnk-restore-test [KEY | latest]`",
     RESTORE: (
         "`/blnk-restore KEY|latest into NEWDB [reason]`, e.g. "
-        "`/blnk-restore latest into blnk_restored incident 1234`"
+        "`/blnk-restore latest into blnk_restored incident 1234`; quote a name with spaces "
+        'or quotes in it as in a shell: `into "blnk restored"`'
     ),
 }
 
 # What each request does, and whether it changes something (then it needs an approval).
 RISKY = {"prune_apply", "delete", "bucket_apply", "restore"}
+
+LATEST = "latest"
+# Some Slack clients turn the quotes a person types into typographic ones: they quote too.
+_TYPOGRAPHIC_QUOTES = str.maketrans(
+    {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"}
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +53,7 @@ class Request:
 
     action: str  # backup list status prune prune_apply delete bucket_check bucket_apply
     #              audit help restore_test restore
-    key: str | None = None
+    key: str | None = None  # a backup key, or LATEST
     reason: str | None = None
     into: str | None = None
 
@@ -53,24 +67,32 @@ def parse(command: str, text: str) -> Request:
 
     Raise UsageError (with the command's usage) for unknown commands or arguments."""
     # Slack sends &, < and > in command text as HTML entities.
-    words = html.unescape(text or "").split()
+    text = html.unescape(text or "")
     if command == BACKUP:
-        return Request("backup", reason=" ".join(words) or None)
+        return Request("backup", reason=_reason(text))
     if command == RESTORE_TEST:
-        if len(words) > 1:
+        words, rest = _words(text, 1, RESTORE_TEST)
+        if rest.strip():
             raise UsageError(f"one backup at a time: {USAGE[RESTORE_TEST]}")
-        return Request("restore_test", key=words[0] if words else "latest")
+        return Request("restore_test", key=_key(words[0]) if words else LATEST)
     if command == RESTORE:
-        if len(words) < 3 or words[1].lower() != "into":
-            raise UsageError(f"usage: {USAGE[RESTORE]}")
-        return Request("restore", key=words[0], into=words[2], reason=_reason(words[3:]))
+        return _parse_restore(text)
     if command == BACKUPS:
-        return _parse_backups(words)
+        return _parse_backups(text)
     raise UsageError(f"unknown command {command!r}")
 
 
-def _parse_backups(words: list[str]) -> Request:
-    lowered = [w.lower() for w in words]
+def _parse_restore(text: str) -> Request:
+    """KEY, the word ``into``, NEWDB (quoted or not), then the reason: the rest as typed."""
+    words, rest = _words(text, 3, RESTORE)
+    if len(words) < 3 or words[1].lower() != "into":
+        raise UsageError(f"usage: {USAGE[RESTORE]}")
+    key, _into, into = words
+    return Request("restore", key=_key(key), into=into, reason=_reason(rest))
+
+
+def _parse_backups(text: str) -> Request:
+    lowered = [w.lower() for w in text.split()]  # the subcommands: plain words, never quoted
     simple = {
         (): "help",
         ("help",): "help",
@@ -85,12 +107,48 @@ def _parse_backups(words: list[str]) -> Request:
     if tuple(lowered) in simple:
         return Request(simple[tuple(lowered)])
     # The risky ones (they become approval requests) may say why, for the approver.
-    if len(words) > 2 and tuple(lowered[:2]) in {("prune", "apply"), ("bucket", "apply")}:
-        return Request(simple[tuple(lowered[:2])], reason=_reason(words[2:]))
-    if len(words) >= 2 and lowered[0] == "delete":
-        return Request("delete", key=words[1], reason=_reason(words[2:]))
+    if len(lowered) > 2 and tuple(lowered[:2]) in {("prune", "apply"), ("bucket", "apply")}:
+        _subcommand, rest = _words(text, 2, BACKUPS)
+        return Request(simple[tuple(lowered[:2])], reason=_reason(rest))
+    if lowered[:1] == ["delete"]:
+        words, rest = _words(text, 2, BACKUPS)
+        if len(words) == 2:
+            return Request("delete", key=words[1], reason=_reason(rest))
     raise UsageError(f"usage: {USAGE[BACKUPS]}")
 
 
-def _reason(words: list[str]) -> str | None:
-    return " ".join(words) or None
+def _words(text: str, count: int, command: str) -> tuple[list[str], str]:
+    """Return up to ``count`` words from the start of text, read as a POSIX shell reads them
+    (quotes group, typographic quotes too), and the text after them exactly as typed.
+
+    Only the words are read as a shell would: the rest is never looked at, so an apostrophe
+    in a reason is just an apostrophe. Raise UsageError for a quote a word never closes."""
+    # The translation maps one character to one, so what is left of the stream has the same
+    # length as what is left of the text.
+    stream = io.StringIO(text.translate(_TYPOGRAPHIC_QUOTES))
+    lexer = shlex.shlex(stream, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # a '#' in a name is part of the name
+    lexer.whitespace += "\u00a0"  # what some clients send for a space
+    words: list[str] = []
+    try:
+        while len(words) < count and (word := lexer.get_token()) is not None:
+            words.append(word)
+    except ValueError as exc:  # shlex: "No closing quotation" or "No escaped character"
+        problem = (
+            "a quote is opened and never closed"
+            if "quotation" in str(exc)
+            else "the text ends with a \\ that escapes nothing"
+        )
+        raise UsageError(f"{problem}: {USAGE[command]}") from None
+    return words, text[len(text) - len(stream.read()) :]
+
+
+def _key(word: str) -> str:
+    """A backup key as typed, or LATEST however it is capitalised."""
+    return LATEST if word.lower() == LATEST else word
+
+
+def _reason(text: str) -> str | None:
+    """A reason is one line of free text: runs of whitespace become one space, as before."""
+    return " ".join(text.split()) or None

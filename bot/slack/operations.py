@@ -10,19 +10,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.render import blocks
 from bot.slack.auth import Authorizer
-from bot.slack.commands import Request
+from bot.slack.commands import LATEST, Request
 from bot.slack.messenger import Messenger, Renderable
 from bot.slack.progress import LiveMessage
 from core.actor import Actor
 from core.approvals import Approval, ApprovalError
 from core.backup import BackupProgress
-from core.errors import AlreadyRunningError, BackupError, UsageError
+from core.database import PgTarget, database_exists, databases_commented
+from core.errors import AlreadyRunningError, BackupError, PreflightError, UsageError
 from core.keys import BackupKey
 from core.services import Services
+
+if TYPE_CHECKING:
+    from core.s3store import StoredBackup
 
 log = logging.getLogger("blnk_backup.slack.operations")
 
@@ -75,6 +79,8 @@ class SlackOperations:
             caller.respond(blocks.usage(exc.message))
         except AlreadyRunningError as exc:
             caller.respond(blocks.already_running(exc.holder))
+        except PreflightError as exc:  # e.g. the server a restore would go to does not answer
+            caller.respond(blocks.refusal(exc.message))
 
     def _refuse(self, caller: Caller, what: str, why: str) -> None:
         self.services.audit.record(
@@ -235,30 +241,62 @@ class SlackOperations:
                 raise UsageError("every bucket already has the recommended settings")
             return "bucket_apply", {"stores": [r.location for r in results]}, lines
         if request.action == "restore":
-            assert request.key is not None and request.into is not None
-            from core.database import check_database_name
-
-            check_database_name(request.into)
-            key = (
-                self.services.catalog.list(limit=1)[0].key
-                if request.key == "latest" and self.services.catalog.list(limit=1)
-                else BackupKey.parse_or_raise(request.key, store.prefix)
-            )
-            found = store.backup(key)
-            if found is None or not found.complete:
-                why = "does not exist" if found is None else f"is not complete ({found.problem})"
-                raise UsageError(f"{key} {why}")
-            server = self.services.target.display.rsplit("/", 1)[0]
-            return (
-                "restore",
-                {"key": key.key, "into": request.into},
-                [
-                    f"Create the new database `{request.into}` on {server}",
-                    f"Restore backup `{key.key}` into it (verified download, pg_restore), "
-                    "then check it; the source database is not touched",
-                ],
-            )
+            return self._plan_restore(request)
         raise UsageError(f"{request.action} needs no approval")
+
+    def _plan_restore(self, request: Request) -> tuple[str, dict[str, Any], list[str]]:
+        """Refuse now, before anyone is asked to approve, what the restore would refuse after
+        the approval (a name in use, the source database, ...); pin ``latest`` to a key, so
+        the approver approves one backup. The restore checks all of it again when it runs."""
+        assert request.key is not None and request.into is not None
+        server = self.services.target  # where the Slack bot restores: Blnk's server
+        self._check_restore_name(request.into, server)
+        backup = self._complete_backup(request.key)
+        self._check_restore_name_free(request.into, server)
+        where = server.display.rsplit("/", 1)[0]
+        return (
+            "restore",
+            {"key": backup.key.key, "into": request.into},
+            [
+                f"Create the new database `{request.into}` on {where}",
+                f"Restore backup `{backup.key.key}` into it (verified download, pg_restore), "
+                "then check it; the source database is not touched",
+            ],
+        )
+
+    def _complete_backup(self, which: str) -> StoredBackup:
+        """The complete backup ``which`` names: a key, or LATEST for the newest complete one
+        (as ``blnk-backup restore latest`` picks it). Raise UsageError saying why there is
+        none."""
+        store = self.services.store
+        if which == LATEST:
+            complete = [b for b in store.list_backups() if b.complete]
+            if not complete:
+                raise UsageError("there is no complete backup to restore yet")
+            return complete[-1]
+        key = BackupKey.parse_or_raise(which, store.prefix)
+        found = store.backup(key)
+        if found is None or not found.complete:
+            why = "does not exist" if found is None else f"is not complete ({found.problem})"
+            raise UsageError(f"{key} {why}")
+        return found
+
+    def _check_restore_name(self, into: str, server: PgTarget) -> None:
+        """Refuse a name the restore never creates (core's own rules), without asking the
+        server."""
+        self.services.restores.check_target(into, server)
+
+    @staticmethod
+    def _check_restore_name_free(into: str, server: PgTarget) -> None:
+        """Refuse a name already taken on the server (postgres, template1, ...). A database a
+        killed restore left half-restored is not in the way: the restore drops it first."""
+        from core.restore import INCOMPLETE_RESTORE
+
+        if not database_exists(server, into):
+            return
+        if into in dict(databases_commented(server, INCOMPLETE_RESTORE)):
+            return
+        raise UsageError(f"database {into!r} already exists; choose a new name")
 
     def decide(self, approval_id: str, caller: Caller, approve: bool) -> None:
         """A button click: check the approver, decide once, update the message, execute."""
