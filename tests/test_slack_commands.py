@@ -333,6 +333,17 @@ def test_bad_arguments_get_the_usage_in_the_acknowledgement_and_change_nothing(
     assert fake.calls() == []
 
 
+def _refused_changing_nothing(app: Any, fake: FakeSlack, sent: Any, why: str) -> None:
+    """Acknowledged at once, refused privately with ``why``, and nothing asked or posted."""
+    assert_quick_ack(sent)
+    reply = sent.wait_response()
+    assert reply["response_type"] == "ephemeral"
+    assert why in visible(reply) and "Nothing was changed" in visible(reply)
+    assert app.services.approvals.pending() == []
+    assert not [e for e in app.services.audit.events() if e.action.startswith("approval")]
+    assert fake.messages() == []
+
+
 @pytest.mark.parametrize(
     ("command", "text", "why"),
     [
@@ -350,13 +361,7 @@ def test_arguments_that_name_nothing_real_get_the_usage_and_request_no_approval(
 ) -> None:
     app = start_app()
     sent = app.command(command, text)
-    assert_quick_ack(sent)
-    reply = sent.wait_response()
-    assert reply["response_type"] == "ephemeral"
-    assert why in visible(reply) and "Nothing was changed" in visible(reply)
-    assert app.services.approvals.pending() == []
-    assert not [e for e in app.services.audit.events() if e.action.startswith("approval")]
-    assert fake.messages() == []
+    _refused_changing_nothing(app, fake, sent, why)
 
 
 @pytest.mark.parametrize(
@@ -378,13 +383,7 @@ def test_a_restore_the_restore_would_refuse_is_refused_before_anyone_is_asked_to
     source = app.services.target.dbname
     into = into.format(source=source, too_long="a" * 40 + " " + "b" * 30)
     sent = app.command("/blnk-restore", f"latest into {into} because")
-    assert_quick_ack(sent)
-    reply = sent.wait_response()
-    assert reply["response_type"] == "ephemeral"
-    assert why in visible(reply) and "Nothing was changed" in visible(reply)
-    assert app.services.approvals.pending() == []
-    assert not [e for e in app.services.audit.events() if e.action.startswith("approval")]
-    assert fake.messages() == []
+    _refused_changing_nothing(app, fake, sent, why)
     assert not database_exists(pg_server, f"{SCRATCH_PREFIX}mine")
 
 
