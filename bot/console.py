@@ -51,7 +51,8 @@ Type the bot's slash commands, as in Slack:
   /blnk-backups list | status | prune | prune apply | delete KEY | bucket check
                | bucket apply | audit | help
   /blnk-restore-test [KEY | latest]          prove a backup restorable
-  /blnk-restore KEY into NEWDB               restore into a new database (needs approval)
+  /blnk-restore KEY|latest into NEWDB        restore into a new database (needs approval;
+                                             quote a name with spaces: into "blnk copy")
 Console only:
   /as USER        act as another Slack user (e.g. /as U2 to approve U1's request)
   /approve [ID]   press Approve on a pending request (/deny [ID] to deny)

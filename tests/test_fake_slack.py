@@ -322,7 +322,7 @@ def test_messages_rendered_by_the_bot_are_accepted_and_visible_as_sent(slack: Fa
     )
 
     shown = slack.message("C1", posted["ts"])
-    assert "/blnk-restore KEY into NEWDB" in shown.visible_text()
+    assert "/blnk-restore KEY|latest into NEWDB" in shown.visible_text()
     assert shown.blocks == help_message.blocks
 
 
