@@ -111,9 +111,10 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         _check_token(slack.client)
     socket_mode = settings.slack_app_token is not None
     handler: Any = None
+    watchdog: Any = None
     probes = Probes()
     if slack is not None and socket_mode:
-        handler = _connect_socket_mode(slack.app, settings)
+        handler, watchdog = _connect_socket_mode(slack.app, settings)
         probes.socket_connected = lambda: bool(handler.client.is_connected())
     api = HttpApi(
         services,
@@ -134,6 +135,9 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     stopping_since: list[float] = []
 
     def shut_down(_signum: int, _frame: object) -> None:
+        if stopping_since:  # a second signal: already stopping (the server may be closed)
+            log.warning("already shutting down")
+            return
         stopping_since.append(time.monotonic())
         stop.set()  # run_until drains the requests in flight, then closes the server
         server.pull_trigger()
@@ -168,6 +172,8 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         if not services.stop_backup(STOPPING, OVERDUE_SECONDS, grace_seconds=max(0.0, left)):
             log.warning("a backup is still cleaning up; the next backup finishes that")
         leadership.stop()
+        if watchdog is not None:
+            watchdog.stop()  # first: a check under way must not reconnect a closed client
         if handler is not None:
             handler.close()
         if slack is not None:
@@ -187,7 +193,7 @@ def _check_token(client: Any) -> None:
         ) from None
 
 
-def _connect_socket_mode(app: Any, settings: Settings) -> Any:
+def _connect_socket_mode(app: Any, settings: Settings) -> tuple[Any, Any]:
     """Connect Socket Mode, retrying with backoff when ``apps.connections.open`` fails at
     start-up (slack_sdk raises then instead of retrying). A failed WebSocket handshake does not
     raise: slack_sdk's own session check reconnects it within its ping interval (5 s), and
@@ -205,15 +211,14 @@ def _connect_socket_mode(app: Any, settings: Settings) -> Any:
     for attempt in range(8):
         try:
             handler.connect()  # type: ignore[no-untyped-call]
-            SocketWatchdog(handler.client, PING_INTERVAL).start()
-            return handler
+            return handler, SocketWatchdog(handler.client, PING_INTERVAL).start()
         except Exception as exc:
             log.warning("Socket Mode connection failed (%s); retrying in %.0f s", exc, delay)
             if attempt == 7:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 60)
-    return handler
+    raise AssertionError("unreachable: the last attempt raises")
 
 
 def _housekeeping(slack: SlackBot, stop: threading.Event) -> None:

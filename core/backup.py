@@ -37,6 +37,7 @@ from core.dumpstream import DumpStream
 from core.errors import (
     AlreadyRunningError,
     BackupError,
+    BackupInterrupted,
     ConfigError,
     LocalCopyError,
     StorageError,
@@ -108,6 +109,7 @@ class BackupService:
         self._running = threading.Lock()
         self._holder: str | None = None
         self._stream: DumpStream | None = None  # the running backup's, for ``interrupt``
+        self._refusing: str | None = None  # why new backups are refused (shutting down)
         # A run that started this long before ours and never ended cannot still be waiting for
         # the lock (that takes seconds), so holding the lock proves it dead.
         self.abandon_after = timedelta(minutes=2)
@@ -143,6 +145,9 @@ class BackupService:
         VerificationError/LocalCopyError if it failed. Every outcome is in the audit log.
         """
         reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
+        if self._refusing is not None:  # the service is shutting down
+            with self.audit.run("backup", actor, reason=reason):
+                raise BackupInterrupted(f"the backup was not started: {self._refusing}")
         started = self.clock()
         warm_up = threading.Thread(target=self._build_adapters, name="backup-setup", daemon=True)
         warm_up.start()
@@ -217,6 +222,11 @@ class BackupService:
             "try again when it ends",
             holder=holder,
         )
+
+    def refuse_new(self, why: str) -> None:
+        """From now on, refuse to start backups (a service shutting down: one started now
+        would die with the process): each is recorded as failed, ``interrupted``."""
+        self._refusing = why
 
     def interrupt(self, why: str) -> bool:
         """Stop the backup running in this process, if pg_dump is still dumping (a service

@@ -231,7 +231,7 @@ class Settings(BaseSettings):
         except psycopg.ProgrammingError:
             raise ValueError("cannot be parsed as a postgres URL or libpq conninfo") from None
         for port in str(params.get("port") or "5432").split(","):
-            if not port.isdigit() or not 0 < int(port) < 65536:
+            if port and (not port.isdigit() or not 0 < int(port) < 65536):  # empty: default
                 raise ValueError("has a port that is not a number from 1 to 65535")
         if info.field_name == "database_url" and not params.get("dbname"):
             # libpq would fall back to the user's name, usually the empty "postgres" database:
@@ -376,11 +376,13 @@ def _problems(exc: ValidationError) -> Iterable[str]:
 
 def unencoded_userinfo(url: str) -> bool:
     """True if a postgres URL's user or password holds a raw ``@`` or ``/``: its authority
-    (up to the first ``/``) has two ``@``, or an ``@`` follows the first ``/`` — where libpq
-    would take the rest of the password for the host or the database name."""
+    (up to the first ``/``) has two ``@``, or an ``@`` after the first ``/`` is followed by
+    another ``/`` (``user:pa/ss@host:5432/db``: libpq would read ``user`` as the host and the
+    rest of the password as the database name). An ``@`` in the database name alone
+    (``host/ledger@2024``) is fine."""
     rest = url.split("://", 1)[1].split("?", 1)[0]
     authority, slash, path = rest.partition("/")
-    return authority.count("@") > 1 or (bool(slash) and "@" in path)
+    return authority.count("@") > 1 or (bool(slash) and re.search(r"@[^/]*/", path) is not None)
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:

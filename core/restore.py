@@ -14,6 +14,7 @@ its lock, removes both and closes the dead run's audit record as ``abandoned``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -321,23 +322,40 @@ class RestoreService:
         dead: set[str] = set()
         if _RESTORE_WORKDIRS.is_dir():
             for workdir in _RESTORE_WORKDIRS.iterdir():
-                if _remove_if_unlocked(workdir):
-                    log.warning("removed %s, left behind by a killed restore", workdir)
-                    dead.add(workdir.name)
+                if workdir.name.startswith("."):
+                    continue  # being set up (see _held_workdir)
+                try:
+                    if _remove_if_unlocked(workdir):
+                        log.warning("removed %s, left behind by a killed restore", workdir)
+                        dead.add(workdir.name)
+                except OSError as exc:  # best effort: never in the way of this restore
+                    log.warning("could not remove %s: %s", workdir, exc)
         for name, comment in databases_commented(server, INCOMPLETE_RESTORE):
             try:
-                with AdvisoryLock(server.with_dbname(name), RESTORE_INTO_LOCK_ID, "restoring"):
-                    pass
-            except AlreadyRunningError:
-                continue  # a restore into it is running
-            log.warning("dropping %s, a half-restored database left by a killed restore", name)
-            drop_database(server, name)
-            if found := _RUN_IN_COMMENT.search(comment):
-                dead.add(found[1])
+                dropped = self._drop_if_abandoned(server, name, comment)
+                if dropped and (found := _RUN_IN_COMMENT.search(comment)):
+                    dead.add(found[1])
+            except Exception as exc:  # best effort, e.g. another role's database
+                log.warning("could not drop %s, left by a killed restore: %s", name, exc)
         if dead:
             self.audit.close_abandoned(
                 "restore", actor, scope={}, before=datetime.now(UTC), run_ids=dead
             )
+
+    @staticmethod
+    def _drop_if_abandoned(server: PgTarget, name: str, comment: str) -> bool:
+        """Drop database ``name`` if nobody holds its restore lock and it still carries the
+        incomplete-restore ``comment`` (re-read under the lock: a restore that finished since
+        the listing changed it while holding the lock); return True if dropped."""
+        try:
+            with AdvisoryLock(server.with_dbname(name), RESTORE_INTO_LOCK_ID, "restoring"):
+                if (name, comment) not in databases_commented(server, INCOMPLETE_RESTORE):
+                    return False  # finished (or failed and being dropped) meanwhile
+                log.warning("dropping %s, a half-restored database left by a killed restore", name)
+                drop_database(server, name)  # under the lock (FORCE ends its session too)
+                return True
+        except AlreadyRunningError:
+            return False  # a restore into it is running
 
     def _restore_and_check(
         self,
@@ -551,10 +569,13 @@ _RESTORE_WORKDIRS = Path(tempfile.gettempdir()) / "blnk-restore-into"
 @contextmanager
 def _held_workdir(path: Path) -> Iterator[Path]:
     """A work directory locked (flock) for as long as this process uses it, then removed; a
-    killed process's lock goes with it, so ``_remove_if_unlocked`` can tell a leftover."""
-    path.mkdir(parents=True)
-    with (path / ".lock").open("w") as lock:
+    killed process's lock goes with it, so ``_remove_if_unlocked`` can tell a leftover. It is
+    made and locked under a hidden name first, so a sweep never sees it unlocked."""
+    setting_up = path.with_name(f".{path.name}")
+    setting_up.mkdir(parents=True)
+    with (setting_up / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        setting_up.rename(path)
         try:
             yield path
         finally:
@@ -563,14 +584,17 @@ def _held_workdir(path: Path) -> Iterator[Path]:
 
 def _remove_if_unlocked(path: Path) -> bool:
     """Remove work directory ``path`` if no process holds its lock; True if removed."""
+    lock_path = path / ".lock"
     try:
-        with (path / ".lock").open("r") as lock:
+        with lock_path.open("r") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(lock.fileno()).st_ino != lock_path.stat().st_ino:
+                return False  # its owner finished and removed it while we opened it
             shutil.rmtree(path, ignore_errors=True)
             return True
     except BlockingIOError:
         return False  # in use
-    except OSError:  # no lock file: not one of ours, or half made; leave it
+    except OSError:  # gone meanwhile, or no lock file: not one of ours; leave it
         return False
 
 
@@ -583,7 +607,14 @@ def _marked_while_restoring(server: PgTarget, name: str, comment: str | None) ->
         return
     with AdvisoryLock(server.with_dbname(name), RESTORE_INTO_LOCK_ID, f"{name} is being restored"):
         comment_on_database(server, name, comment)
-        yield
+        try:
+            yield
+        except BaseException:
+            # Unmarked before the lock goes: the caller drops it, not a sweep that would call
+            # this live run abandoned.
+            with contextlib.suppress(Exception):
+                comment_on_database(server, name, "blnk-backup: failed restore, being dropped")
+            raise
         comment_on_database(server, name, "blnk-backup: restored; checks running")
 
 

@@ -164,9 +164,13 @@ class Services:
         """Let the backup running in this process, if any, end within ``grace_seconds``; then
         stop it (the service shutting down) and wait up to ``wait_seconds`` for it to clean up.
         Return False if one still runs."""
-        backups: BackupService | None = self._parts.get("backups")
-        if backups is None:
-            return True  # never built: none ran
+        from core.errors import ConfigError
+
+        try:
+            backups = self.backups
+        except ConfigError:
+            return True  # not configured: none can run
+        backups.refuse_new(why)
         if grace_seconds > 0 and backups.wait_idle(grace_seconds):
             return True
         if backups.interrupt(why):

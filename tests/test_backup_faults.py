@@ -20,6 +20,7 @@ from core.backup import BackupProgress
 from core.database import PgTarget, drop_database, server_version
 from core.errors import (
     AlreadyRunningError,
+    BackupInterrupted,
     ConfigError,
     DumpError,
     PreflightError,
@@ -454,3 +455,20 @@ def test_a_role_that_cannot_read_a_table_fails_cleanly(
             conn.execute(f'DROP OWNED BY "{role}"')
         with pg_server.connect(autocommit=True) as conn:
             conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_once_the_service_stops_backups_a_new_one_is_refused_and_recorded(
+    make_settings: Any, s3: Any, bucket: str
+) -> None:
+    # A backup started by a scheduler or a Socket Mode command while the service shuts down
+    # would die with the process, unaudited: it is refused instead.
+    services = Services(make_settings())
+    try:
+        assert services.stop_backup("the service is shutting down (SIGTERM)", 0)
+        with pytest.raises(BackupInterrupted, match="not started: the service is shutting down"):
+            services.backups.run(ACTOR)
+        [failed, _started] = services.audit.events(action="backup")
+        assert (failed.outcome, failed.error_code) == ("failed", "interrupted")
+        assert bucket_keys(s3, bucket) == [] and incomplete_uploads(s3, bucket) == []
+    finally:
+        services.close()

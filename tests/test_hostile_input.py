@@ -151,6 +151,18 @@ def test_an_endpoint_url_carrying_credentials_is_refused_without_showing_them() 
     load_settings(s3_endpoint_url="http://127.0.0.1:9000/path@x")  # an @ past the host is fine
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@db.internal/ledger@2024",  # an @ in the database name
+        "postgresql://u:p@h1,h2:5433/blnk",  # several hosts, the first on the default port
+        "postgresql://u:p%2Fq%40r@h/blnk",  # a password with / and @, percent-encoded
+    ],
+)
+def test_valid_urls_that_look_odd_are_accepted(url: str) -> None:
+    assert load_settings(database_url=url).database_url is not None
+
+
 @pytest.mark.parametrize("url", ["postgresql://u@h:99999/db", "host=h dbname=db port=0"])
 def test_a_database_port_out_of_range_is_a_configuration_error(url: str) -> None:
     with pytest.raises(ConfigError, match="port that is not a number from 1 to 65535"):

@@ -31,7 +31,12 @@ from core.database import (
 from core.dbstats import ledger_totals, object_counts, row_counts
 from core.errors import ConfigError, RestoreCheckError, UsageError
 from core.processes import find_tool
-from core.restore import INCOMPLETE_RESTORE, SCRATCH_PREFIX
+from core.restore import (
+    INCOMPLETE_RESTORE,
+    SCRATCH_PREFIX,
+    RestoreService,
+    _marked_while_restoring,
+)
 from core.services import Services
 from tests.support.helpers import make_database, settings_env
 
@@ -333,6 +338,67 @@ def test_a_killed_restore_leaves_a_database_marked_incomplete_that_the_next_rest
         services.close()
         for database in (killed, live, new, name):
             drop_database(pg_server, database)
+
+
+def test_the_sweep_drops_only_a_leftover_nobody_holds_that_is_still_marked_incomplete(
+    pg_server: PgTarget,
+) -> None:
+    name = f"blnk_left_{os.getpid()}"
+    marked = f"{INCOMPLETE_RESTORE}{'a' * 32} of some key"
+    create_database(pg_server, name)
+    try:
+        comment_on_database(pg_server, name, marked)
+        with AdvisoryLock(pg_server.with_dbname(name), RESTORE_INTO_LOCK_ID, "restoring"):
+            assert not RestoreService._drop_if_abandoned(pg_server, name, marked)  # alive
+        # Listed while pg_restore ran, finished before the sweep took the lock: not a leftover.
+        comment_on_database(pg_server, name, "blnk-backup: restored; checks running")
+        assert not RestoreService._drop_if_abandoned(pg_server, name, marked)
+        assert database_exists(pg_server, name)
+        comment_on_database(pg_server, name, marked)
+        assert RestoreService._drop_if_abandoned(pg_server, name, marked)
+        assert not database_exists(pg_server, name)
+    finally:
+        drop_database(pg_server, name)
+
+
+def test_a_restore_that_fails_is_unmarked_before_it_lets_go_of_its_lock(
+    pg_server: PgTarget,
+) -> None:
+    # Else a sweep in between would drop it and call the live run abandoned, and the run
+    # would end twice (abandoned and failed).
+    name = f"blnk_failing_{os.getpid()}"
+    create_database(pg_server, name)
+    try:
+        marked = f"{INCOMPLETE_RESTORE}{'b' * 32} of some key"
+        with pytest.raises(RestoreCheckError), _marked_while_restoring(pg_server, name, marked):
+            assert [n for n, _c in databases_commented(pg_server, INCOMPLETE_RESTORE)] == [name]
+            raise RestoreCheckError("pg_restore failed")
+        assert databases_commented(pg_server, INCOMPLETE_RESTORE) == []
+        assert databases_commented(pg_server, "blnk-backup: failed restore") != []
+    finally:
+        drop_database(pg_server, name)
+
+
+def test_a_leftover_the_sweep_may_not_drop_is_logged_and_never_blocks_a_restore(
+    make_settings: Any, pg_server: PgTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    tag = os.getpid()
+    left, role = f"blnk_left_by_admin_{tag}", f"blnk_bot_role_{tag}"
+    create_database(pg_server, left)  # left by a killed restore run as another role
+    comment_on_database(pg_server, left, f"{INCOMPLETE_RESTORE}{'c' * 32} of some key")
+    with pg_server.connect(autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN CREATEDB')
+    services = Services(make_settings())
+    try:
+        as_bot = PgTarget({**pg_server.params, "user": role}, None)
+        services.restores._sweep_killed_restores(ACTOR, as_bot)  # no exception
+        assert database_exists(pg_server, left)
+        assert f"could not drop {left}" in caplog.text
+    finally:
+        services.close()
+        drop_database(pg_server, left)
+        with pg_server.connect(autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_an_archive_pg_restore_cannot_read_fails_before_a_database_is_created(

@@ -291,6 +291,8 @@ def test_restore_into_a_new_database_goes_through_an_approval_and_creates_it(
         # What some Slack clients send when a person types the same quotes.
         ("\u201cweird name\u201d Grace\u2019s test", "weird name", "Grace\u2019s test"),
         ('\u2018it"s\u2019 why', 'it"s', "why"),
+        # Alone, U+2019 is an apostrophe (what smart punctuation makes of '), not a quote.
+        ("grace\u2019s_db Bob\u2019s audit", "grace\u2019s_db", "Bob\u2019s audit"),
         ("'a b'\"c d\"", "a bc d", None),  # as a shell joins them
         ('"Z\u00fcrich donn\u00e9es"  two  spaces', "Z\u00fcrich donn\u00e9es", "two spaces"),
     ],

@@ -42,9 +42,10 @@ RISKY = {"prune_apply", "delete", "bucket_apply", "restore"}
 
 LATEST = "latest"
 # Some Slack clients turn the quotes a person types into typographic ones: they quote too.
-_TYPOGRAPHIC_QUOTES = str.maketrans(
-    {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"}
-)
+_TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"'})
+# Single typographic quotes (U+2018, U+2019) quote only where an opening one is typed: alone,
+# U+2019 is an apostrophe, as smart punctuation makes of one (grace's_db).
+_TYPOGRAPHIC_SINGLE_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'"})
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,10 @@ def _words(text: str, count: int, command: str) -> tuple[list[str], str]:
     in a reason is just an apostrophe. Raise UsageError for a quote a word never closes."""
     # The translation maps one character to one, so what is left of the stream has the same
     # length as what is left of the text.
-    stream = io.StringIO(text.translate(_TYPOGRAPHIC_QUOTES))
+    plain = text.translate(_TYPOGRAPHIC_QUOTES)
+    if "\u2018" in plain:
+        plain = plain.translate(_TYPOGRAPHIC_SINGLE_QUOTES)
+    stream = io.StringIO(plain)
     lexer = shlex.shlex(stream, posix=True)
     lexer.whitespace_split = True
     lexer.commenters = ""  # a '#' in a name is part of the name

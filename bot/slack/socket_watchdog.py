@@ -60,7 +60,7 @@ class SocketWatchdog:
         self.stale_after = ping_interval * STALE_PINGS
         self.every = every
         self.replaced = 0
-        self._seen: tuple[int, float] | None = None  # (id of a connection, when first seen)
+        self._seen: tuple[Any, float] | None = None  # (a connection, when first seen)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="socket-watchdog", daemon=True)
 
@@ -93,8 +93,8 @@ class SocketWatchdog:
 
     def _unanswered(self, session: Any) -> str | None:
         now = time.time()
-        if self._seen is None or self._seen[0] != id(session):
-            self._seen = (id(session), now)
+        if self._seen is None or self._seen[0] is not session:
+            self._seen = (session, now)
         answered = session.last_ping_pong_time or self._seen[1]
         silent = now - answered
         if silent <= self.stale_after:
