@@ -11,7 +11,8 @@ beat and steps down if it is gone. With SQLite there is one process by construct
 Each scheduled run also holds a lock of its job (``JobLock``) on a connection of its own for
 as long as it runs. Leadership can move while a run goes on (a leader whose connection was cut
 steps down, yet its run continues), so the job lock, not leadership, is what keeps two runs of
-one job apart across replicas and what proves a run that never ended dead.
+one job apart across replicas. Whether a run that never ended is dead is its own run lock's
+business (core/liveness.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from core.liveness import lock_connection
+
 log = logging.getLogger("blnk_backup.leader")
 
 LEADER_LOCK_ID = 0x626C6E6B_6C656164  # "blnklead"
@@ -35,33 +38,10 @@ def shared_audit(audit_url: str) -> bool:
     return make_url(audit_url).get_backend_name() == "postgresql"
 
 
-def lock_connection(audit_url: str, application_name: str) -> Any:
-    """A connection to the shared audit database for holding session advisory locks: the lock
-    lives exactly as long as the connection, and the server notices a dead holder quickly."""
-    import psycopg
-
-    url = make_url(audit_url).set(drivername="postgresql")
-    return psycopg.connect(
-        url.render_as_string(hide_password=False),
-        autocommit=True,
-        application_name=application_name,
-        connect_timeout=10,
-        keepalives=1,
-        keepalives_idle=10,
-        keepalives_interval=5,
-        keepalives_count=3,
-        # The server must notice a dead holder too: a host that vanishes sends no FIN, and
-        # with the kernel default (2 h of silence) nobody could take the lock over.
-        options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
-    )
-
-
 class JobLock:
-    """A lock per scheduled job that every replica sees: held for the whole of a run, so
-    holding it proves that no earlier run of that job is still alive anywhere — the runs
-    recorded as started and never ended are dead (a SIGKILLed or vanished process), not
-    merely a leader that lost its election. With SQLite there is one process, and the
-    scheduler's in-process guard is the lock."""
+    """A lock per scheduled job that every replica sees, held for the whole of a run: no two
+    runs of one job at once, even when leadership moves mid-run. With SQLite there is one
+    process, and the scheduler's in-process guard is the lock."""
 
     def __init__(self, audit_url: str, job: str) -> None:
         self.audit_url = audit_url

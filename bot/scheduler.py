@@ -237,11 +237,11 @@ class Scheduler:
         )
 
     def _close_dead_runs(self, name: str) -> None:
-        """Close the runs of this job that started and never ended (their process was killed:
-        a run alive anywhere would hold the job lock this replica holds now)."""
+        """Close the runs of this job that started and never ended and whose run lock is free
+        (their process was killed)."""
         try:
             closed = self.services.audit.close_abandoned(
-                "scheduled_run", ACTOR, scope={"job": name}, before=datetime.now(UTC)
+                "scheduled_run", ACTOR, scope={"job": name}
             )
         except Exception:
             log.exception("closing dead %s runs failed", name)

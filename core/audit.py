@@ -3,10 +3,11 @@
 Every action lands here as events. A run — a backup, a restore test, a prune — is one
 ``with audit.run(action, actor) as run:`` block: a ``started`` event, then ``succeeded``,
 ``failed`` (error code and a masked, truncated cause) or an outcome the use case chose
-(``planned`` for a dry run), all with the same ``run_id``. A run whose process was killed outright
-stays ``started`` until the next run of its kind, holding the lock the dead one held, closes it
-with ``abandoned``. The program never updates or deletes a row, and triggers refuse UPDATE and
-DELETE so a bug cannot either.
+(``planned`` for a dry run), all with the same ``run_id``. For its whole life a run holds a lock
+named after its run id (core/liveness.py), so a run whose process was killed outright is known
+dead the moment anyone can take that lock: the next run of its kind closes it with
+``abandoned`` at once. The program never updates or deletes a row, and triggers refuse UPDATE
+and DELETE so a bug cannot either.
 
 Subscribers (``subscribe``) see every event after it is stored: that is where alerts hook in.
 """
@@ -32,6 +33,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from core.actor import TRIGGERS, Actor
 from core.errors import ConfigError, describe_failure
+from core.liveness import RunLocks, run_locks_for
 from core.redact import first_line, truncate_cause
 
 log = logging.getLogger("blnk_backup.audit")
@@ -139,6 +141,7 @@ class AuditLog:
 
     def __init__(self, url: str, *, secrets: list[str | None] | None = None) -> None:
         self.engine: Engine = open_engine(url)
+        self.run_locks: RunLocks = run_locks_for(url)
         self._secrets = [s for s in (secrets or []) if s]
         self._subscribers: list[Subscriber] = []
         try:
@@ -215,37 +218,46 @@ class AuditLog:
     ) -> Iterator[AuditRun]:
         """Audit one run: record ``started`` now, then on leaving the block ``succeeded`` (or
         the outcome the block chose with ``run.end``), or ``failed`` with the exception's code
-        and masked, truncated cause — and re-raise."""
-        started = self.record(
-            action=action, outcome="started", actor=actor, reason=reason, key=key, details=details
-        )
-        run = AuditRun(started.run_id, started.at, key=key)
-        began = time.monotonic()
-        try:
-            yield run
-        except BaseException as exc:
-            code, cause = describe_failure(exc)
+        and masked, truncated cause — and re-raise. The run's lock is held from before its
+        ``started`` event until after its last one (see ``close_abandoned``)."""
+        run_id = uuid.uuid4().hex
+        with self.run_locks.hold(run_id):
+            started = self.record(
+                action=action,
+                outcome="started",
+                actor=actor,
+                run_id=run_id,
+                reason=reason,
+                key=key,
+                details=details,
+            )
+            run = AuditRun(started.run_id, started.at, key=key)
+            began = time.monotonic()
+            try:
+                yield run
+            except BaseException as exc:
+                code, cause = describe_failure(exc)
+                self.record(
+                    action=action,
+                    outcome="failed",
+                    actor=actor,
+                    run_id=run.run_id,
+                    reason=reason,
+                    error_code=code,
+                    error_cause=cause,
+                    **run.closing_fields(time.monotonic() - began),
+                )
+                raise
             self.record(
                 action=action,
-                outcome="failed",
+                outcome=run.outcome,
                 actor=actor,
                 run_id=run.run_id,
                 reason=reason,
-                error_code=code,
-                error_cause=cause,
+                error_code=run.error_code,
+                error_cause=run.error_cause,
                 **run.closing_fields(time.monotonic() - began),
             )
-            raise
-        self.record(
-            action=action,
-            outcome=run.outcome,
-            actor=actor,
-            run_id=run.run_id,
-            reason=reason,
-            error_code=run.error_code,
-            error_cause=run.error_cause,
-            **run.closing_fields(time.monotonic() - began),
-        )
 
     def close_abandoned(
         self,
@@ -253,54 +265,71 @@ class AuditLog:
         actor: Actor,
         *,
         scope: dict[str, Any],
-        before: datetime,
         run_ids: Collection[str] | None = None,
     ) -> list[AuditEvent]:
-        """Close every ``started`` run of ``action`` with no end whose details match ``scope``
-        (and whose id is in ``run_ids``, if given) and that started before ``before``, with an
-        ``abandoned`` event; return the runs closed.
-
-        Call only while holding the lock those runs held: then none of them can still be alive.
-        """
+        """Close every dead run of ``action`` — ``started``, never ended, and its lock free —
+        whose details match ``scope`` (and whose id is in ``run_ids``, if given) with an
+        ``abandoned`` event; return the runs closed. A live run holds its lock, so it is
+        never closed; a dead run is closed once, by whoever takes its lock first."""
         closed = []
-        for run in self.open_runs(action, before):
+        for run in self.open_runs(action):
             details = run.details_dict()
             if any(details.get(k) != v for k, v in scope.items()):
                 continue
             if run_ids is not None and run.run_id not in run_ids:
                 continue
-            self.record(
-                action=action,
-                outcome="abandoned",
-                actor=actor,
-                run_id=run.run_id,
-                key=run.key,
-                reason=run.reason,
-                details=details or None,
-                error_code="abandoned",
-                error_cause=(
-                    f"the run started at {run.at:%Y-%m-%d %H:%M:%S} UTC by {run.trigger}:"
-                    f"{run.actor} never ended: its process was killed (SIGKILL, OOM, restart)"
-                ),
-            )
+            with self.run_locks.claim(run.run_id) as dead:
+                # Its lock is let go only after its end is recorded: still open now means dead.
+                if not dead or self.has_ended(run.run_id):
+                    continue
+                self.record(
+                    action=action,
+                    outcome="abandoned",
+                    actor=actor,
+                    run_id=run.run_id,
+                    key=run.key,
+                    reason=run.reason,
+                    details=details or None,
+                    error_code="abandoned",
+                    error_cause=(
+                        f"the run started at {run.at:%Y-%m-%d %H:%M:%S} UTC by {run.trigger}:"
+                        f"{run.actor} never ended: its process was killed (SIGKILL, OOM, restart)"
+                    ),
+                )
             closed.append(run)
         return closed
 
-    def open_runs(self, action: str, before: datetime) -> list[AuditEvent]:
-        """The ``started`` runs of ``action`` with no end that started before ``before``,
-        oldest first."""
+    def open_runs(self, action: str, before: datetime | None = None) -> list[AuditEvent]:
+        """The ``started`` runs of ``action`` with no end (that started before ``before``, if
+        given), oldest first. Some may be dead: ``close_abandoned`` tells."""
         ended = select(AuditEvent.run_id).where(
             AuditEvent.action == action, col(AuditEvent.outcome).in_(ENDED)
         )
         query = (
             select(AuditEvent)
             .where(AuditEvent.action == action, AuditEvent.outcome == "started")
-            .where(AuditEvent.at < before)
             .where(col(AuditEvent.run_id).not_in(ended))
             .order_by(col(AuditEvent.id))
         )
+        if before is not None:
+            query = query.where(AuditEvent.at < before)
         with Session(self.engine) as session:
             return list(session.exec(query).all())
+
+    def is_dead(self, run_id: str) -> bool:
+        """True if the run never ended and its lock is free: its process was killed."""
+        with self.run_locks.claim(run_id) as free:
+            return free and not self.has_ended(run_id)
+
+    def has_ended(self, run_id: str) -> bool:
+        """True if the run has an end event (succeeded, failed, abandoned, planned)."""
+        query = (
+            select(AuditEvent.id)
+            .where(AuditEvent.run_id == run_id, col(AuditEvent.outcome).in_(ENDED))
+            .limit(1)
+        )
+        with Session(self.engine) as session:
+            return session.exec(query).first() is not None
 
     def events(
         self, *, limit: int = 50, action: str | None = None, run_id: str | None = None

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -110,9 +110,6 @@ class BackupService:
         self._holder: str | None = None
         self._stream: DumpStream | None = None  # the running backup's, for ``interrupt``
         self._refusing: str | None = None  # why new backups are refused (shutting down)
-        # A run that started this long before ours and never ended cannot still be waiting for
-        # the lock (that takes seconds), so holding the lock proves it dead.
-        self.abandon_after = timedelta(minutes=2)
 
     @property
     def store(self) -> S3Store:
@@ -273,11 +270,9 @@ class BackupService:
     def _recover_from_crashes(self, actor: Actor, run: AuditRun) -> None:
         """Holding the per-database lock, clean up after runs that were killed outright: abort
         the incomplete uploads of backup keys that began before this run (from the store's own
-        listing, so a lost audit file does not matter) and close their audit records."""
-        before = run.started_at - self.abandon_after
-        self.audit.close_abandoned(
-            "backup", actor, scope={"database": self.target.display}, before=before
-        )
+        listing, so a lost audit file does not matter) and close their audit records (a run
+        whose own lock is free is dead, core/liveness.py)."""
+        self.audit.close_abandoned("backup", actor, scope={"database": self.target.display})
         for store in [self.store] + ([self.replica] if self.replica is not None else []):
             try:
                 uploads = store.incomplete_uploads()

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,14 +115,13 @@ def test_the_next_backup_aborts_a_killed_runs_upload_even_with_the_audit_file_lo
     services.close()
 
 
-def test_the_next_backup_closes_the_killed_run_as_abandoned_once_it_holds_the_lock(
+def test_the_next_backup_closes_the_killed_run_as_abandoned_at_once(
     make_settings: Any, db_5k: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     settings = _killed_backup(make_settings, db_5k, proxy, tmp_path)
     services = Services(settings)
     [dead] = [e for e in services.audit.events(action="backup") if e.outcome == "started"]
-    services.backups.abandon_after = timedelta(0)  # the kill was just now
-    services.backups.run(ACTOR)
+    services.backups.run(ACTOR)  # the kill was a moment ago: no grace period
     events = services.audit.events(action="backup", run_id=dead.run_id)
     assert [e.outcome for e in events] == ["abandoned", "started"]
     assert "never ended" in (events[0].error_cause or "")
@@ -133,16 +131,36 @@ def test_the_next_backup_closes_the_killed_run_as_abandoned_once_it_holds_the_lo
     services.close()
 
 
-def test_a_run_that_started_moments_ago_is_not_declared_dead(
+def test_a_backup_running_in_another_process_is_never_declared_dead(
     make_settings: Any, db_5k: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    # A run started within the grace period might still be on its way to the lock.
-    settings = _killed_backup(make_settings, db_5k, proxy, tmp_path)
-    services = Services(settings)
-    services.backups.run(ACTOR)
-    outcomes = [e.outcome for e in services.audit.events(action="backup")]
-    assert "abandoned" not in outcomes and outcomes.count("started") == 2
-    services.close()
+    proxy.faults.delay = lambda r: 1.0 if "partNumber=" in r.path else 0.0
+    settings = make_settings(
+        database=db_5k,
+        s3_endpoint_url=proxy.endpoint,
+        backup_compression_level=0,
+        backup_part_size_mib=5,
+        backup_upload_concurrency=1,
+    )
+    proc = _child_backup(settings, tmp_path)
+    try:
+        _wait_for_part_in_flight(proxy)
+        services = Services(settings)
+        [alive] = services.audit.open_runs("backup")
+        # Its process holds its run lock: whoever looks, however long after, leaves it open.
+        scope = {"database": alive.details_dict()["database"]}
+        assert services.audit.close_abandoned("backup", ACTOR, scope=scope) == []
+        _kill_process_tree(proc)
+        # Killed: its lock went with it, so the same call closes it at once.
+        [closed] = services.audit.close_abandoned("backup", ACTOR, scope=scope)
+        assert closed.run_id == alive.run_id
+        outcomes = [e.outcome for e in services.audit.events(run_id=alive.run_id)]
+        assert outcomes == ["abandoned", "started"]
+        services.close()
+    finally:
+        proxy.faults.delay = lambda _r: 0.0
+        if proc.poll() is None:
+            _kill_process_tree(proc)
 
 
 def test_a_started_run_of_another_database_is_left_alone(
@@ -155,7 +173,6 @@ def test_a_started_run_of_another_database_is_left_alone(
         actor=ACTOR,
         details={"database": "postgresql://postgres@elsewhere:5432/other"},
     )
-    services.backups.abandon_after = timedelta(0)
     services.backups.run(ACTOR)
     assert [e.outcome for e in services.audit.events(run_id=other.run_id)] == ["started"]
     services.close()
@@ -268,7 +285,6 @@ def test_a_sigkilled_restore_test_leaves_a_dump_and_database_the_next_one_remove
     assert workdirs and any(p.glob("*.dump") for p in workdirs)
     assert databases_like(pg_server, SCRATCH_PREFIX)
 
-    services.restores.abandon_after = timedelta(0)  # the kill was just now
     report = services.restores.test(ACTOR, "latest")
     assert report.passed
     assert not any(p.exists() for p in workdirs)
