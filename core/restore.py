@@ -20,18 +20,17 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.audit import Actor, AuditLog, AuditRun
+from core.audit import ENDED, Actor, AuditLog, AuditRun
 from core.config import Settings
 from core.database import (
     RESTORE_INTO_LOCK_ID,
@@ -57,9 +56,6 @@ from core.s3store import S3Store, StoredBackup
 log = logging.getLogger("blnk_backup.restore")
 
 SCRATCH_PREFIX = "blnk_restore_test_"
-# A restore test that started this long before ours and never ended cannot still be waiting for
-# the lock, so holding the lock proves it dead.
-ABANDON_AFTER = timedelta(minutes=2)
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "([a-z_]+)"')
 # The comment a database restored with ``restore`` carries until pg_restore has finished: a
 # restore killed outright leaves it, and the next restore on that server drops the database.
@@ -145,7 +141,6 @@ class RestoreService:
         self.audit = audit
         self.source = source
         self._scratch_server = scratch_server
-        self.abandon_after = ABANDON_AFTER
 
     @property
     def scratch_server(self) -> PgTarget:
@@ -177,20 +172,12 @@ class RestoreService:
                 with AdvisoryLock(
                     scratch_server, RESTORE_LOCK_ID, "a restore test is already running"
                 ):
-                    self.audit.close_abandoned(
-                        "restore_test",
-                        actor,
-                        scope=scope,
-                        before=run.started_at - self.abandon_after,
-                    )
+                    self.audit.close_abandoned("restore_test", actor, scope=scope)
                     self._drop_leftovers()
                     workdir = self._workdir_root() / run.run_id
                     workdir.mkdir(parents=True)
                     try:
-                        name = (
-                            f"{SCRATCH_PREFIX}{datetime.now(UTC):%Y%m%d%H%M%S}_"
-                            f"{secrets.token_hex(3)}"
-                        )
+                        name = f"{SCRATCH_PREFIX}{run.run_id}"  # a leftover names its run
                         report = self._restore_and_check(
                             key, manifest, scratch_server, name, workdir, stage, False, listed
                         )
@@ -296,8 +283,11 @@ class RestoreService:
         return Path(tempfile.gettempdir()) / f"blnk-restore-test-{tag}"
 
     def _drop_leftovers(self) -> None:
-        """Remove what a restore test killed outright left: its scratch databases and its
-        downloaded dump (we hold the lock, so no other restore test is using them)."""
+        """Remove what a restore test killed outright left: its downloaded dump and its
+        scratch database (we hold the server's lock, so no restore test is using them). A
+        scratch database is named after its run; only one of a restore test of this audit log
+        on this server that has ended (a killed one is closed as abandoned first) is dropped,
+        never a database someone else named alike."""
         root = self._workdir_root()
         if root.is_dir():
             for leftover in root.iterdir():
@@ -311,15 +301,28 @@ class RestoreService:
                 self.scratch_server.with_dbname(name), self.source
             ):
                 continue  # never, whatever its name
+            run_id = name.removeprefix(SCRATCH_PREFIX)
+            events = self.audit.events(run_id=run_id, limit=20) if run_id.isalnum() else []
+            ours = any(
+                e.action == "restore_test"
+                and e.outcome == "started"
+                and e.details_dict().get("scratch_server") == self.scratch_server.display
+                for e in events
+            )
+            if not ours or not any(e.outcome in ENDED for e in events):
+                continue
             log.warning("dropping %s, left behind by an earlier restore test", name)
             drop_database(self.scratch_server, name)
 
     def _sweep_killed_restores(self, actor: Actor, server: PgTarget) -> None:
         """Remove what restores killed outright left: their downloaded dumps (a work directory
-        whose file lock nobody holds) and their half-restored databases on ``server`` (still
-        commented as incomplete, with nobody holding their advisory lock), and close their
-        audit runs as ``abandoned``. A live restore holds both locks, so it is never touched."""
-        dead: set[str] = set()
+        whose file lock nobody holds) and their half-restored databases on ``server``, and
+        close their audit runs as ``abandoned``. A database is dropped only if its
+        incomplete-restore comment names a ``restore`` run of this audit log into exactly that
+        database on exactly this server, that run is dead (its run lock is free: closed as
+        abandoned now or before), nobody holds the database's own restore lock, and it is not
+        the source database: a comment anyone else wrote never gets a database dropped."""
+        self.audit.close_abandoned("restore", actor, scope={})
         if _RESTORE_WORKDIRS.is_dir():
             for workdir in _RESTORE_WORKDIRS.iterdir():
                 if workdir.name.startswith("."):
@@ -327,20 +330,44 @@ class RestoreService:
                 try:
                     if _remove_if_unlocked(workdir):
                         log.warning("removed %s, left behind by a killed restore", workdir)
-                        dead.add(workdir.name)
                 except OSError as exc:  # best effort: never in the way of this restore
                     log.warning("could not remove %s: %s", workdir, exc)
         for name, comment in databases_commented(server, INCOMPLETE_RESTORE):
             try:
-                dropped = self._drop_if_abandoned(server, name, comment)
-                if dropped and (found := _RUN_IN_COMMENT.search(comment)):
-                    dead.add(found[1])
+                if self._killed_restore_of_ours(server, name, comment):
+                    self._drop_if_abandoned(server, name, comment)
             except Exception as exc:  # best effort, e.g. another role's database
                 log.warning("could not drop %s, left by a killed restore: %s", name, exc)
-        if dead:
-            self.audit.close_abandoned(
-                "restore", actor, scope={}, before=datetime.now(UTC), run_ids=dead
-            )
+
+    def _killed_restore_of_ours(
+        self, server: PgTarget, name: str, comment: str, *, closed: bool = True
+    ) -> bool:
+        """True if database ``name`` was being restored by a run of ours that is dead: closed
+        as abandoned, or (with ``closed`` False) with its run lock free; see
+        ``_sweep_killed_restores``."""
+        if self.source is not None and _same_database(server.with_dbname(name), self.source):
+            return False  # never, whatever its comment says
+        found = _RUN_IN_COMMENT.search(comment)
+        if found is None:
+            return False
+        events = self.audit.events(run_id=found[1], limit=20)
+        started = [e for e in events if e.outcome == "started" and e.action == "restore"]
+        details = started[0].details_dict() if started else {}
+        if details.get("into") != name or not _same_server(details.get("server"), server):
+            return False  # not a restore this audit log knows into this database
+        if any(e.outcome == "abandoned" for e in events):
+            return True
+        return not closed and self.audit.is_dead(found[1])
+
+    def check_target_free(self, into: str, server: PgTarget) -> None:
+        """Raise UsageError if database ``into`` exists on ``server`` and the restore would
+        not drop it first (only a half-restored database a killed restore of ours left)."""
+        if not database_exists(server, into):
+            return
+        for name, comment in databases_commented(server, INCOMPLETE_RESTORE):
+            if name == into and self._killed_restore_of_ours(server, name, comment, closed=False):
+                return
+        raise UsageError(f"database {into!r} already exists; choose a new name")
 
     @staticmethod
     def _drop_if_abandoned(server: PgTarget, name: str, comment: str) -> bool:
@@ -627,10 +654,19 @@ def _timed(durations: dict[str, float], name: str) -> Iterator[None]:
         durations[name] = round(time.monotonic() - began, 3)
 
 
-def _same_database(a: PgTarget, b: PgTarget) -> bool:
-    def where(t: PgTarget) -> tuple[str, str, str]:
-        host = t.params.get("host", "localhost")
-        host = "localhost" if host in {"127.0.0.1", "::1", "", "/var/run/postgresql"} else host
-        return host, t.params.get("port", "5432"), t.dbname
+def _where(target: PgTarget) -> tuple[str, str, str]:
+    host = target.params.get("host", "localhost")
+    host = "localhost" if host in {"127.0.0.1", "::1", "", "/var/run/postgresql"} else host
+    return host, target.params.get("port", "5432"), target.dbname
 
-    return where(a) == where(b)
+
+def _same_database(a: PgTarget, b: PgTarget) -> bool:
+    return _where(a) == _where(b)
+
+
+def _same_server(recorded: object, server: PgTarget) -> bool:
+    """True if ``recorded`` (a server's display URL in an audit record) names ``server``."""
+    try:
+        return _where(PgTarget.from_url(str(recorded)))[:2] == _where(server)[:2]
+    except Exception:
+        return False

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -385,12 +386,13 @@ def test_a_leftover_the_sweep_may_not_drop_is_logged_and_never_blocks_a_restore(
     tag = os.getpid()
     left, role = f"blnk_left_by_admin_{tag}", f"blnk_bot_role_{tag}"
     create_database(pg_server, left)  # left by a killed restore run as another role
-    comment_on_database(pg_server, left, f"{INCOMPLETE_RESTORE}{'c' * 32} of some key")
     with pg_server.connect(autocommit=True) as conn:
         conn.execute(f'CREATE ROLE "{role}" LOGIN CREATEDB')
     services = Services(make_settings())
     try:
         as_bot = PgTarget({**pg_server.params, "user": role}, None)
+        dead = _killed_restore_run(services, left, as_bot)
+        comment_on_database(pg_server, left, f"{INCOMPLETE_RESTORE}{dead} of some key")
         services.restores._sweep_killed_restores(ACTOR, as_bot)  # no exception
         assert database_exists(pg_server, left)
         assert f"could not drop {left}" in caplog.text
@@ -399,6 +401,67 @@ def test_a_leftover_the_sweep_may_not_drop_is_logged_and_never_blocks_a_restore(
         drop_database(pg_server, left)
         with pg_server.connect(autocommit=True) as conn:
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def _killed_restore_run(services: Services, into: str, server: PgTarget) -> str:
+    """Record a restore into ``into`` on ``server`` that started and never ended, with no
+    process holding its run lock (killed outright); return its run id."""
+    started = services.audit.record(
+        action="restore",
+        outcome="started",
+        actor=ACTOR,
+        details={"into": into, "server": server.display},
+    )
+    return started.run_id
+
+
+def test_the_sweep_drops_no_database_it_did_not_leave_whatever_its_comment_says(
+    make_settings: Any, pg_server: PgTarget
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    source = make_database(pg_server, 200)
+    forged, elsewhere, ours = f"blnk_forged_{tag}", f"blnk_other_{tag}", f"blnk_ours_{tag}"
+    services = Services(make_settings(database=source))
+    try:
+        for name in (forged, elsewhere, ours):
+            create_database(pg_server, name)
+        # A comment naming no run of this audit log (anyone who owns a database can write it).
+        comment_on_database(pg_server, forged, f"{INCOMPLETE_RESTORE}{'d' * 32} of some key")
+        # A dead run of ours, but one that restored into another database.
+        other_run = _killed_restore_run(services, f"blnk_somewhere_{tag}", pg_server)
+        comment_on_database(pg_server, elsewhere, f"{INCOMPLETE_RESTORE}{other_run} of x")
+        # The source database, carrying the comment of a dead run of ours "into" it.
+        source_run = _killed_restore_run(services, source, pg_server.with_dbname(source))
+        comment_on_database(pg_server, source, f"{INCOMPLETE_RESTORE}{source_run} of x")
+        # What a restore of ours killed outright leaves: the only one to go.
+        our_run = _killed_restore_run(services, ours, pg_server)
+        comment_on_database(pg_server, ours, f"{INCOMPLETE_RESTORE}{our_run} of x")
+
+        services.restores._sweep_killed_restores(ACTOR, pg_server)
+        services.restores._sweep_killed_restores(ACTOR, pg_server.with_dbname(source))
+
+        assert database_exists(pg_server, forged) and database_exists(pg_server, elsewhere)
+        assert database_exists(pg_server, source)
+        assert not database_exists(pg_server, ours)
+        with pytest.raises(UsageError, match="already exists"):
+            services.restores.check_target_free(forged, pg_server)
+    finally:
+        services.close()
+        for name in (forged, elsewhere, ours, source):
+            drop_database(pg_server, name)
+
+
+def test_a_restore_test_drops_no_scratch_lookalike_it_did_not_leave(
+    restore_services: Services, pg_server: PgTarget
+) -> None:
+    lookalike = f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"  # the shape of ours, not a run of ours
+    create_database(pg_server, lookalike)
+    try:
+        restore_services.backups.run(ACTOR)
+        assert restore_services.restores.test(ACTOR, "latest").passed
+        assert database_exists(pg_server, lookalike)
+    finally:
+        drop_database(pg_server, lookalike)
 
 
 def test_an_archive_pg_restore_cannot_read_fails_before_a_database_is_created(
