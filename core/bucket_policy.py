@@ -23,7 +23,8 @@ from typing import Any
 
 from core.audit import Actor, AuditLog
 from core.config import Settings
-from core.errors import StorageError
+from core.errors import PlanChangedError, StorageError
+from core.redact import MAX_REASON_LENGTH, check_plain_text
 from core.s3store import S3Store
 
 RULE_PREFIX = "blnk-backup-"
@@ -210,12 +211,14 @@ class BucketPolicies:
     def _lifecycle_rules(self) -> list[dict[str, Any]]:
         return list((self.store.bucket_setting("lifecycle") or {}).get("Rules", []))
 
-    def apply(self) -> StorePolicies:
-        """Apply every missing or different recommendation the store supports, keeping
-        unrelated lifecycle rules; return the check made afterwards (with any item that could
-        not be applied among its errors)."""
+    def apply(self, only: set[str] | None = None) -> StorePolicies:
+        """Apply every missing or different recommendation the store supports (or only the
+        items named in ``only``), keeping unrelated lifecycle rules; return the check made
+        afterwards (with any item that could not be applied among its errors)."""
         before = self.check()
         wrong = {i.name for i in before.items if not i.ok and not i.unsupported}
+        if only is not None:
+            wrong &= only
         errors: list[str] = []
         changes: list[tuple[str, Callable[[], None]]] = [
             (
@@ -239,8 +242,9 @@ class BucketPolicies:
         for name, change in changes:
             if name in wrong:
                 self._try(name, change, errors)
-        if any(name.startswith("lifecycle ") for name in wrong):
-            self._try("lifecycle", self._apply_lifecycle, errors)
+        lifecycle = {n.removeprefix("lifecycle ") for n in wrong if n.startswith("lifecycle ")}
+        if lifecycle:
+            self._try("lifecycle", lambda: self._apply_lifecycle(lifecycle), errors)
         after = self.check()
         items = after.items
         if self._no_transitions:
@@ -259,10 +263,11 @@ class BucketPolicies:
             ]
         return StorePolicies(after.location, items, after.errors + errors)
 
-    def _apply_lifecycle(self) -> None:
-        ours = self._rules()
-        ids = {r["ID"] for r in ours}
-        kept = [r for r in self._lifecycle_rules() if r.get("ID") not in ids]
+    def _apply_lifecycle(self, ids: set[str]) -> None:
+        """Install our rules with these IDs; every other rule stays as it is."""
+        existing = self._lifecycle_rules()
+        ours = [r for r in self._rules() if r["ID"] in ids]
+        kept = [r for r in existing if r.get("ID") not in ids]
         try:
             self.store.put_bucket_setting("lifecycle", {"Rules": kept + ours})
         except StorageError as exc:
@@ -294,13 +299,32 @@ class BucketPolicyService:
     def check(self) -> list[StorePolicies]:
         return [BucketPolicies(store, self.settings).check() for store in self.stores]
 
-    def apply(self, actor: Actor) -> list[StorePolicies]:
+    def apply(
+        self,
+        actor: Actor,
+        reason: str | None = None,
+        *,
+        approved: dict[str, Any] | None = None,
+    ) -> list[StorePolicies]:
         """Apply the recommendations to every store; audited as one ``bucket_apply`` run,
-        ``failed`` if any item could not be applied."""
+        ``failed`` if any item could not be applied.
+
+        With ``approved`` (``approval_params`` of a check), apply exactly those changes, or
+        nothing: if any approved item no longer stands as it did (someone changed the
+        bucket, the settings changed), raise PlanChangedError saying what changed."""
+        reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
         with self.audit.run(
-            "bucket_apply", actor, details={"stores": [s.location for s in self.stores]}
+            "bucket_apply",
+            actor,
+            reason=reason,
+            details={"stores": [s.location for s in self.stores], "approved": approved},
         ) as run:
-            results = [BucketPolicies(store, self.settings).apply() for store in self.stores]
+            only = self._still_as_approved(approved) if approved is not None else {}
+            results = [
+                BucketPolicies(store, self.settings).apply(only.get(store.location))
+                for store in self.stores
+                if approved is None or store.location in only
+            ]
             run.note(
                 details={
                     r.location: {"ok": [i.name for i in r.items if i.ok], "errors": r.errors}
@@ -313,3 +337,57 @@ class BucketPolicyService:
                     "failed", error_code="bucket_apply_incomplete", error_cause="; ".join(errors)
                 )
         return results
+
+    def _still_as_approved(self, approved: dict[str, Any]) -> dict[str, set[str]]:
+        """Check the stores again; return the approved item names per store if every
+        approved change still finds the bucket as the approver saw it. Raise
+        PlanChangedError otherwise."""
+        wanted = approved.get("stores")
+        if not isinstance(wanted, dict):
+            raise PlanChangedError(
+                "this request does not record the exact changes (it was made by an older "
+                "version): nothing was changed; ask again"
+            )
+        now = {r.location: r for r in self.check()}
+        problems = []
+        only: dict[str, set[str]] = {}
+        for location, items in wanted.items():
+            result = now.get(location)
+            if result is None:
+                problems.append(f"{location} is no longer configured")
+                continue
+            current = {i.name: i for i in result.items}
+            for item in items if isinstance(items, list) else []:
+                name = str(item.get("name"))
+                found = current.get(name)
+                if found is None or found.recommended != item.get("recommended"):
+                    problems.append(f"{location}: the recommended {name} changed")
+                elif found.current != item.get("current"):
+                    problems.append(
+                        f"{location}: {name} is now {found.current} "
+                        f"(it was {item.get('current')} when approved)"
+                    )
+                else:
+                    only.setdefault(location, set()).add(name)
+        if problems:
+            raise PlanChangedError(
+                "the buckets changed since the request was approved, so nothing was changed: "
+                + "; ".join(problems)
+                + ". Ask again to see what would change now."
+            )
+        return only
+
+
+def approval_params(results: list[StorePolicies]) -> dict[str, Any]:
+    """What an approval of ``bucket apply`` records, and so all its execution may change:
+    per store, each item to change with what it was and what it becomes."""
+    return {
+        "stores": {
+            r.location: [
+                {"name": i.name, "current": i.current, "recommended": i.recommended}
+                for i in r.items
+                if not i.ok and not i.unsupported
+            ]
+            for r in results
+        }
+    }

@@ -7,6 +7,7 @@ boundary (``raise StorageError(...) from exc``) so front ends only ever see this
     BackupError
     ├── ConfigError            invalid or missing configuration (CLI exit 2, HTTP 400)
     ├── UsageError             a bad argument from the caller (CLI exit 2, HTTP 400)
+    ├── PlanChangedError       an approved plan is no longer what would happen: nothing done
     ├── AlreadyRunningError    a backup of this database is already running (HTTP 409)
     ├── PreflightError         database/server/bucket not usable; nothing was started
     ├── DumpError              pg_dump failed; carries the tail of its stderr
@@ -52,6 +53,13 @@ class ConfigError(BackupError):
 
 class UsageError(BackupError):
     code = "usage_error"
+
+
+class PlanChangedError(BackupError):
+    """What an approval was given for is no longer what would happen (the bucket or the
+    settings changed since): nothing was done, and the message says what changed."""
+
+    code = "plan_changed"
 
 
 class AlreadyRunningError(BackupError):

@@ -12,12 +12,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from core.audit import Actor, AuditLog
+from core.audit import Actor, AuditLog, AuditRun
 from core.config import Settings
-from core.errors import StorageError, UsageError
+from core.errors import PlanChangedError, StorageError, UsageError
 from core.keys import BackupKey
-from core.retention import RetentionPlan, RetentionPolicy, plan
+from core.redact import MAX_REASON_LENGTH, check_plain_text
+from core.retention import Decision, RetentionPlan, RetentionPolicy, plan
 from core.s3store import S3Store
 
 log = logging.getLogger("blnk_backup.prune")
@@ -46,6 +48,20 @@ class PruneReport:
     errors: list[str] = field(default_factory=list)
 
 
+def approval_params(reports: list[PruneReport]) -> dict[str, Any]:
+    """What an approval of this (dry-run) plan records, and so all its execution may delete:
+    per store, the exact dumps to delete and the side files of dumps already gone."""
+    return {
+        "stores": {
+            r.location: {
+                "delete": [k.key for k in r.plan.to_delete],
+                "side_files": list(r.orphan_side_files),
+            }
+            for r in reports
+        }
+    }
+
+
 class PruneService:
     def __init__(
         self,
@@ -59,35 +75,145 @@ class PruneService:
         self.audit = audit
         self.clock = clock
 
-    def prune(self, actor: Actor, *, apply: bool = False) -> list[PruneReport]:
+    def prune(
+        self, actor: Actor, *, apply: bool = False, reason: str | None = None
+    ) -> list[PruneReport]:
         """Plan retention for every store; delete only with apply. Return one report per store.
 
         A store whose listing fails gets a paused plan (nothing deleted) and an error. Audited
         as one ``prune`` run: ``planned`` for a dry run, ``failed`` if anything could not be
         listed or deleted."""
+        reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
         now = self.clock()
         policy = policy_from(self.settings)
-        with self.audit.run("prune", actor, details={"apply": apply}) as run:
+        with self.audit.run("prune", actor, reason=reason, details={"apply": apply}) as run:
             reports = [self._prune_store(store, policy, now, apply) for store in self.stores]
-            errors = [e for r in reports for e in r.errors]
-            run.note(
-                details=[
-                    {
-                        "store": r.location,
-                        "paused": r.plan.paused,
-                        "keep": len(r.plan.to_keep),
-                        "delete": [k.key for k in r.plan.to_delete][:500],
-                        "deleted": r.deleted[:500],
-                        "incomplete": dict(list(r.incomplete.items())[:100]),
-                    }
-                    for r in reports
-                ]
-            )
-            if errors:
-                run.end("failed", error_code="prune_incomplete", error_cause="; ".join(errors))
-            elif not apply:
-                run.end("planned")
+            self._close(run, reports, dry_run=not apply)
         return reports
+
+    def apply_approved(
+        self, actor: Actor, approved: dict[str, Any], reason: str | None = None
+    ) -> list[PruneReport]:
+        """Delete exactly what an approved plan (``approval_params``) lists, or nothing.
+
+        Every store is listed and planned again first: if any approved backup is no longer
+        one the retention plan deletes (it is now among the newest, the plan is paused, it
+        is gone or incomplete, the stores changed), nothing is deleted and PlanChangedError
+        says why. Backups the plan would delete now but the approver never saw are kept.
+        Audited as one ``prune`` run."""
+        reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
+        wanted = approved.get("stores")
+        now = self.clock()
+        policy = policy_from(self.settings)
+        with self.audit.run(
+            "prune", actor, reason=reason, details={"apply": True, "approved_plan": wanted}
+        ) as run:
+            if not isinstance(wanted, dict) or not all(
+                isinstance(v, dict) for v in wanted.values()
+            ):
+                raise PlanChangedError(
+                    "this request does not record an exact plan (it was made by an older "
+                    "version): nothing was deleted; ask again"
+                )
+            stores = {store.location: store for store in self.stores}
+            if set(wanted) - set(stores):
+                raise PlanChangedError(
+                    "the configured stores changed since the request (now "
+                    f"{', '.join(stores)}): nothing was deleted; ask again"
+                )
+            checked = [
+                self._check_still_planned(
+                    store, [str(k) for k in wanted.get(location, {}).get("delete", [])], policy, now
+                )
+                for location, store in stores.items()
+            ]
+            problems = [p for _s, _p, _k, found in checked for p in found]
+            if problems:
+                raise PlanChangedError(
+                    "the retention plan changed since it was approved, so nothing was "
+                    "deleted: " + "; ".join(problems) + ". Ask again to see the new plan."
+                )
+            reports = []
+            for store, current, keys, _found in checked:
+                side_files = [str(f) for f in wanted.get(store.location, {}).get("side_files", [])]
+                reports.append(self._delete_approved(store, current, keys, side_files))
+            self._close(run, reports, dry_run=False)
+        return reports
+
+    def _check_still_planned(
+        self, store: S3Store, keys: list[str], policy: RetentionPolicy, now: datetime
+    ) -> tuple[S3Store, PruneReport, list[BackupKey], list[str]]:
+        """List and plan ``store`` now; return its report, the approved keys, and why each
+        approved key is no longer one the plan deletes (empty when all still are)."""
+        try:
+            inventory = store.inventory()
+        except StorageError as exc:
+            raise PlanChangedError(
+                f"{store.location} could not be listed ({exc}): nothing was deleted"
+            ) from None
+        complete = [b.key for b in inventory.backups if b.complete]
+        current = plan(complete, policy, now)
+        report = PruneReport(
+            store.location,
+            current,
+            True,
+            orphan_side_files=list(inventory.orphan_side_files),
+        )
+        decisions = {d.key.key: d for d in current.decisions}
+        present = {b.key.key: b for b in inventory.backups}
+        problems = []
+        parsed = []
+        for raw in keys:
+            decision = decisions.get(raw)
+            if decision is not None and not decision.keep:
+                parsed.append(decision.key)
+                continue
+            if decision is not None:
+                why = f"is kept now ({'; '.join(decision.reasons)})"
+            elif raw in present:
+                why = f"is not a complete backup now ({present[raw].problem})"
+            else:
+                why = "no longer exists"
+            problems.append(f"{store.location}{raw.removeprefix(store.prefix)} {why}")
+        return store, report, parsed, problems
+
+    def _delete_approved(
+        self, store: S3Store, report: PruneReport, keys: list[BackupKey], side_files: list[str]
+    ) -> PruneReport:
+        """Delete exactly ``keys`` (all still planned for deletion) and the approved side
+        files whose dump is still gone; the plan shown keeps everything else."""
+        approved = set(keys)
+        decisions = [
+            d
+            if d.keep or d.key in approved
+            else Decision(d.key, True, ("not in the approved plan: ask again to delete it",))
+            for d in report.plan.decisions
+        ]
+        report.plan = RetentionPlan(decisions, report.plan.paused)
+        orphans = [f for f in side_files if f in set(report.orphan_side_files)]
+        report.orphan_side_files = orphans
+        self._delete(store, report, keys, orphans)
+        return report
+
+    def _close(self, run: AuditRun, reports: list[PruneReport], *, dry_run: bool) -> None:
+        errors = [e for r in reports for e in r.errors]
+        run.note(
+            details=[
+                {
+                    "store": r.location,
+                    "paused": r.plan.paused,
+                    "keep": len(r.plan.to_keep),
+                    "delete": [k.key for k in r.plan.to_delete][:500],
+                    "deleted": r.deleted[:500],
+                    "incomplete": dict(list(r.incomplete.items())[:100]),
+                }
+                for r in reports
+            ]
+        )
+        if errors:
+            run.end("failed", error_code="prune_incomplete", error_cause="; ".join(errors))
+        elif dry_run:
+            run.end("planned")
 
     def _prune_store(
         self, store: S3Store, policy: RetentionPolicy, now: datetime, apply: bool
@@ -108,24 +234,30 @@ class PruneService:
         )
         if not apply or decided.paused:
             return report
-        doomed = decided.to_delete
+        self._delete(store, report, decided.to_delete, report.orphan_side_files)
+        return report
+
+    @staticmethod
+    def _delete(
+        store: S3Store, report: PruneReport, doomed: list[BackupKey], side_files: list[str]
+    ) -> None:
+        """Delete the dumps ``doomed``, then their side files and ``side_files`` (those of
+        dumps already gone), manifests last: a prune cut short is finished next time."""
         failed_dumps = store.delete_many([k.key for k in doomed])
         report.errors += failed_dumps
         failed = {e.split(":")[0] for e in failed_dumps}
         gone = [k for k in doomed if k.key not in failed]
         report.deleted = [k.key for k in gone]
-        # Side files last, manifests very last: a prune cut short here is finished next time.
         records = [k.restore_test_key for k in gone] + [
-            f for f in report.orphan_side_files if not f.endswith(".manifest.json")
+            f for f in side_files if not f.endswith(".manifest.json")
         ]
         manifests = [k.manifest_key for k in gone] + [
-            f for f in report.orphan_side_files if f.endswith(".manifest.json")
+            f for f in side_files if f.endswith(".manifest.json")
         ]
         report.errors += store.delete_many(records)
         report.errors += store.delete_many(manifests)
         for key in report.deleted:
             log.info("pruned %s from %s", key, store.location)
-        return report
 
     def delete_one(self, actor: Actor, which: str) -> list[str]:
         """Delete one backup from every store: the dump first, then its restore-test record,

@@ -240,6 +240,72 @@ def test_prune_apply_deletes_exactly_what_the_approved_plan_showed(
     assert f"deleted {len(doomed)} backup(s)" in visible(final)
 
 
+def test_an_approved_prune_deletes_only_the_backups_its_request_showed(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    keys = app.seed(s3, [0.1, 1, 2, 3, 100.1, 100.2, 100.3])
+    app.command("/blnk-backups", "prune apply")
+    message = wait_message(fake, "Approval needed")
+    shown = sorted(k.key for k in app.services.pruner.prune(SEED, apply=False)[0].plan.to_delete)
+    # After the request, more backups become ones the retention plan would delete.
+    later = app.seed(s3, [400.1, 400.2])
+    assert set(later) <= {
+        k.key for k in app.services.pruner.prune(SEED, apply=False)[0].plan.to_delete
+    }
+    approval_id = buttons(message)[APPROVE_ACTION]
+    app.click(message, approve=True, user=APPROVER1)
+    done = app.wait_status(approval_id, "executed", "failed")
+    assert done.status == "executed", done.outcome
+    left = bucket_keys(s3, bucket)
+    assert sorted(k for k in keys + later if k not in left) == shown  # exactly the card's
+    assert all(k in left and k + ".manifest.json" in left for k in later)
+
+
+def test_an_approved_prune_deletes_nothing_once_a_planned_backup_must_be_kept(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app(retention_min_keep=2, stale_after_hours=24 * 400)
+    keys = app.seed(s3, [0.1, 1, 2, 3, 100.1, 100.2, 100.3])
+    app.command("/blnk-backups", "prune apply")
+    message = wait_message(fake, "Approval needed")
+    approval_id = buttons(message)[APPROVE_ACTION]
+    # Before the approval, the newer backups go: the approved ones are now the newest two.
+    for key in keys[:4]:
+        s3.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": key}, {"Key": key + ".manifest.json"}]}
+        )
+    before = bucket_keys(s3, bucket)
+    app.click(message, approve=True, user=APPROVER1)
+    done = app.wait_status(approval_id, "executed", "failed")
+    assert done.status == "failed"
+    assert "nothing was deleted" in (done.outcome or "")
+    assert "RETENTION_MIN_KEEP" in (done.outcome or "")
+    assert bucket_keys(s3, bucket) == before
+    final = final_state(fake, message, "Approved, but it failed")
+    assert "plan_changed" in visible(final)
+    [run] = [e for e in app.events("prune") if e.outcome == "failed"]
+    assert run.error_code == "plan_changed"
+
+
+def test_an_approved_bucket_apply_changes_nothing_once_the_bucket_changed(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    app.command("/blnk-backups", "bucket apply")
+    message = wait_message(fake, "Approval needed")
+    approval_id = buttons(message)[APPROVE_ACTION]
+    # Someone turns versioning on by hand before the approval.
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    app.click(message, approve=True, user=APPROVER1)
+    done = app.wait_status(approval_id, "executed", "failed")
+    assert done.status == "failed"
+    assert "versioning is now Enabled" in (done.outcome or "")
+    assert "nothing was changed" in (done.outcome or "")
+    items = {i.name: i for i in app.services.bucket_policies.check()[0].items}
+    assert not items["public access block"].ok and not items["default encryption"].ok
+
+
 def test_bucket_apply_goes_through_an_approval_and_fixes_the_bucket(
     start_app: SlackFactory, fake: FakeSlack
 ) -> None:
@@ -343,7 +409,13 @@ def test_a_database_a_killed_restore_left_half_restored_does_not_block_a_request
     into = f"blnk_half_{uuid.uuid4().hex[:8]}"
     create_database(pg_server, into)
     try:
-        comment_on_database(pg_server, into, f"{INCOMPLETE_RESTORE}{uuid.uuid4().hex}")
+        killed = app.services.audit.record(  # a restore of this bot, killed outright
+            action="restore",
+            outcome="started",
+            actor=Actor(OPERATOR, "slack"),
+            details={"into": into, "server": app.services.target.display},
+        )
+        comment_on_database(pg_server, into, f"{INCOMPLETE_RESTORE}{killed.run_id}")
         app.command("/blnk-restore", f"latest into {into}")
         wait_message(fake, "Approval needed")
         assert [a.params["into"] for a in app.services.approvals.pending()] == [into]

@@ -20,7 +20,7 @@ from bot.slack.progress import LiveMessage
 from core.actor import Actor
 from core.approvals import Approval, ApprovalError
 from core.backup import BackupProgress
-from core.database import PgTarget, database_exists, databases_commented
+from core.database import PgTarget
 from core.errors import AlreadyRunningError, BackupError, PreflightError, UsageError
 from core.keys import BackupKey
 from core.services import Services
@@ -212,6 +212,8 @@ class SlackOperations:
                 [f"Delete backup `{key.key}` ({found.size} bytes) from {', '.join(where)}"],
             )
         if request.action == "prune_apply":
+            from core.prune import approval_params
+
             reports = self.services.pruner.prune(caller.actor, apply=False)
             lines = []
             for report in reports:
@@ -222,14 +224,16 @@ class SlackOperations:
                     f"{report.location}: delete {len(doomed)}, keep {len(report.plan.to_keep)}"
                 )
                 lines += [f"• delete `{k}`" for k in doomed]
-            if not any(r.plan.to_delete for r in reports):
+                lines += [
+                    f"• remove `{f}` (its dump is already gone)" for f in report.orphan_side_files
+                ]
+            if not any(r.plan.to_delete or r.orphan_side_files for r in reports):
                 raise UsageError("the retention plan deletes nothing: there is nothing to approve")
-            return (
-                "prune_apply",
-                {"plan": [k.key for r in reports for k in r.plan.to_delete]},
-                lines,
-            )
+            lines.append("Exactly these are deleted, or nothing if the plan has changed by then.")
+            return "prune_apply", approval_params(reports), lines
         if request.action == "bucket_apply":
+            from core.bucket_policy import approval_params as bucket_changes
+
             results = self.services.bucket_policies.check()
             lines = [
                 f"{r.location}: set {item.name} to {item.recommended} (now {item.current})"
@@ -239,7 +243,8 @@ class SlackOperations:
             ]
             if not lines:
                 raise UsageError("every bucket already has the recommended settings")
-            return "bucket_apply", {"stores": [r.location for r in results]}, lines
+            lines.append("Exactly these are changed, or nothing if a bucket has changed by then.")
+            return "bucket_apply", bucket_changes(results), lines
         if request.action == "restore":
             return self._plan_restore(request)
         raise UsageError(f"{request.action} needs no approval")
@@ -252,13 +257,13 @@ class SlackOperations:
         server = self.services.target  # where the Slack bot restores: Blnk's server
         self._check_restore_name(request.into, server)
         backup = self._complete_backup(request.key)
-        self._check_restore_name_free(request.into, server)
-        where = server.display.rsplit("/", 1)[0]
+        self.services.restores.check_target_free(request.into, server)
         return (
             "restore",
             {"key": backup.key.key, "into": request.into},
             [
-                f"Create the new database `{request.into}` on {where}",
+                f"Create the new database `{request.into}` beside the source database "
+                f"`{server.dbname}`, on its server",
                 f"Restore backup `{backup.key.key}` into it (verified download, pg_restore), "
                 "then check it; the source database is not touched",
             ],
@@ -285,18 +290,6 @@ class SlackOperations:
         """Refuse a name the restore never creates (core's own rules), without asking the
         server."""
         self.services.restores.check_target(into, server)
-
-    @staticmethod
-    def _check_restore_name_free(into: str, server: PgTarget) -> None:
-        """Refuse a name already taken on the server (postgres, template1, ...). A database a
-        killed restore left half-restored is not in the way: the restore drops it first."""
-        from core.restore import INCOMPLETE_RESTORE
-
-        if not database_exists(server, into):
-            return
-        if into in dict(databases_commented(server, INCOMPLETE_RESTORE)):
-            return
-        raise UsageError(f"database {into!r} already exists; choose a new name")
 
     def decide(self, approval_id: str, caller: Caller, approve: bool) -> None:
         """A button click: check the approver, decide once, update the message, execute."""
@@ -336,15 +329,27 @@ class SlackOperations:
             deleted = self.services.pruner.delete_one(actor, params["key"])
             return f"deleted {params['key']} from {len(deleted)} store(s)"
         if approval.action == "prune_apply":
-            reports = self.services.pruner.prune(actor, apply=True)
+            reports = self.services.pruner.apply_approved(actor, params, approval.reason)
             errors = [e for r in reports for e in r.errors]
             if errors:
                 raise BackupError("; ".join(errors))
             return f"deleted {sum(len(r.deleted) for r in reports)} backup(s)"
         if approval.action == "bucket_apply":
-            results = self.services.bucket_policies.apply(actor)
-            if not all(r.ok for r in results):
-                raise BackupError("; ".join(e for r in results for e in r.errors) or "not all ok")
+            results = self.services.bucket_policies.apply(actor, approval.reason, approved=params)
+            approved = {
+                (location, item.get("name"))
+                for location, items in params["stores"].items()
+                for item in items
+            }
+            left = [
+                f"{r.location}: {i.name} is still {i.current}"
+                for r in results
+                for i in r.items
+                if (r.location, i.name) in approved and not i.ok and not i.unsupported
+            ]
+            errors = [e for r in results for e in r.errors] + left
+            if errors:
+                raise BackupError("; ".join(errors))
             return "bucket policies applied"
         if approval.action == "restore":
             report = self.services.restores.restore(
