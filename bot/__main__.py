@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bot.logs import configure as configure_logging
 from core import __version__
 from core.config import Settings, load_settings
 from core.errors import BackupError, ConfigError, UsageError
@@ -50,12 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("botocore", "urllib3", "slack_bolt", "slack_sdk", "apscheduler", "waitress"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    configure_logging(verbose=args.verbose)
     try:
         settings = load_settings(args.env_file)
         slack = settings.slack_app_token or settings.slack_signing_secret

@@ -21,18 +21,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from bot.api_keys import KeyGuard
 from bot.metrics import EngineCollector, metrics_text
 from bot.render import json as render_json
 from core.actor import Actor
 from core.errors import AlreadyRunningError, BackupError, ConfigError, UsageError
+from core.redact import neutralise
 from core.services import Services
 
 if TYPE_CHECKING:
@@ -41,7 +45,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("blnk_backup.http")
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-MAX_BODY = 1 << 20  # Slack payloads are small; anything larger is not one
+MAX_BODY = 1 << 20  # on every path: Slack payloads are small, the other endpoints take none
+HEALTH_CACHE_SECONDS = 60.0  # /healthz?check=backups lists the bucket at most this often
+SLACK_SIGNATURE_VALID = timedelta(minutes=5)  # Slack's window; a replay within it is refused
+_SLACK_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SLACK_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+# Answered at DEBUG when they succeed: probes and scrapes come every few seconds.
+_QUIET_PATHS = {"/healthz", "/metrics"}
 _STATUS = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -51,6 +61,7 @@ _STATUS = {
     405: "405 Method Not Allowed",
     409: "409 Conflict",
     413: "413 Payload Too Large",
+    429: "429 Too Many Requests",
     500: "500 Internal Server Error",
     503: "503 Service Unavailable",
 }
@@ -73,15 +84,36 @@ class HttpApi:
         slack_app: App | None = None,
         collector: EngineCollector | None = None,
         probes: Probes | None = None,
+        health_cache_seconds: float = HEALTH_CACHE_SECONDS,
     ) -> None:
         self.services = services
+        self.health_cache_seconds = health_cache_seconds
         self.slack_app = slack_app
         self.collector = collector or EngineCollector(services)
         self.probes = probes or Probes()
+        self.keys = KeyGuard()
+        self._seen: Any = None  # core.replay.SeenRequests, built on the first Slack request
+        self._seen_lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Answer one request, and log its outcome in one line (no query, no body)."""
+        began = time.monotonic()
+        answered: list[int] = []
+
+        def recording(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            answered.append(int(status.split(" ", 1)[0]))
+            return start_response(status, headers, *rest)
+
+        try:
+            return self._answer(environ, recording)
+        finally:
+            _log_request(environ, answered[0] if answered else 0, time.monotonic() - began)
+
+    def _answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/")
+        if _content_length(environ) > MAX_BODY:
+            return _json(start_response, 413, _error("too_large", "request body too large"))
         try:
             if path == "/slack/events" and self.slack_app is not None:
                 if method != "POST":
@@ -94,7 +126,7 @@ class HttpApi:
             if path == "/healthz" and method == "GET":
                 return self._health(environ, start_response)
             if path == "/metrics" and method == "GET":
-                body = metrics_text(self.collector)
+                body = metrics_text(self.collector, self.keys)
                 start_response(
                     "200 OK",
                     [
@@ -106,7 +138,7 @@ class HttpApi:
             return _json(start_response, 404, _error("not_found", f"no such endpoint: {path}"))
         except Exception:
             error_id = uuid.uuid4().hex[:8]
-            log.exception("HTTP request %s %s failed (error id %s)", method, path, error_id)
+            log.exception("HTTP request %s %s failed (error id %s)", method, _shown(path), error_id)
             return _json(
                 start_response,
                 500,
@@ -122,10 +154,25 @@ class HttpApi:
                 403,
                 _error("api_disabled", "BLNK_API_KEY is not set: the backup endpoint is off"),
             )
+        client = str(environ.get("REMOTE_ADDR") or "unknown")
+        wait = self.keys.blocked(client)
+        if wait is not None:
+            return _json(
+                start_response,
+                429,
+                _error("too_many_failures", "too many wrong API keys from here; try again later"),
+                extra=[("Retry-After", str(max(1, round(wait))))],
+            )
         given = _api_key(environ)
         if given is None or not hmac.compare_digest(
             given.encode(), key.get_secret_value().encode()
         ):
+            self.keys.failed(client)
+            log.warning(
+                "a request to /backup-s3 from %s had %s API key",
+                _shown(client),
+                "no" if given is None else "a wrong",
+            )
             return _json(
                 start_response,
                 401,
@@ -166,13 +213,17 @@ class HttpApi:
         ready = body["audit_database"] and body["socket_mode"] is not False and not missing
         body["ready"] = ready
         if check == "backups":
+            # Anyone who reaches the port may ask: the answer names no endpoint, bucket,
+            # prefix or key (breach codes only), and the bucket is listed at most once a
+            # minute however often it is asked.
             try:
-                status = self.services.catalog.status()
+                status = self.services.catalog.status(max_age=self.health_cache_seconds)
                 body["backups_fresh"] = status.healthy
-                body["breaches"] = status.breaches
+                body["breaches"] = status.breach_codes
+                body["checked_at"] = status.checked_at.isoformat()
             except BackupError as exc:
                 body["backups_fresh"] = False
-                body["breaches"] = [exc.message]
+                body["breaches"] = [exc.code]
             return _json(start_response, 200 if body["backups_fresh"] else 503, body)
         if check == "ready":
             return _json(start_response, 200 if body["ready"] else 503, body)
@@ -183,13 +234,13 @@ class HttpApi:
         from slack_bolt.request import BoltRequest
 
         assert self.slack_app is not None
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > MAX_BODY:
-            return _json(start_response, 413, _error("too_large", "request body too large"))
+        length = _content_length(environ)
         raw = environ["wsgi.input"].read(length) if length else b""
+        body = raw.decode("utf-8", "replace")
+        refused = self._check_slack_signature(environ, body)
+        if refused is not None:
+            log.warning("refused a Slack request: %s", refused)
+            return _json(start_response, 401, _error("invalid_request", "invalid request"))
         headers = {
             key[5:].replace("_", "-").lower(): value
             for key, value in environ.items()
@@ -198,11 +249,7 @@ class HttpApi:
         if environ.get("CONTENT_TYPE"):
             headers["content-type"] = environ["CONTENT_TYPE"]
         response = self.slack_app.dispatch(
-            BoltRequest(
-                body=raw.decode("utf-8", "replace"),
-                query=environ.get("QUERY_STRING", ""),
-                headers=headers,
-            )
+            BoltRequest(body=body, query=environ.get("QUERY_STRING", ""), headers=headers)
         )
         status = _STATUS.get(response.status, f"{response.status} Response")
         payload = (response.body or "").encode()
@@ -211,6 +258,68 @@ class HttpApi:
         out.append(("Content-Length", str(len(payload))))
         start_response(status, out)
         return [payload]
+
+    def _check_slack_signature(self, environ: dict[str, Any], body: str) -> str | None:
+        """Why a request to /slack/events is refused (before Bolt sees it), or None: the
+        timestamp and signature headers must have their shape, the signature must verify
+        within Slack's five minutes, and the same signature must not have been seen before
+        (a replay). Bolt checks the signature again."""
+        from slack_sdk.signature import SignatureVerifier
+
+        timestamp = str(environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP") or "")
+        signature = str(environ.get("HTTP_X_SLACK_SIGNATURE") or "")
+        if not _SLACK_TIMESTAMP.fullmatch(timestamp):
+            return "no valid X-Slack-Request-Timestamp"
+        if not _SLACK_SIGNATURE.fullmatch(signature):
+            return "no valid X-Slack-Signature"
+        secret = self.services.settings.slack_signing_secret
+        if secret is None:
+            return "no signing secret is configured"
+        verifier = SignatureVerifier(secret.get_secret_value())
+        if not verifier.is_valid(body, timestamp, signature):
+            return "bad signature or stale timestamp"
+        if not self._seen_requests().first_time(signature, SLACK_SIGNATURE_VALID * 2):
+            return "a replay of a request already answered"
+        return None
+
+    def _seen_requests(self) -> Any:
+        with self._seen_lock:
+            if self._seen is None:
+                from core.replay import SeenRequests
+
+                self._seen = SeenRequests(self.services.audit)
+            return self._seen
+
+
+def _content_length(environ: dict[str, Any]) -> int:
+    try:
+        return max(0, int(environ.get("CONTENT_LENGTH") or 0))
+    except ValueError:
+        return 0
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """Request text (a path, an address) fit for one log line: control characters visible,
+    cut at ``limit``."""
+    shown = neutralise(text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _log_request(environ: dict[str, Any], status: int, seconds: float) -> None:
+    """One line per request: method, path, status, time, client; never the query or body."""
+    path = str(environ.get("PATH_INFO") or "/")
+    level = logging.WARNING if status >= 500 or status == 0 else logging.INFO
+    if path in _QUIET_PATHS:  # a probe's 503 is its answer, not a fault of the service
+        level = logging.DEBUG if status < 400 else logging.INFO
+    log.log(
+        level,
+        "%s %s -> %s in %.3f s from %s",
+        _shown(str(environ.get("REQUEST_METHOD") or "?"), 10),
+        _shown(path),
+        status or "no answer",
+        seconds,
+        _shown(str(environ.get("REMOTE_ADDR") or "unknown"), 60),
+    )
 
 
 def _api_key(environ: dict[str, Any]) -> str | None:
@@ -254,7 +363,14 @@ def serve(api: HttpApi, host: str, port: int, threads: int = 8) -> Any:
     """Create (not yet run) the waitress server for api; serve with ``run_until``."""
     from waitress.server import create_server
 
-    return create_server(api, host=host, port=port, threads=threads, ident="blnk-backup")
+    return create_server(
+        api,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="blnk-backup",
+        max_request_body_size=MAX_BODY,  # chunked bodies too: refused past the limit
+    )
 
 
 def run_until(

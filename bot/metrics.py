@@ -12,6 +12,7 @@ every replica reports the same figures) plus this process's scheduler and outbox
     blnk_approvals_pending                       requests waiting for a decision
     blnk_outbox_waiting                          Slack messages waiting to be delivered
     blnk_scheduler_next_run_timestamp_seconds{job}
+    blnk_api_key_failures_total, blnk_api_key_throttled_total   (bot/api_keys.py, this process)
 """
 
 from __future__ import annotations
@@ -22,27 +23,23 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlmodel import Session, col, or_, select
 
-from core.audit import AuditEvent, AuditLog
+from core.audit import REFUSALS
 from core.services import Services
 
 NextRuns = Callable[[], dict[str, datetime]]
 
-# Runs refused before they did anything: a key that is not a complete backup, a run of the same
-# kind already going, a decision the approval book refused. They say nothing about the backups,
-# so they are neither a restore-test result nor a failed backup (the person who asked sees the
-# refusal in their reply; bot/slack/alerts.py ``_PERSONAL`` leaves them out of alerts the same
-# way). A refused *scheduled* restore test still shows: its ``scheduled_run`` fails and is
-# alerted, and blnk_restore_test_last_timestamp_seconds keeps ageing (as RESTORE_TEST_MAX_AGE_DAYS
-# turns into a breach in ``status`` and /healthz).
+# Refusals (core.audit.REFUSALS) are neither restore-test results nor failed backups: the person
+# who asked sees the refusal in their reply (bot/slack/alerts.py ``_PERSONAL`` leaves them out
+# of alerts the same way). A refused *scheduled* restore test still shows: its
+# ``scheduled_run`` fails and is alerted, and blnk_restore_test_last_timestamp_seconds keeps
+# ageing (as RESTORE_TEST_MAX_AGE_DAYS turns into a breach in ``status`` and /healthz).
 #
 # ``config_error`` is deliberately not a refusal here. Inside a run it means the safety net
 # itself is broken (S3 refused the credentials, the bucket is gone), and a restore test that
 # could not read the backups has not proved them restorable: it counts as failed, and a backup
 # that could not start for it as a failure. (A restore test without RESTORE_TEST_DATABASE_URL
 # is refused before its run is recorded, core/restore.py: that never reaches these figures.)
-REFUSALS = ("usage_error", "already_running", "approval_refused")
 
 
 class EngineCollector(Collector):
@@ -85,7 +82,7 @@ class EngineCollector(Collector):
         running.add_metric([], 1.0 if self._backup_running() else 0.0)
         yield running
 
-        test = _last_restore_test(audit)
+        test = audit.last_restore_test()
         if test is not None:
             passed = GaugeMetricFamily(
                 "blnk_restore_test_last_passed", "1 if the last restore test passed"
@@ -130,29 +127,13 @@ class EngineCollector(Collector):
             return False
 
 
-def _last_restore_test(audit: AuditLog) -> AuditEvent | None:
-    """The newest restore test that ran (passed or failed), skipping refusals: a mistyped key
-    or a second test while one runs must not turn a passed test into "failed"."""
-    query = (
-        select(AuditEvent)
-        .where(AuditEvent.action == "restore_test")
-        .where(col(AuditEvent.outcome).in_(("succeeded", "failed")))
-        .where(
-            or_(col(AuditEvent.error_code).is_(None), col(AuditEvent.error_code).not_in(REFUSALS))
-        )
-        .order_by(col(AuditEvent.id).desc())
-        .limit(1)
-    )
-    with Session(audit.engine) as session:
-        return session.exec(query).first()
-
-
 def _aware_ts(when: datetime) -> float:
     """Audit times come back from SQLite without their zone; every time stored is UTC."""
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def metrics_text(collector: EngineCollector) -> bytes:
+def metrics_text(*collectors: Collector) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     return bytes(generate_latest(registry))

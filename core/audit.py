@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
 
 from core.actor import TRIGGERS, Actor
 from core.errors import ConfigError, describe_failure
@@ -41,6 +41,11 @@ log = logging.getLogger("blnk_backup.audit")
 __all__ = ["TRIGGERS", "Actor", "AuditEvent", "AuditLog", "AuditRun"]
 
 ENDED = ("succeeded", "failed", "abandoned", "planned")
+# Runs refused before they did anything: a key that is not a complete backup, a run of the same
+# kind already going, a decision the approval book refused, an approved plan that no longer
+# holds. They say nothing about the backups, so they are neither a restore-test result nor a
+# failed backup.
+REFUSALS = ("usage_error", "already_running", "approval_refused", "plan_changed")
 
 
 class AuditEvent(SQLModel, table=True):
@@ -349,6 +354,25 @@ class AuditLog:
         query = (
             select(AuditEvent)
             .where(AuditEvent.action == action, col(AuditEvent.outcome).in_(outcomes))
+            .order_by(col(AuditEvent.id).desc())
+            .limit(1)
+        )
+        with Session(self.engine) as session:
+            return session.exec(query).first()
+
+    def last_restore_test(self) -> AuditEvent | None:
+        """The newest restore test that ran (passed or failed), skipping refusals: a mistyped
+        key or a second test while one runs must not turn a passed test into "failed"."""
+        query = (
+            select(AuditEvent)
+            .where(AuditEvent.action == "restore_test")
+            .where(col(AuditEvent.outcome).in_(("succeeded", "failed")))
+            .where(
+                or_(
+                    col(AuditEvent.error_code).is_(None),
+                    col(AuditEvent.error_code).not_in(REFUSALS),
+                )
+            )
             .order_by(col(AuditEvent.id).desc())
             .limit(1)
         )

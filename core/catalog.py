@@ -8,16 +8,23 @@ UTC start time, so the newest backup is the *last* complete key, never the first
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.audit import AuditLog
 from core.keys import BackupKey
 from core.manifest import Manifest
 from core.s3store import S3Store, StoredBackup
 
 log = logging.getLogger("blnk_backup.catalog")
+
+# A restore test's record is written just before its run's end is audited: an audited end
+# this close after the record's time is the same test.
+SAME_TEST = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,9 @@ class FreshnessStatus:
     last_restore_test: dict[str, Any] | None = None  # the newest restore-test record
     breaches: list[str] = field(default_factory=list)
     incomplete: list[BackupEntry] = field(default_factory=list)
+    # one code per breach, in the same order: no_backups, stale, restore_test_failed,
+    # no_restore_test, restore_test_too_old (names nothing: fit for unauthenticated probes)
+    breach_codes: list[str] = field(default_factory=list)
 
     @property
     def newest_age_hours(self) -> float | None:
@@ -73,39 +83,93 @@ class BackupCatalog:
         stale_after_hours: float,
         restore_test_max_age_days: float | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
+        self.audit = audit
         self.stale_after_hours = stale_after_hours
         self.restore_test_max_age_days = restore_test_max_age_days
         self.clock = clock
+        self._listed: tuple[float, Sequence[StoredBackup]] | None = None
+        # the status worked out from the cached listing (the listing object it came from)
+        self._checked: tuple[Sequence[StoredBackup], FreshnessStatus] | None = None
+        self._listing = threading.Lock()
 
-    def list(self, limit: int = 20, include_incomplete: bool = False) -> list[BackupEntry]:
-        """Return the newest backups first (complete ones only, unless include_incomplete)."""
-        backups = [b for b in self.store.list_backups() if include_incomplete or b.complete]
+    def _backups(self, max_age: float) -> Sequence[StoredBackup]:
+        """The bucket's backups, listed now, or up to ``max_age`` seconds ago: callers that
+        anyone may trigger often (a health check, App Home) share one listing, and while
+        one lists the others wait for it instead of listing too."""
+        if max_age <= 0:
+            return self.store.list_backups()
+        with self._listing:
+            now = time.monotonic()
+            if self._listed is None or now - self._listed[0] > max_age:
+                self._listed = (now, self.store.list_backups())
+            return self._listed[1]
+
+    def list(
+        self, limit: int = 20, include_incomplete: bool = False, max_age: float = 0
+    ) -> list[BackupEntry]:
+        """Return the newest backups first (complete ones only, unless include_incomplete),
+        from a listing at most ``max_age`` seconds old."""
+        backups = [b for b in self._backups(max_age) if include_incomplete or b.complete]
         return [BackupEntry.of(b) for b in reversed(backups)][:limit]
 
     def _last_restore_test(self, backups: Sequence[StoredBackup]) -> dict[str, Any] | None:
+        """The newest restore test: the record kept next to its backup, or — when the audit
+        log knows a newer one whose backup has been deleted since (pruned, deleted by hand)
+        or whose record could not be written — what the audit log recorded, saying so."""
         tested = [b for b in backups if b.complete and b.restore_tested_at is not None]
-        if not tested:
-            return None
-        newest = max(tested, key=lambda b: b.restore_tested_at or b.last_modified)
-        record = self.store.get_json(newest.key.restore_test_key)
-        return record if isinstance(record, dict) else None
+        record: dict[str, Any] | None = None
+        if tested:
+            newest = max(tested, key=lambda b: b.restore_tested_at or b.last_modified)
+            found = self.store.get_json(newest.key.restore_test_key)
+            record = found if isinstance(found, dict) else None
+        event = self.audit.last_restore_test() if self.audit is not None else None
+        if event is None or not event.key:
+            return record
+        ended = event.at if event.at.tzinfo else event.at.replace(tzinfo=UTC)
+        recorded_at = _parse_time(record.get("finished_at")) if record else None
+        if recorded_at is not None and ended <= recorded_at + SAME_TEST:
+            return record  # the record is this test's, or newer
+        details = event.details_dict()
+        listed = {b.key.key for b in backups}
+        return {
+            "key": event.key,
+            "passed": event.outcome == "succeeded",
+            "finished_at": ended.isoformat(),
+            "error": None if event.outcome == "succeeded" else event.error_cause,
+            "ledger_proof": details.get("ledger_proof"),
+            "backup_deleted": event.key not in listed,
+            "from_audit_log": True,
+        }
 
-    def status(self) -> FreshnessStatus:
+    def status(self, max_age: float = 0) -> FreshnessStatus:
         """Return the freshness status: newest complete backup, its age, the last restore
-        test and any breaches (no backups, stale, last restore test failed or too old)."""
+        test and any breaches (no backups, stale, last restore test failed or too old) —
+        checked now, or up to ``max_age`` seconds ago (``checked_at`` says when)."""
+        if max_age <= 0:
+            return self._status(self.store.list_backups())
+        backups = self._backups(max_age)
+        with self._listing:
+            if self._checked is None or self._checked[0] is not backups:
+                self._checked = (backups, self._status(backups))
+            return self._checked[1]
+
+    def _status(self, backups: Sequence[StoredBackup]) -> FreshnessStatus:
         now = self.clock()
-        backups = self.store.list_backups()
         complete = [b for b in backups if b.complete]
         newest = BackupEntry.of(complete[-1]) if complete else None
         oldest = BackupEntry.of(complete[0]) if complete else None
-        breaches = []
+        breaches: list[tuple[str, str]] = []  # (code, what a person reads)
         last_test = self._last_restore_test(backups)
         if last_test is not None and last_test.get("passed") is not True:
             breaches.append(
-                f"last restore test failed: {last_test.get('key')} "
-                f"({last_test.get('error') or 'checks failed'})"
+                (
+                    "restore_test_failed",
+                    f"last restore test failed: {last_test.get('key')} "
+                    f"({last_test.get('error') or 'checks failed'})",
+                )
             )
         if self.restore_test_max_age_days is not None and complete:
             limit = timedelta(days=self.restore_test_max_age_days)
@@ -113,22 +177,31 @@ class BackupCatalog:
             running_for = now - complete[0].key.started_at
             if tested_at is None and running_for > limit:
                 breaches.append(
-                    f"no restore test yet, and backups go back {running_for.days} days "
-                    f"(RESTORE_TEST_MAX_AGE_DAYS={self.restore_test_max_age_days:g})"
+                    (
+                        "no_restore_test",
+                        f"no restore test yet, and backups go back {running_for.days} days "
+                        f"(RESTORE_TEST_MAX_AGE_DAYS={self.restore_test_max_age_days:g})",
+                    )
                 )
             elif tested_at is not None and now - tested_at > limit:
                 breaches.append(
-                    f"the last restore test is {(now - tested_at).days} days old "
-                    f"(RESTORE_TEST_MAX_AGE_DAYS={self.restore_test_max_age_days:g})"
+                    (
+                        "restore_test_too_old",
+                        f"the last restore test is {(now - tested_at).days} days old "
+                        f"(RESTORE_TEST_MAX_AGE_DAYS={self.restore_test_max_age_days:g})",
+                    )
                 )
         if newest is None:
-            breaches.append("no backups: no complete backup exists in the bucket")
+            breaches.append(("no_backups", "no backups: no complete backup exists in the bucket"))
         else:
             age = (now - newest.started_at).total_seconds() / 3600
             if age > self.stale_after_hours:
                 breaches.append(
-                    f"stale: the newest backup is {age:.1f} h old "
-                    f"(STALE_AFTER_HOURS={self.stale_after_hours:g})"
+                    (
+                        "stale",
+                        f"stale: the newest backup is {age:.1f} h old "
+                        f"(STALE_AFTER_HOURS={self.stale_after_hours:g})",
+                    )
                 )
         incomplete = [BackupEntry.of(b) for b in backups if not b.complete]
         return FreshnessStatus(
@@ -140,8 +213,9 @@ class BackupCatalog:
             newest=newest,
             oldest=oldest,
             last_restore_test=last_test,
-            breaches=breaches,
+            breaches=[text for _code, text in breaches],
             incomplete=incomplete,
+            breach_codes=[code for code, _text in breaches],
         )
 
 

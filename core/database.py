@@ -163,7 +163,10 @@ def check_database_name(name: str) -> str:
     if not name or len(name.encode()) > 63:
         raise UsageError("database names must be 1-63 bytes long")
     if has_control_characters(name):
-        raise UsageError("database names must not contain control characters")
+        raise UsageError(
+            "database names must not contain control characters, bidirectional marks or "
+            "zero-width characters"
+        )
     return name
 
 

@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from core.errors import UsageError
 
 MAX_CAUSE_LENGTH = 4000  # what the audit log keeps of an error's cause
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0, DEL, C1), line and paragraph separators, every bidirectional control
+# (embeddings, overrides, isolates, and the LRM/RLM/ALM marks) and the invisible characters that
+# change how text reads without showing (zero-width spaces and joiners, word joiner, invisible
+# operators, soft hyphen, BOM, interlinear annotations, tag characters): "bac\u200bkup" must
+# not pass for "backup", nor "\u202e" reorder a key on screen.
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
 
 
 def mask(text: str, secrets: Iterable[str | None]) -> str:
@@ -31,8 +39,8 @@ def has_control_characters(text: str) -> bool:
 
 
 def neutralise(text: str) -> str:
-    """Given stored text, return it with control and bidi characters made visible (``\\x1b``),
-    safe to print on one line of a terminal or a chat message."""
+    """Given stored text, return it with control, bidi and invisible characters made visible
+    (``\\x1b``, ``\\u200b``), safe to print on one line of a terminal or a chat message."""
     return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
@@ -47,12 +55,16 @@ MAX_REASON_LENGTH = 500  # a reason is one line: why a backup, a restore, a dele
 def check_plain_text(what: str, value: str | None, max_length: int) -> str | None:
     """Given user input (a reason, an actor name), return it stripped, or None if empty.
 
-    Raise UsageError if it is too long or holds control characters (newline, ESC, BEL, CR...).
+    Raise UsageError if it is too long or holds control characters (newline, ESC, BEL, CR...),
+    bidirectional marks or zero-width characters.
     """
     if value is None:
         return None
     if has_control_characters(value):
-        raise UsageError(f"the {what} must be one line of plain text (no control characters)")
+        raise UsageError(
+            f"the {what} must be one line of plain text (no control characters, "
+            "bidirectional marks or zero-width characters)"
+        )
     value = value.strip()
     if len(value) > max_length:
         raise UsageError(f"the {what} is longer than {max_length} characters")
@@ -72,3 +84,38 @@ def first_line(error: BaseException | str) -> str:
     """Return the first non-empty line of an error's text (library errors often run on)."""
     text = str(error)
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(error).__name__)
+
+
+# How libpq and the PostgreSQL tools name where they connect: shown to the operator at a
+# terminal, but never in shared places (a Slack channel, App Home, an alert).
+_PG_ENDPOINTS = (
+    (
+        re.compile(r'connection to server at "[^"]*"(?: \([^)]*\))?, port \d+'),
+        "connection to the server",
+    ),
+    (re.compile(r'connection to server on socket "[^"]*"'), "connection to the server"),
+    (re.compile(r'\b(user|role) "[^"]*"'), r'\1 "***"'),
+    (re.compile(r"\bpostgres(?:ql)?://[^\s/]*"), "postgresql://***"),
+    (re.compile(r'\bhost "[^"]*"'), 'host "***"'),
+)
+
+
+class EndpointScrubber:
+    """Removes database hosts, ports and user names from text for shared places: libpq's
+    phrasings (``connection to server at "db" (10.0.0.5), port 5432``, ``for user "x"``),
+    database URLs, and the configured hosts and users wherever they stand as words."""
+
+    def __init__(self, hosts: Iterable[str | None], users: Iterable[str | None]) -> None:
+        names = sorted({n for n in [*hosts, *users] if n and len(n) > 1}, key=len, reverse=True)
+        self._names = (
+            re.compile("|".join(rf"(?<![\w.-]){re.escape(n)}(?![\w-])" for n in names))
+            if names
+            else None
+        )
+
+    def __call__(self, text: str) -> str:
+        for pattern, replacement in _PG_ENDPOINTS:
+            text = pattern.sub(replacement, text)
+        if self._names is not None:
+            text = self._names.sub("***", text)
+        return text

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from core.bucket_policy import BucketPolicyService
     from core.catalog import BackupCatalog
     from core.prune import PruneService
+    from core.redact import EndpointScrubber
     from core.restore import RestoreService
     from core.s3store import S3Store
 
@@ -89,6 +90,21 @@ class Services:
             if url is not None:
                 secrets.append(PgTarget.from_url(url.get_secret_value()).password)
         return AuditLog(s.audit_database_url, secrets=secrets)
+
+    @_built_once
+    def scrub(self) -> EndpointScrubber:
+        """Removes the configured databases' hosts and users (and libpq's phrasings of any)
+        from text for shared places: Slack channels, App Home, alerts."""
+        from core.redact import EndpointScrubber
+
+        targets = [
+            PgTarget.from_url(url.get_secret_value())
+            for url in (self.settings.database_url, self.settings.restore_test_database_url)
+            if url is not None
+        ]
+        return EndpointScrubber(
+            [t.params.get("host") for t in targets], [t.params.get("user") for t in targets]
+        )
 
     @_built_once
     def store(self) -> S3Store:
@@ -158,6 +174,7 @@ class Services:
             self.store,
             stale_after_hours=self.settings.stale_after_hours,
             restore_test_max_age_days=self.settings.restore_test_max_age_days,
+            audit=self.audit,
         )
 
     def stop_backup(self, why: str, wait_seconds: float, grace_seconds: float = 0.0) -> bool:

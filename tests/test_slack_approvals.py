@@ -492,7 +492,8 @@ def test_a_reason_with_control_characters_is_refused_and_nothing_is_requested(
 ) -> None:
     app = start_app()
     keys = app.seed(s3, [2, 1, 0.1])
-    reply = app.command("/blnk-backups", f"delete {keys[0]} fine\x1b[2Jforged").wait_response()
+    sent = app.command("/blnk-backups", f"delete {keys[0]} fine\x1b[2Jforged")
+    reply = sent.reply.json()  # refused in the acknowledgement, before any work is queued
     assert "control characters" in visible(reply) and "Nothing was changed" in visible(reply)
     assert app.services.approvals.pending() == []
     assert app.events("approval_requested") == []

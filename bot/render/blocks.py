@@ -495,12 +495,16 @@ def _restore_test_line(test: dict[str, Any] | None) -> str:
     if not isinstance(test, dict):
         return "none yet: `/blnk-restore-test latest` proves the newest backup restorable"
     when = clip(str(test.get("finished_at") or "?")[:19].replace("T", " "), 40)
+    gone = " (that backup has been deleted since)" if test.get("backup_deleted") is True else ""
     if test.get("passed") is True:
         proof = test.get("ledger_proof")
         tail = f"\n{ledger_line(proof)}" if isinstance(proof, dict) else ""
-        return f"✓ passed: {_code(test.get('key'), 300)}, at {when} UTC{tail}"
+        return f"✓ passed: {_code(test.get('key'), 300)}, at {when} UTC{gone}{tail}"
     why = test.get("error") or "checks failed"
-    return f"✗ FAILED: {_code(test.get('key'), 300)}, at {when} UTC ({clip(_first_line(why), 300)})"
+    return (
+        f"✗ FAILED: {_code(test.get('key'), 300)}, at {when} UTC{gone} "
+        f"({clip(_first_line(why), 300)})"
+    )
 
 
 def ledger_line(proof: dict[str, Any] | None) -> str:
@@ -945,6 +949,22 @@ def home_view(
     else:
         blocks.append(_section("_None._"))
     blocks.append(footer)
+    view = {"type": "home", "blocks": blocks}
+    validate_view(view)
+    return view
+
+
+def home_refused(why: str) -> dict[str, Any]:
+    """The App Home tab of someone who may not see the backups: a short notice, nothing of
+    the backups, the bucket or the approvals."""
+    blocks: list[Block] = [
+        _header("Blnk backups"),
+        _section(
+            ":lock: This bot's backups are shown to its operators and approvers only "
+            f"({escape(why)}). Ask whoever runs it to add your Slack member ID to "
+            "`SLACK_OPERATORS` if you need them."
+        ),
+    ]
     view = {"type": "home", "blocks": blocks}
     validate_view(view)
     return view

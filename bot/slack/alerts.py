@@ -40,8 +40,11 @@ _PERSONAL = {"usage_error", "already_running", "config_error", "approval_refused
 AlertRenderer = Callable[[str, list[str], str], Renderable]
 
 
-def alert_for(event: AuditEvent) -> tuple[str, list[str], str] | None:
-    """Given an audit event, return (title, lines, severity) if it deserves an alert."""
+def alert_for(
+    event: AuditEvent, scrub: Callable[[str], str] = lambda text: text
+) -> tuple[str, list[str], str] | None:
+    """Given an audit event, return (title, lines, severity) if it deserves an alert; the
+    cause passes through ``scrub`` (database hosts and users are not for a channel)."""
     found = _ALERTS.get((event.action, event.outcome))
     if found is None:
         return None
@@ -57,7 +60,7 @@ def alert_for(event: AuditEvent) -> tuple[str, list[str], str] | None:
     if event.reason:
         lines.append(f"*Reason:* {event.reason}")
     if event.error_cause:
-        first = neutralise((event.error_cause.strip().splitlines() or [""])[0])
+        first = neutralise(scrub((event.error_cause.strip().splitlines() or [""])[0]))
         lines.append(f"*Cause:* {event.error_code}: {first[:500]}")
     return title, lines, severity
 
@@ -65,10 +68,17 @@ def alert_for(event: AuditEvent) -> tuple[str, list[str], str] | None:
 class Alerts:
     """Subscribe to the audit log and post alerts from a thread of its own."""
 
-    def __init__(self, messenger: Messenger, channel: str, render: AlertRenderer) -> None:
+    def __init__(
+        self,
+        messenger: Messenger,
+        channel: str,
+        render: AlertRenderer,
+        scrub: Callable[[str], str] = lambda text: text,
+    ) -> None:
         self.messenger = messenger
         self.channel = channel
         self.render = render
+        self.scrub = scrub
         self._queue: queue.Queue[AuditEvent | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="slack-alerts", daemon=True)
         self._thread.start()
@@ -80,7 +90,7 @@ class Alerts:
     def _run(self) -> None:
         while (event := self._queue.get()) is not None:
             try:
-                found = alert_for(event)
+                found = alert_for(event, self.scrub)
                 if found is not None:
                     title, lines, severity = found
                     self.messenger.post(self.channel, self.render(title, lines, severity))

@@ -17,6 +17,7 @@ from slack_bolt import App, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.error import BoltUnhandledRequestError
 from slack_sdk import WebClient
+from slack_sdk.http_retry import RetryHandler
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
     RateLimitErrorRetryHandler,
@@ -59,20 +60,28 @@ class SlackBot:
             self.alerts.close()
 
 
-def web_client(settings: Settings, *, with_token: bool = True) -> WebClient:
+def web_client(
+    settings: Settings, *, with_token: bool = True, timeout: int = 15, patient: bool = True
+) -> WebClient:
     """A Web API client for SLACK_API_BASE_URL that waits out 429s (Retry-After) and retries
-    connection errors."""
+    connection errors; not ``patient``: one quick retry of a connection error, no waiting on
+    rate limits (for lookups a person is waiting on)."""
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     token = token if with_token else None
     base = settings.slack_api_base_url
+    retries: list[RetryHandler] = (
+        [
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=3),
+        ]
+        if patient
+        else [ConnectionErrorRetryHandler(max_retry_count=1)]
+    )
     return WebClient(
         token=token,
         base_url=base if base.endswith("/") else base + "/",
-        timeout=15,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=3),
-        ],
+        timeout=timeout,
+        retry_handlers=retries,
     )
 
 
@@ -102,7 +111,9 @@ def build_slack(
     )
     outbox = Outbox(services.audit)
     messenger = Messenger(client, outbox)
-    authorizer = Authorizer(client, settings.operators, settings.approvers)
+    # Membership lookups happen while a person waits: bounded (5 s, no waiting on 429s).
+    lookups = web_client(settings, timeout=5, patient=False)
+    authorizer = Authorizer(lookups, settings.operators, settings.approvers)
     runner = jobs or JobRunner()
     ops = SlackOperations(
         services,
@@ -113,7 +124,7 @@ def build_slack(
     )
     alerts = None
     if settings.slack_alert_channel:
-        alerts = Alerts(messenger, settings.slack_alert_channel, blocks.alert)
+        alerts = Alerts(messenger, settings.slack_alert_channel, blocks.alert, services.scrub)
         services.audit.subscribe(alerts)
     bot = SlackBot(app, client, ops, runner, messenger, alerts)
 

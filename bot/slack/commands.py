@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass
 
 from core.errors import UsageError
+from core.redact import MAX_REASON_LENGTH, check_plain_text
 
 BACKUP, BACKUPS, RESTORE_TEST, RESTORE = (
     "/blnk-backup",
@@ -154,5 +155,6 @@ def _key(word: str) -> str:
 
 
 def _reason(text: str) -> str | None:
-    """A reason is one line of free text: runs of whitespace become one space, as before."""
-    return " ".join(text.split()) or None
+    """A reason is one line of free text: runs of whitespace become one space, as before.
+    Raise UsageError for control, bidirectional or zero-width characters in it."""
+    return check_plain_text("reason", " ".join(text.split()), MAX_REASON_LENGTH)

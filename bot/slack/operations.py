@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("blnk_backup.slack.operations")
 
+HOME_CACHE_SECONDS = 30.0  # how old a bucket listing the App Home tab may show
+
 Respond = Callable[[Renderable], None]
 NextRuns = Callable[[], dict[str, datetime]]
 
@@ -64,12 +66,22 @@ class SlackOperations:
         self.next_runs = next_runs or (lambda: {})
 
     # --- commands -----------------------------------------------------------------------------
-    def command(self, request: Request, caller: Caller) -> None:
-        """Run a parsed slash command for caller (already acknowledged)."""
-        allowed = self.authorizer.may_operate(caller.user_id)
+    def admit(self, caller: Caller, what: str, *, approver: bool = False) -> bool:
+        """Check caller before any work is queued for them: an operator (or, for a decision,
+        an approver). A refusal is audited and answered here; return whether to go on."""
+        check = self.authorizer.may_approve if approver else self.authorizer.may_operate
+        allowed = check(caller.user_id)
         if not allowed.allowed:
-            self._refuse(caller, request.action, allowed.why)
-            return
+            self._refuse(caller, what, allowed.why)
+        return allowed.allowed
+
+    def command(self, request: Request, caller: Caller) -> None:
+        """Check the caller, then run a parsed slash command (already acknowledged)."""
+        if self.admit(caller, request.action):
+            self.run_command(request, caller)
+
+    def run_command(self, request: Request, caller: Caller) -> None:
+        """Run a parsed slash command for a caller already admitted."""
         try:
             if request.risky:
                 self._request_approval(request, caller)
@@ -80,18 +92,21 @@ class SlackOperations:
         except AlreadyRunningError as exc:
             caller.respond(blocks.already_running(exc.holder))
         except PreflightError as exc:  # e.g. the server a restore would go to does not answer
-            caller.respond(blocks.refusal(exc.message))
+            caller.respond(blocks.refusal(self.services.scrub(exc.message)))
 
     def _refuse(self, caller: Caller, what: str, why: str) -> None:
+        self._record_refusal(caller.user_id, what, why)
+        caller.respond(blocks.refusal(why))
+
+    def _record_refusal(self, user_id: str, what: str, why: str) -> None:
         self.services.audit.record(
             action="unauthorized",
             outcome="recorded",
-            actor=caller.actor,
+            actor=Actor(user_id, "slack"),
             error_code="not_authorized",
             error_cause=why,
             details={"attempted": what},
         )
-        caller.respond(blocks.refusal(why))
 
     def _run_help(self, _request: Request, caller: Caller) -> None:
         caller.respond(blocks.help_message())
@@ -137,7 +152,11 @@ class SlackOperations:
                 live,
                 caller,
                 blocks.operation_failed(
-                    "Backup", exc.code, exc.message, caller.user_id, request.reason
+                    "Backup",
+                    exc.code,
+                    self.services.scrub(exc.message),
+                    caller.user_id,
+                    request.reason,
                 ),
             )
             return
@@ -165,7 +184,9 @@ class SlackOperations:
             self._finish(
                 live,
                 caller,
-                blocks.operation_failed("Restore test", exc.code, exc.message, caller.user_id),
+                blocks.operation_failed(
+                    "Restore test", exc.code, self.services.scrub(exc.message), caller.user_id
+                ),
             )
             return
         self._finish(live, caller, blocks.restore_result(report, caller.user_id))
@@ -293,10 +314,11 @@ class SlackOperations:
 
     def decide(self, approval_id: str, caller: Caller, approve: bool) -> None:
         """A button click: check the approver, decide once, update the message, execute."""
-        allowed = self.authorizer.may_approve(caller.user_id)
-        if not allowed.allowed:
-            self._refuse(caller, "approve" if approve else "deny", allowed.why)
-            return
+        if self.admit(caller, "approve" if approve else "deny", approver=True):
+            self.run_decision(approval_id, caller, approve)
+
+    def run_decision(self, approval_id: str, caller: Caller, approve: bool) -> None:
+        """Decide once for an admitted approver, update the message, execute."""
         try:
             approval = self.services.approvals.decide(approval_id, caller.actor, approve=approve)
         except ApprovalError as exc:
@@ -318,7 +340,7 @@ class SlackOperations:
             outcome = self._execute(approval)
             succeeded = True
         except BackupError as exc:
-            outcome, succeeded = f"{exc.code}: {exc.message}", False
+            outcome, succeeded = f"{exc.code}: {self.services.scrub(exc.message)}", False
         finished = self.services.approvals.finish(approval_id, succeeded=succeeded, outcome=outcome)
         self._show_decision(finished, final=True)
 
@@ -377,14 +399,29 @@ class SlackOperations:
             self.messenger.update(Posted(display["channel"], display["ts"]), message, final=True)
 
     # --- App Home -----------------------------------------------------------------------------
+    def home_refused(self, user_id: str) -> dict[str, Any] | None:
+        """The short notice App Home shows someone who is neither an operator nor an
+        approver (the refusal audited), or None for those who may see the backups."""
+        allowed = self.authorizer.may_operate(user_id)
+        if allowed.allowed:
+            return None
+        self._record_refusal(user_id, "home", allowed.why)
+        return blocks.home_refused(allowed.why)
+
     def home(self, user_id: str) -> dict[str, Any]:
-        """The App Home view for user_id (what is shown; publishing is the caller's)."""
+        """The App Home view for user_id (what is shown; publishing is the caller's): the
+        backups for operators and approvers; for anyone else a short notice, and the refusal
+        audited. The bucket is read at most every HOME_CACHE_SECONDS, however often the tab
+        is opened."""
+        refused = self.home_refused(user_id)
+        if refused is not None:
+            return refused
         try:
-            state = self.services.catalog.status()
-            backups = self.services.catalog.list(limit=10)
+            state = self.services.catalog.status(max_age=HOME_CACHE_SECONDS)
+            backups = self.services.catalog.list(limit=10, max_age=HOME_CACHE_SECONDS)
             error = None
         except BackupError as exc:
-            state, backups, error = None, [], exc.message
+            state, backups, error = None, [], self.services.scrub(exc.message)
         self.expire_overdue()
         pending = self.services.approvals.pending()
         return blocks.home_view(state, backups, pending, self.next_runs(), error=error)

@@ -39,6 +39,7 @@ from bot.http import HttpApi, serve
 from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
 from bot.render.slack_limits import validate_message, validate_view
 from bot.slack.app import SlackBot, build_slack
+from bot.slack.jobs import JobRunner
 from core.approvals import Approval
 from core.audit import AuditEvent
 from core.config import Settings
@@ -411,12 +412,17 @@ class SlackApps:
         self.started: list[Harness] = []
 
     def start(
-        self, settings: Settings | None = None, progress_interval: float = 0.2, **overrides: Any
+        self,
+        settings: Settings | None = None,
+        progress_interval: float = 0.2,
+        jobs: JobRunner | None = None,
+        **overrides: Any,
     ) -> Harness:
-        """A running bot for settings (or make_settings(**slack settings, **overrides))."""
+        """A running bot for settings (or make_settings(**slack settings, **overrides)),
+        with its own job executor ``jobs`` if given."""
         settings = settings or self.make_settings(**(slack_overrides(self.fake) | overrides))
         services = Services(settings)
-        bot = build_slack(settings, services, progress_interval=progress_interval)
+        bot = build_slack(settings, services, progress_interval=progress_interval, jobs=jobs)
         server = AppServer(HttpApi(services, slack_app=bot.app)).start()
         harness = Harness(
             self.fake, settings, services, bot, server, SlackSender(server.url(), SIGNING_SECRET)

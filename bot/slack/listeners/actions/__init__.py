@@ -1,6 +1,6 @@
-"""Button listeners: Approve / Deny on an approval request. Acknowledged at once; the decision
-(checked on the server: approver, not the requester, pending, not expired) and the execution run
-on the bot's job executor."""
+"""Button listeners: Approve / Deny on an approval request. Acknowledged at once; the clicker is
+checked (an approver) before anything is queued; the decision (not the requester, pending, not
+expired) and the execution run on the bot's job executor."""
 
 from __future__ import annotations
 
@@ -46,10 +46,12 @@ def register(app: App, bot: SlackBot) -> None:
                 )
             )
 
+        if not bot.ops.admit(caller, "approve" if approve else "deny", approver=True):
+            return
         try:
             bot.jobs.submit(
                 f"decide {approval_id}",
-                lambda: bot.ops.decide(approval_id, caller, approve),
+                lambda: bot.ops.run_decision(approval_id, caller, approve),
                 crashed,
             )
         except JobsFull:

@@ -1,5 +1,6 @@
-"""Slash command listeners: parse (pure), acknowledge before any I/O, hand the work to the
-bot's job executor. A bad or unknown argument is answered in the acknowledgement itself with
+"""Slash command listeners: parse (pure), acknowledge before any I/O, check the caller, and only
+then hand the work to the bot's job executor (someone who may not run commands never takes a
+place in its queue). A bad or unknown argument is answered in the acknowledgement itself with
 the usage, and changes nothing."""
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def _listener(bot: SlackBot) -> Callable[..., None]:
                 )
             )
 
+        if not bot.ops.admit(caller, request.action):
+            return
         try:
-            bot.jobs.submit(request.action, lambda: bot.ops.command(request, caller), crashed)
+            bot.jobs.submit(request.action, lambda: bot.ops.run_command(request, caller), crashed)
         except JobsFull:
             reply(blocks.refusal("the bot is busy with other work; try again in a minute"))
 

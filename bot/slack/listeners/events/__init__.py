@@ -1,4 +1,5 @@
-"""Event listeners: the App Home tab, published when a person opens it."""
+"""Event listeners: the App Home tab, published when a person opens it — the backups for
+operators and approvers, a short notice (published at once, nothing queued) for anyone else."""
 
 from __future__ import annotations
 
@@ -24,12 +25,16 @@ def register(app: App, bot: SlackBot) -> None:
             return
         user_id = str(event.get("user", ""))
 
-        def publish() -> None:
+        def publish(view: dict[str, Any] | None = None) -> None:
             try:
-                bot.client.views_publish(user_id=user_id, view=bot.ops.home(user_id))
+                bot.client.views_publish(user_id=user_id, view=view or bot.ops.home(user_id))
             except SlackApiError as exc:
                 log.warning("could not publish the Home tab: %s", exc.response.get("error"))
 
+        refused = bot.ops.home_refused(user_id)
+        if refused is not None:
+            publish(refused)
+            return
         try:
             bot.jobs.submit("home", publish)
         except JobsFull:
