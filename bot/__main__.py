@@ -135,6 +135,11 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
             log.warning("already shutting down")
             return
         stopping_since.append(time.monotonic())
+        log.info(
+            "shutting down (%s): no new requests; those in flight get %.0f s to finish",
+            signal.Signals(_signum).name,
+            DRAIN_SECONDS,
+        )
         stop.set()  # run_until drains the requests in flight, then closes the server
         server.pull_trigger()
 
@@ -175,6 +180,7 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         if slack is not None:
             slack.close()
         services.close()
+        log.info("stopped")
     return EXIT_OK
 
 

@@ -104,10 +104,13 @@ class HttpApi:
             answered.append(int(status.split(" ", 1)[0]))
             return start_response(status, headers, *rest)
 
+        body: Iterable[bytes] = []
         try:
-            return self._answer(environ, recording)
+            body = self._answer(environ, recording)
+            return body
         finally:
-            _log_request(environ, answered[0] if answered else 0, time.monotonic() - began)
+            status = answered[0] if answered else 0
+            _log_request(environ, status, time.monotonic() - began, _error_code(status, body))
 
     def _answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -305,18 +308,31 @@ def _shown(text: str, limit: int = 200) -> str:
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
-def _log_request(environ: dict[str, Any], status: int, seconds: float) -> None:
-    """One line per request: method, path, status, time, client; never the query or body."""
+def _error_code(status: int, body: Iterable[bytes]) -> str:
+    """The ``error.code`` of one of our JSON error answers, or ''."""
+    if status < 400 or not isinstance(body, list) or len(body) != 1 or len(body[0]) > 4096:
+        return ""
+    try:
+        code = json.loads(body[0])["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f" {code}" if isinstance(code, str) else ""
+
+
+def _log_request(environ: dict[str, Any], status: int, seconds: float, code: str = "") -> None:
+    """One line per request: method, path, status (and error code), time, client; never the
+    query or the body."""
     path = str(environ.get("PATH_INFO") or "/")
     level = logging.WARNING if status >= 500 or status == 0 else logging.INFO
     if path in _QUIET_PATHS:  # a probe's 503 is its answer, not a fault of the service
         level = logging.DEBUG if status < 400 else logging.INFO
     log.log(
         level,
-        "%s %s -> %s in %.3f s from %s",
+        "%s %s -> %s%s in %.3f s from %s",
         _shown(str(environ.get("REQUEST_METHOD") or "?"), 10),
         _shown(path),
         status or "no answer",
+        _shown(code, 60),
         seconds,
         _shown(str(environ.get("REMOTE_ADDR") or "unknown"), 60),
     )

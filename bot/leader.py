@@ -105,11 +105,15 @@ class Leadership:
         self._thread.start()
 
     def stop(self) -> None:
+        """Shutting down: stop competing, and stop the scheduler if this replica runs it (not
+        a loss of leadership: another replica simply takes over)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
         if self.leading:
-            self._lose()
+            self.leading = False
+            log.info("shutting down: the scheduler stops")
+            self.on_loss()
         self._close()
 
     def _run(self) -> None:

@@ -121,16 +121,26 @@ def test_a_refused_bot_token_exits_2_saying_slack_refused_it(
     assert [c.method for c in fake_slack.calls()] == ["auth.test"]
 
 
-def test_sigterm_stops_the_service_cleanly(
+def test_sigterm_stops_the_service_cleanly_and_says_so(
     launch: Callable[..., Replica], fake_slack: FakeSlack, make_settings: SettingsFactory
 ) -> None:
-    env = settings_env(make_settings()) | slack_env(fake_slack, MONITOR_SCHEDULE="0 */6 * * *")
+    env = settings_env(make_settings()) | slack_env(
+        fake_slack, MONITOR_SCHEDULE="0 */6 * * *", BLNK_API_KEY="k3y-for-cron"
+    )
     bot = launch(env)
     bot.wait_serving()
+    with contextlib.suppress(urllib.error.HTTPError):
+        urllib.request.urlopen(bot.url("/backup-s3?reason=secret-ish"), timeout=10)  # noqa: S310
     bot.proc.send_signal(signal.SIGTERM)
     assert bot.proc.wait(30) == 0, bot.output()
-    assert "Traceback" not in bot.output()
+    output = bot.output()
+    assert "Traceback" not in output
     assert not bot.healthy()
+    # Every request's outcome, one line each (never its query); a shutdown reads as one.
+    assert re.search(r"GET /backup-s3 -> 401 unauthorized in [0-9.]+ s from 127\.0\.0\.1", output)
+    assert "secret-ish" not in output
+    assert "shutting down (SIGTERM)" in output and output.rstrip().endswith("stopped")
+    assert "no longer leads" not in output
 
 
 def test_sigterm_during_a_backup_request_lets_it_finish_and_answer_then_exits_0(
@@ -208,6 +218,7 @@ def test_sigterm_during_a_backup_longer_than_the_drain_stops_it_cleanly_and_answ
         audit.close()
     assert (failed.outcome, failed.error_code) == ("failed", "interrupted")
     assert "Traceback" not in bot.output()
+    assert re.search(r"WARNING .*GET /backup-s3 -> 500 interrupted in ", bot.output())
 
 
 def _pg_dump_waits(target: PgTarget) -> bool:

@@ -4,6 +4,7 @@ expired) and the execution run on the bot's job executor."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import App
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from bot.slack.app import SlackBot
 
 APPROVE, DENY = "approval_approve", "approval_deny"
+log = logging.getLogger("blnk_backup.slack.actions")
 
 
 def register(app: App, bot: SlackBot) -> None:
@@ -46,7 +48,9 @@ def register(app: App, bot: SlackBot) -> None:
                 )
             )
 
-        if not bot.ops.admit(caller, "approve" if approve else "deny", approver=True):
+        what = "approve" if approve else "deny"
+        if not bot.ops.admit(caller, what, approver=True):
+            log.info("slack %s by %s: refused (not an approver)", what, caller.user_id)
             return
         try:
             bot.jobs.submit(
@@ -55,7 +59,10 @@ def register(app: App, bot: SlackBot) -> None:
                 crashed,
             )
         except JobsFull:
+            log.warning("slack %s by %s: refused, the job queue is full", what, caller.user_id)
             reply(blocks.refusal("the bot is busy with other work; try again in a minute"))
+            return
+        log.info("slack %s by %s: queued", what, caller.user_id)
 
     app.action(APPROVE)(on_click)
     app.action(DENY)(on_click)

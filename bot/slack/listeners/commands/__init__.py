@@ -5,6 +5,7 @@ the usage, and changes nothing."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from core.errors import UsageError
 if TYPE_CHECKING:
     from bot.slack.app import SlackBot
 
+log = logging.getLogger("blnk_backup.slack.commands")
+
 
 def register(app: App, bot: SlackBot) -> None:
     for name in COMMANDS:
@@ -28,11 +31,13 @@ def register(app: App, bot: SlackBot) -> None:
 
 def _listener(bot: SlackBot) -> Callable[..., None]:
     def on_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
+        user = str(command.get("user_id") or "")
         try:
             request = parse(command["command"], command.get("text") or "")
         except UsageError as exc:
             usage = blocks.usage(exc.message)
             ack(text=usage.text, blocks=usage.blocks)
+            log.info("slack %s by %s: usage error", command.get("command"), user)
             return
         ack()
 
@@ -49,10 +54,14 @@ def _listener(bot: SlackBot) -> Callable[..., None]:
             )
 
         if not bot.ops.admit(caller, request.action):
+            log.info("slack %s by %s: refused (not an operator)", request.action, user)
             return
         try:
             bot.jobs.submit(request.action, lambda: bot.ops.run_command(request, caller), crashed)
         except JobsFull:
+            log.warning("slack %s by %s: refused, the job queue is full", request.action, user)
             reply(blocks.refusal("the bot is busy with other work; try again in a minute"))
+            return
+        log.info("slack %s by %s: queued", request.action, user)
 
     return on_command
