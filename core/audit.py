@@ -411,9 +411,13 @@ class AuditRun:
     fields: dict[str, Any] = field(default_factory=dict)
 
     def note(self, **fields: Any) -> None:
-        """Remember fields (key, size, sha256, duration_seconds, details) for the closing event."""
+        """Remember fields (key, size, sha256, duration_seconds, details) for the closing event.
+        Details given as a dict are merged into those noted before."""
         if "key" in fields:
             self.key = fields.pop("key")
+        details, noted = fields.get("details"), self.fields.get("details")
+        if isinstance(details, dict) and isinstance(noted, dict):
+            fields["details"] = noted | details
         self.fields.update(fields)
 
     def end(

@@ -184,7 +184,9 @@ class BackupService:
             ) as run:
                 if early is not None:
                     raise early
-                self._recover_from_crashes(actor, run)
+                janitor = self._recover_from_crashes(actor, run)
+                if janitor:  # a failed backup carries them in its own (one) failure
+                    run.note(details={"database": self.target.display, "orphan_cleanup": janitor})
                 attempt = _BackupRun(self, run, actor, reason, on_progress, stream, started)
                 manifest = attempt.execute()
                 run.note(
@@ -193,6 +195,7 @@ class BackupService:
                     sha256=manifest.sha256,
                     duration_seconds=manifest.duration_seconds,
                 )
+                self._record_janitor_failures(actor, run, janitor)
         finally:
             stream.close()
             if acquired:
@@ -267,23 +270,24 @@ class BackupService:
                 [f"BACKUP_LOCAL_DIR: {directory} is not a writable directory ({exc.strerror})"]
             ) from None
 
-    def _recover_from_crashes(self, actor: Actor, run: AuditRun) -> None:
+    def _recover_from_crashes(self, actor: Actor, run: AuditRun) -> list[dict[str, str]]:
         """Holding the per-database lock, clean up after runs that were killed outright: abort
         the incomplete uploads of backup keys that began before this run (from the store's own
         listing, so a lost audit file does not matter) and close their audit records (a run
-        whose own lock is free is dead, core/liveness.py)."""
+        whose own lock is free is dead, core/liveness.py). Never stops the backup: return
+        what could not be cleaned up (key, code, cause), for the backup to report."""
         self.audit.close_abandoned("backup", actor, scope={"database": self.target.display})
+        problems: list[dict[str, str]] = []
         for store in [self.store] + ([self.replica] if self.replica is not None else []):
             try:
                 uploads = store.incomplete_uploads()
-            except BackupError as exc:  # the janitor must never stop a backup
-                self.audit.record(
-                    action="orphan_cleanup",
-                    outcome="failed",
-                    actor=actor,
-                    run_id=run.run_id,
-                    error_code=exc.code,
-                    error_cause=f"listing incomplete uploads in {store.location}: {exc.cause}",
+            except BackupError as exc:
+                problems.append(
+                    {
+                        "key": "",
+                        "code": exc.code,
+                        "cause": f"listing incomplete uploads in {store.location}: {exc.cause}",
+                    }
                 )
                 continue
             for upload in uploads:
@@ -292,14 +296,12 @@ class BackupService:
                 try:
                     store.abort_upload(upload.key, upload.upload_id)
                 except BackupError as exc:
-                    self.audit.record(
-                        action="orphan_cleanup",
-                        outcome="failed",
-                        actor=actor,
-                        run_id=run.run_id,
-                        key=upload.key,
-                        error_code=exc.code,
-                        error_cause=f"aborting an incomplete upload: {exc.cause}",
+                    problems.append(
+                        {
+                            "key": upload.key,
+                            "code": exc.code,
+                            "cause": f"aborting an incomplete upload: {exc.cause}",
+                        }
                     )
                     continue
                 self.audit.record(
@@ -315,6 +317,24 @@ class BackupService:
                     },
                 )
                 log.warning("aborted an incomplete upload of %s in %s", upload.key, store.location)
+        return problems
+
+    def _record_janitor_failures(
+        self, actor: Actor, run: AuditRun, problems: list[dict[str, str]]
+    ) -> None:
+        """After a successful backup, what the clean-up could not do is a failure of its own
+        (alerted): the store answered the backup, so something else is wrong. When the backup
+        fails too (the store unreachable), its one failure carries these in its details."""
+        for problem in problems:
+            self.audit.record(
+                action="orphan_cleanup",
+                outcome="failed",
+                actor=actor,
+                run_id=run.run_id,
+                key=problem["key"] or None,
+                error_code=problem["code"],
+                error_cause=problem["cause"],
+            )
 
 
 class _BackupRun:
@@ -565,6 +585,13 @@ class _BackupRun:
                     self.upload.abort()
             except BackupError as exc:
                 log.error("could not clean up %s: %s", self.key, exc)
+                # Part of this backup's one failure (and its one alert), and recorded on its
+                # own for the record: the next backup removes it.
+                self.run.note(
+                    details={
+                        "left_behind": f"{self.key.key}: {exc.cause} (the next backup removes it)"
+                    }
+                )
                 self.s.audit.record(
                     action="orphaned_upload",
                     outcome="recorded",

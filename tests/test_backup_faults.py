@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
+from bot.slack.alerts import alert_for
 from core.audit import Actor
 from core.backup import BackupProgress
 from core.database import PgTarget, drop_database, server_version
@@ -210,11 +211,15 @@ def test_s3_down_mid_upload_fails_cleanly_and_the_next_run_aborts_the_orphan(
     assert SECRET_KEY not in str(raised.value)
     failure = _last_failure(services)
     assert failure.error_code == "storage_error"
-    # The store was down, so the abort could not happen: recorded (an alert), and still there.
+    # The store was down, so the abort could not happen: recorded, and still there.
     [orphaned] = services.audit.events(action="orphaned_upload")
     [left] = incomplete_uploads(s3, bucket)
     assert orphaned.key == left["Key"]
     assert bucket_keys(s3, bucket) == []
+    # One failure, one alert, which says what was left behind.
+    alerts = [found for e in services.audit.events() if (found := alert_for(e)) is not None]
+    assert [title for title, _lines, _severity in alerts] == ["Backup failed"]
+    assert any(left["Key"] in line for line in alerts[0][1] if line.startswith("*Left behind:*"))
 
     # The store comes back; the next backup finds the upload in the store's own listing,
     # aborts it first, then succeeds.
@@ -226,6 +231,48 @@ def test_s3_down_mid_upload_fails_cleanly_and_the_next_run_aborts_the_orphan(
     assert aborted.key == left["Key"]
     assert sorted(bucket_keys(s3, bucket)) == [manifest.key, manifest.key + ".manifest.json"]
     services.close()
+
+
+def test_an_unreachable_store_is_one_failure_with_one_alert(
+    make_settings: Any, s3: Any, bucket: str, proxy: FaultProxy
+) -> None:
+    s3.create_multipart_upload(Bucket=bucket, Key="blnk_backup_20200101_000000.dump")
+    proxy.stop()  # the store is down from the start: the clean-up cannot even list
+    services = Services(make_settings(s3_endpoint_url=proxy.endpoint))
+    try:
+        with pytest.raises(StorageError):
+            services.backups.run(ACTOR)
+        events = services.audit.events()
+        assert services.audit.events(action="orphan_cleanup") == []
+        alerts = [found for e in events if (found := alert_for(e)) is not None]
+        assert [title for title, _lines, _severity in alerts] == ["Backup failed"]
+        [failed] = [e for e in events if e.action == "backup" and e.outcome == "failed"]
+        [problem] = failed.details_dict()["orphan_cleanup"]
+        assert "listing incomplete uploads" in problem["cause"]
+        assert any(line.startswith("*Also:* cleaning up") for line in alerts[0][1])
+    finally:
+        services.close()
+
+
+def test_a_cleanup_failure_beside_a_good_backup_is_alerted_on_its_own(
+    make_settings: Any, s3: Any, bucket: str, proxy: FaultProxy
+) -> None:
+    # The store takes backups but refuses to list incomplete uploads (a missing permission):
+    # the backup stands, and the clean-up's failure is its own alert.
+    s3.create_multipart_upload(Bucket=bucket, Key="blnk_backup_20200101_000000.dump")
+
+    def no_listing(request: Request) -> tuple[int, str] | None:
+        listing = request.method == "GET" and "uploads" in request.path
+        return (403, "AccessDenied") if listing else None
+
+    proxy.faults.fail = no_listing
+    services = Services(make_settings(s3_endpoint_url=proxy.endpoint))
+    try:
+        services.backups.run(ACTOR)
+        [cleanup] = services.audit.events(action="orphan_cleanup")
+        assert cleanup.outcome == "failed" and alert_for(cleanup) is not None
+    finally:
+        services.close()
 
 
 def test_store_reporting_a_different_checksum_fails_verification_and_deletes_the_object(

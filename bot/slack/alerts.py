@@ -1,7 +1,9 @@
 """Alerts to SLACK_ALERT_CHANNEL: every failure — a backup, a restore test, a replication, an
 orphan clean-up, a breach found by the freshness check, a missed scheduled run — posted from the
-audit log's stream of events, so no use case has to remember to alert. Posting happens on a
-thread of its own: a slow or failing Slack never delays the work being audited."""
+audit log's stream of events, so no use case has to remember to alert. One failure, one alert:
+what a failed backup also could not clean up is said in its alert, not in alerts of its own.
+Posting happens on a thread of its own: a slow or failing Slack never delays the work being
+audited."""
 
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ _ALERTS: dict[tuple[str, str], tuple[str, str]] = {
     ("delete", "failed"): ("Deleting a backup failed", "medium"),
     ("bucket_apply", "failed"): ("Applying bucket policies failed", "medium"),
     ("replication_failed", "recorded"): ("Replication to the second region failed", "high"),
-    ("orphaned_upload", "recorded"): ("An incomplete upload could not be removed", "medium"),
     ("orphan_cleanup", "failed"): ("Cleaning up after a killed backup failed", "medium"),
     ("orphan_aborted", "recorded"): ("Removed what a killed backup left behind", "low"),
     ("freshness_check", "failed"): ("Backups need attention", "high"),
@@ -62,7 +63,24 @@ def alert_for(
     if event.error_cause:
         first = neutralise(scrub((event.error_cause.strip().splitlines() or [""])[0]))
         lines.append(f"*Cause:* {event.error_code}: {first[:500]}")
+    lines += _side_effects(event, scrub)
     return title, lines, severity
+
+
+def _side_effects(event: AuditEvent, scrub: Callable[[str], str]) -> list[str]:
+    """What a failed backup also could not do (one failure, one alert): an upload it left
+    behind, killed runs' uploads it could not clean up first."""
+    details = event.details_dict()
+    lines = []
+    left = details.get("left_behind")
+    if isinstance(left, str):
+        lines.append(f"*Left behind:* {neutralise(scrub(left))[:500]}")
+    janitor = details.get("orphan_cleanup")
+    for problem in janitor[:3] if isinstance(janitor, list) else []:
+        if isinstance(problem, dict):
+            cause = neutralise(scrub(str(problem.get("cause", ""))))[:300]
+            lines.append(f"*Also:* cleaning up after a killed backup: {cause}")
+    return lines
 
 
 class Alerts:
