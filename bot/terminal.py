@@ -253,6 +253,7 @@ class PlainProgress:
         self._stage = ""
         self._last = 0.0
         self._bytes: int | None = None
+        self._key_shown = False
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
@@ -265,10 +266,13 @@ class PlainProgress:
 
     def backup_event(self, event: BackupProgress) -> None:
         with self._lock:
-            if event.stage == "dumping":
-                self._bytes = event.bytes_uploaded
+            if event.stage == "dumping" or self._bytes is not None:
+                # Later stages carry the dump's final size.
+                self._bytes = max(self._bytes or 0, event.bytes_uploaded)
             if event.stage != self._stage:
-                self._enter(event.stage, event.key)
+                key = event.key if event.key and not self._key_shown else None
+                self._key_shown = self._key_shown or key is not None
+                self._enter(event.stage, key)
                 return
             now = self.clock()
             if event.stage == "dumping" and now - self._last >= self.interval:
@@ -281,7 +285,7 @@ class PlainProgress:
 
     def _enter(self, stage: str, key: str | None = None) -> None:
         if self._stage == "dumping" and self._bytes is not None:
-            self._line(f"  {byte_count(self._bytes)} uploaded (100 %)")
+            self._line(f"  {byte_count(self._bytes)} uploaded in all (100 %)")
         self._stage = stage
         self._last = self.clock()
         if stage != "done":

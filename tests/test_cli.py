@@ -296,3 +296,36 @@ def test_status_shows_the_next_scheduled_runs(
     runs = _json(capsys)["next_runs"]
     assert set(runs) == {"backup", "freshness_check", "restore_test"}
     assert datetime.fromisoformat(runs["backup"]).hour == 3
+
+
+def test_on_a_terminal_backup_progress_is_drawn_live_and_ends_at_100_percent(
+    cli_env: dict[str, str],
+) -> None:
+    import pexpect
+    import pyte
+
+    child = pexpect.spawn(
+        str(Path(sys.executable).parent / "blnk-backup"),
+        ["backup", "--reason", "drawn on a terminal"],
+        env={**os.environ, "TERM": "xterm"},
+        dimensions=(40, 80),
+        timeout=120,
+    )
+    screen = pyte.Screen(80, 40)
+    stream = pyte.ByteStream(screen)
+    while True:
+        try:
+            stream.feed(child.read_nonblocking(65536, timeout=120))
+        except pexpect.EOF:
+            break
+    child.close()
+    assert child.exitstatus == 0
+    lines = [line.rstrip() for line in screen.display if line.strip()]
+    shown = "\n".join(lines)
+    dump = next(line for line in lines if "dumping and uploading" in line)
+    assert dump.startswith("✓") and dump.endswith("100 %"), shown
+    assert re.search(r"^  [\d,]+ bytes · [\d.]+ \w+/s$", shown, re.M), shown
+    assert re.search(r"^  backup finished after [\d.]+ s$", shown, re.M), shown
+    assert "✓ backup uploaded and verified" in shown
+    # Every phase ended: no spinner is left on the screen.
+    assert not re.search("[\u2800-\u28ff]", shown), shown
