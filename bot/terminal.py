@@ -75,6 +75,7 @@ class Phase:
     ended: float | None = None
     done_bytes: int | None = None  # bytes moved in this phase, when it moves bytes
     expected_bytes: int | None = None
+    failed: bool = False  # the operation failed in this phase
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=200))
 
     def rate(self, now: float) -> float | None:
@@ -94,7 +95,7 @@ class Phase:
         can outgrow the previous one), 1.0 once it ended."""
         if self.done_bytes is None:
             return None
-        if self.ended is not None:
+        if self.ended is not None and not self.failed:
             return 1.0
         if not self.expected_bytes:
             return None
@@ -141,6 +142,8 @@ class OperationProgress:
         with self._lock:
             if self.ended is not None:
                 return
+            if not ok and self.phases and self.phases[-1].ended is None:
+                self.phases[-1].failed = True
             self._close_phase()
             self.ended, self.ok = self.clock(), ok
 
@@ -166,7 +169,7 @@ class OperationProgress:
 
     def _phase_row(self, phase: Phase, now: float) -> RenderableType:
         running = phase.ended is None
-        failed = not running and self.ok is False and phase is self.phases[-1]
+        failed = phase.failed or (not running and self.ok is False and phase is self.phases[-1])
         grid = Table.grid(padding=(0, 1))
         grid.add_column(width=1, no_wrap=True)
         grid.add_column()

@@ -89,6 +89,16 @@ def test_a_failed_phase_is_marked_as_failed() -> None:
     assert lines[-1].startswith("  restore failed after")
 
 
+def test_a_dump_that_failed_midway_is_not_drawn_at_100_percent() -> None:
+    clock = FakeClock()
+    progress = OperationProgress("backup", clock=clock)
+    _dump(progress, clock, [0, 60_000_000])
+    progress.finish(ok=False)  # pg_dump died
+    lines = _text(progress)
+    dump = next(line for line in lines if "dumping" in line)
+    assert dump.startswith("✗") and dump.endswith("20 %"), lines
+
+
 def test_plain_progress_prints_short_lines_without_escape_codes_and_the_total_at_100() -> None:
     out = io.StringIO()
     clock = FakeClock()

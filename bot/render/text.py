@@ -136,8 +136,8 @@ def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None)
         mark = "✓" if proof.get("passed") is True else "✗" if proof.get("passed") is False else "-"
         lines.append(f"  ledger    {mark} {_safe(proof.get('headline'))}")
     lines.append(
-        f"  backups   {state.complete_count} complete, {human_size(state.total_size)} in all"
-        + (f", {state.incomplete_count} incomplete" if state.incomplete_count else "")
+        f"  backups   {state.complete_count:,} complete, {human_size(state.total_size)} in all"
+        + (f", {state.incomplete_count:,} incomplete" if state.incomplete_count else "")
     )
     for e in state.incomplete[:10]:
         lines.append(f"  ! {_safe(e.key.key)}: {_safe(e.problem)}")
@@ -214,7 +214,7 @@ def restore(report: RestoreReport) -> str:
     what = "restored into" if report.kept else "restore-tested in scratch database"
     head = "✓" if report.passed else "✗"
     verdict = (
-        "all checks passed" if report.passed else f"{len(report.failed_checks)} check(s) FAILED"
+        "all checks passed" if report.passed else f"{len(report.failed_checks):,} check(s) FAILED"
     )
     d = report.durations
     lines = [
@@ -222,7 +222,7 @@ def restore(report: RestoreReport) -> str:
         f"  time      download {human_duration(d.get('download'))}, restore "
         f"{human_duration(d.get('restore'))}, checks {human_duration(d.get('checks'))}, "
         f"total {human_duration(d.get('total'))}",
-        f"  checks    {len(report.checks)} ({_safe(report.amcheck)})",
+        f"  checks    {len(report.checks):,} ({_safe(report.amcheck)})",
     ]
     lines += _ledger_proof_lines(report.ledger_proof)
     for note in report.notes:
@@ -273,7 +273,7 @@ def prune(reports: list[PruneReport]) -> str:
     for r in reports:
         deleting = r.plan.to_delete
         mode = "deleted" if r.applied and not r.plan.paused else "would delete (dry run)"
-        lines.append(f"{_safe(r.location)}: keep {len(r.plan.to_keep)}, {mode} {len(deleting)}")
+        lines.append(f"{_safe(r.location)}: keep {len(r.plan.to_keep):,}, {mode} {len(deleting):,}")
         if r.plan.paused:
             lines.append(f"  ⏸ paused: {_safe(r.plan.paused)}")
         for d in r.plan.decisions:
