@@ -79,18 +79,15 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal(tmp_path: Path, pg_server: PgTarget, pg_bin_dir: str | None) -> Iterator[Terminal]:
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    # Nothing configured: the console brings its own parts, as ./scripts/run does.
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "TERM": "xterm",
         "PYTHON": os.environ.get("PYTHON", "python3"),
         "BLNK_BACKUP_VENV": str(ROOT / ".venv"),
-        # Scratch databases on this run's server (a private one with --pg embedded18).
-        "RESTORE_TEST_DATABASE_URL": pg_server.secret_conninfo(),
     }
-    if pg_bin_dir:
-        env["PG_BIN_DIR"] = pg_bin_dir
     console = Terminal([str(ROOT / "scripts" / "run")], env)
     yield console
     if console.child.isalive():
@@ -121,7 +118,8 @@ def test_on_an_80_column_terminal_progress_leaves_no_stale_line_and_nothing_is_e
     assert "demo setup" in banner
     assert re.search(r"database\s+127\.0\.0\.1:5432/blnk_console_[0-9a-f]{8}\b", banner)
     assert re.search(r"bucket\s+s3://blnk-console-backups/ at http://127\.0\.0\.1:\d+", banner)
-    assert "restore tests" in banner and "configured" in banner  # RESTORE_TEST_DATABASE_URL
+    assert "restore tests" in banner and "scratch databases" in banner
+    assert "configured" not in banner and "[real]" not in banner
 
     terminal.type(f"/blnk-backup {REASON}")
     lines = _after(terminal.wait_for(r"Backup complete and verified"), r"U1> /blnk-backup")
