@@ -637,7 +637,8 @@ class Console:
     def banner(self) -> None:
         rows = self.connections()
         if self.real:
-            title = "CONFIGURED SETUP: commands act on this database and bucket for real"
+            real = " and ".join(p for p in ("database", "bucket") if p not in self.embedded.demo)
+            title = f"CONFIGURED SETUP: commands act on the real {real}"
         else:
             title = "demo setup: the console's own database and bucket, gone at exit"
         plain = [f"Connected to ({title}):"]

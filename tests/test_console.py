@@ -188,7 +188,9 @@ def test_a_configured_setup_says_so_and_names_database_and_bucket_without_secret
         console.alerts.close()
         services.close()
     shown = out.getvalue()
-    assert shown.startswith("Connected to (CONFIGURED SETUP: commands act on this database")
+    assert shown.startswith(
+        "Connected to (CONFIGURED SETUP: commands act on the real database and bucket)"
+    )
     assert "  database       db.internal:6432/blnk_prod  (configured)" in shown
     assert "s3://ledger-backups/prod/ at https://minio.internal:9000/" in shown
     for secret in ("Db-Pa55", "blnk@", "blnk:"):
