@@ -7,11 +7,12 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.cells import cell_len
-from rich.console import Group, RenderableType
+from rich.console import Console as RichConsole
+from rich.console import ConsoleOptions, Group, RenderableType, RenderResult
 from rich.emoji import Emoji, NoEmoji
 from rich.table import Table
 from rich.text import Text
@@ -103,8 +104,8 @@ def rows(text: str, blocks: list[dict[str, Any]]) -> list[Row]:
         elif kind == "section":
             if block.get("text"):
                 found.append(Row("text", _text(block["text"])))
-            for field in block.get("fields") or []:
-                label, _, value = _text(field).partition("\n")
+            for item in block.get("fields") or []:
+                label, _, value = _text(item).partition("\n")
                 found.append(Row("field", value, label))
             accessory = block.get("accessory")
             if accessory and accessory.get("type") == "button":
@@ -156,18 +157,15 @@ def render(
     text. ``skip_fields``: labels not to show (the live region's own clock replaces
     "Elapsed")."""
     parts: list[RenderableType] = []
-    fields: Table | None = None
+    fields: Fields | None = None
     for row in rows(text, blocks):
         if row.kind == "field":
             if row.label in skip_fields:
                 continue
             if fields is None:
-                fields = Table.grid(padding=(0, 1))
-                fields.add_column(width=1, no_wrap=True)
-                fields.add_column(width=FIELD_LABEL_WIDTH, no_wrap=True, overflow="ellipsis")
-                fields.add_column(overflow="fold")
+                fields = Fields()
                 parts.append(fields)
-            fields.add_row("", Text(row.label + ":", style="bold"), Text(row.text))
+            fields.pairs.append((row.label, row.text))
             continue
         fields = None
         if row.kind == "header":
@@ -189,6 +187,37 @@ def render(
     tagged.add_column()
     tagged.add_row(Text(prefix, style=prefix_style), body)
     return tagged
+
+
+@dataclass
+class Fields:
+    """Label/value pairs in two columns, values wrapping under themselves. A value with a word
+    too wide for its column (a SHA-256 on 80 columns) goes on a line of its own below its
+    label instead, so the word is never broken and can be copied whole."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+
+    def __rich_console__(self, console: RichConsole, options: ConsoleOptions) -> RenderResult:
+        indent = 1 + FIELD_LABEL_WIDTH + 2  # the grid's first two columns and their padding
+        room = options.max_width - indent
+        grid: Table | None = None
+        for label, value in self.pairs:
+            widest = max((cell_len(word) for word in value.split()), default=0)
+            if widest > room and widest <= options.max_width - 2:
+                if grid is not None:
+                    yield grid
+                    grid = None
+                yield Text(" " + label + ":", style="bold")
+                yield Text("  " + value)
+                continue
+            if grid is None:
+                grid = Table.grid(padding=(0, 1))
+                grid.add_column(width=1, no_wrap=True)
+                grid.add_column(width=FIELD_LABEL_WIDTH, no_wrap=True, overflow="ellipsis")
+                grid.add_column(overflow="fold")
+            grid.add_row("", Text(label + ":", style="bold"), Text(value))
+        if grid is not None:
+            yield grid
 
 
 def _button(element: dict[str, Any]) -> str:

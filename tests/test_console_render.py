@@ -75,3 +75,19 @@ def test_the_live_region_leaves_out_the_frozen_elapsed_field() -> None:
     message = blocks.restore_progress("restoring", "latest", "U1", 1.5)
     shown = "\n".join(_screen(render(message.text, message.blocks, skip_fields=("Elapsed",))))
     assert "Restore test running" in shown and "Elapsed" not in shown
+
+
+def test_on_80_columns_a_full_sha256_is_never_broken_but_goes_below_its_label() -> None:
+    from datetime import UTC, datetime
+
+    from core.keys import BackupKey
+    from tests.support.seeding import manifest_for
+
+    manifest = manifest_for(BackupKey.at(datetime(2026, 11, 26, 3, 0, tzinfo=UTC)))
+    message = blocks.backup_succeeded(manifest, "bkt", "U1")
+    lines = _screen(render(message.text, message.blocks))
+    at = lines.index(" SHA-256:")
+    assert lines[at + 1] == "  " + manifest.sha256
+    assert any(line.startswith("  Size:") for line in lines)  # the others stay in columns
+    wide = _screen(render(message.text, message.blocks), width=120)
+    assert any(line.startswith("  SHA-256:") and manifest.sha256 in line for line in wide)
