@@ -203,12 +203,12 @@ class Fields:
         grid: Table | None = None
         for label, value in self.pairs:
             widest = max((cell_len(word) for word in value.split()), default=0)
-            if widest > room and widest <= options.max_width - 2:
+            if widest > room and widest <= options.max_width - 4:
                 if grid is not None:
                     yield grid
                     grid = None
-                yield Text(" " + label + ":", style="bold")
-                yield Text("  " + value)
+                yield Text("  " + label + ":", style="bold")
+                yield Text("    " + value)
                 continue
             if grid is None:
                 grid = Table.grid(padding=(0, 1))

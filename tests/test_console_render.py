@@ -86,8 +86,8 @@ def test_on_80_columns_a_full_sha256_is_never_broken_but_goes_below_its_label() 
     manifest = manifest_for(BackupKey.at(datetime(2026, 11, 26, 3, 0, tzinfo=UTC)))
     message = blocks.backup_succeeded(manifest, "bkt", "U1")
     lines = _screen(render(message.text, message.blocks))
-    at = lines.index(" SHA-256:")
-    assert lines[at + 1] == "  " + manifest.sha256
+    at = lines.index("  SHA-256:")
+    assert lines[at + 1] == "    " + manifest.sha256
     assert any(line.startswith("  Size:") for line in lines)  # the others stay in columns
     wide = _screen(render(message.text, message.blocks), width=120)
     assert any(line.startswith("  SHA-256:") and manifest.sha256 in line for line in wide)
