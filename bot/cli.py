@@ -17,9 +17,11 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from difflib import get_close_matches
+from typing import Any, Protocol
 
 from bot.render import json as render_json
 from bot.render import text as render_text
@@ -38,6 +40,28 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 MAX_LIMIT = 10_000  # rows of a listing or the audit log: more is not read by a person
 MAX_TRANSACTIONS = 100_000_000  # a generated database of tens of GB; benchmarks use 1-2 million
+# Every action the audit log records (tests/test_cli.py checks the code records no other).
+AUDIT_ACTIONS = (
+    "backup",
+    "restore_test",
+    "restore",
+    "prune",
+    "delete",
+    "bucket_apply",
+    "approval_requested",
+    "approval_decided",
+    "approval_refused",
+    "approval_expired",
+    "scheduled_run",
+    "schedule_missed",
+    "freshness_check",
+    "replication_failed",
+    "orphan_aborted",
+    "orphan_cleanup",
+    "orphaned_upload",
+    "outbox_gave_up",
+    "unauthorized",
+)
 
 
 def _out(text: str) -> None:
@@ -55,38 +79,38 @@ def _show(args: argparse.Namespace, body: Callable[[], Any], text: Callable[[], 
     _out(json.dumps(body(), indent=2, default=str) if args.json else text())
 
 
-class _ProgressPrinter:
-    """Prints stage changes and, at most every 2 s, the bytes uploaded so far (to stderr)."""
+class _Progress(Protocol):
+    def stage(self, stage: str) -> None: ...
 
-    def __init__(self) -> None:
-        self._stage = ""
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self, event: BackupProgress) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if event.stage != self._stage:
-                self._stage = event.stage
-                self._last = now
-                _err(f"… {event.stage.replace('_', ' ')}" + (f" {event.key}" if event.key else ""))
-            elif now - self._last >= 2:
-                self._last = now
-                pct = ""
-                if event.expected_bytes:
-                    pct = f" (~{min(99, 100 * event.bytes_uploaded // event.expected_bytes)}%)"
-                _err(f"  uploaded {render_text.human_size(event.bytes_uploaded)}{pct}")
+    def backup_event(self, event: BackupProgress) -> None: ...
 
 
-def _stage(stage: str) -> None:
-    _err(f"… {stage}")
+@contextmanager
+def _progress(args: argparse.Namespace, what: str) -> Iterator[_Progress | None]:
+    """Progress on stderr while a long command runs: drawn live on a terminal (phase, bytes,
+    rate, time left, elapsed ticking), plain lines otherwise, nothing with --json."""
+    if args.json:
+        yield None
+    elif sys.stderr.isatty():
+        from rich.console import Console
+
+        from bot.terminal import LiveProgress
+
+        with LiveProgress(Console(stderr=True, highlight=False), what) as live:
+            yield live
+    else:
+        from bot.terminal import PlainProgress
+
+        yield PlainProgress(sys.stderr)
 
 
 # --- commands -----------------------------------------------------------------------------------
 def cmd_backup(services: Services, args: argparse.Namespace) -> int:
-    result = services.backups.run(
-        _actor(args), reason=args.reason, on_progress=None if args.json else _ProgressPrinter()
-    )
+    actor = _actor(args)
+    with _progress(args, "backup") as progress:
+        result = services.backups.run(
+            actor, reason=args.reason, on_progress=progress.backup_event if progress else None
+        )
     bucket = services.store.bucket
     _show(
         args,
@@ -104,12 +128,29 @@ def cmd_list(services: Services, args: argparse.Namespace) -> int:
 
 def cmd_status(services: Services, args: argparse.Namespace) -> int:
     status = services.catalog.status()
-    _show(args, lambda: render_json.status(status), lambda: render_text.status(status))
+    runs = _next_runs(services)
+    _show(
+        args,
+        lambda: render_json.status(status, runs),
+        lambda: render_text.status(status, runs),
+    )
     return EXIT_OK if status.healthy else EXIT_FAILED
 
 
+def _next_runs(services: Services) -> dict[str, datetime]:
+    """When the bot's scheduler runs each configured job next (computed from the *_SCHEDULE
+    settings exactly as the scheduler computes them; nothing is started)."""
+    from bot.scheduler import Scheduler
+
+    return Scheduler(services).next_runs()
+
+
 def cmd_restore_test(services: Services, args: argparse.Namespace) -> int:
-    report = services.restores.test(_actor(args), args.key, on_stage=None if args.json else _stage)
+    actor = _actor(args)
+    with _progress(args, "restore test") as progress:
+        report = services.restores.test(
+            actor, args.key, on_stage=progress.stage if progress else None
+        )
     _show(args, lambda: render_json.restore(report), lambda: render_text.restore(report))
     return EXIT_OK if report.passed else EXIT_FAILED
 
@@ -121,9 +162,15 @@ def cmd_restore(services: Services, args: argparse.Namespace) -> int:
             f"restoring creates database {args.into!r} from {args.key}; add --yes to go ahead"
         )
     server = PgTarget.from_url(args.server_url) if args.server_url else services.target
-    report = services.restores.restore(
-        actor, args.key, args.into, server, on_stage=None if args.json else _stage
-    )
+    with _progress(args, "restore") as progress:
+        report = services.restores.restore(
+            actor,
+            args.key,
+            args.into,
+            server,
+            on_stage=progress.stage if progress else None,
+            reason=args.reason,
+        )
     _show(
         args,
         lambda: render_json.restore(report),
@@ -137,7 +184,7 @@ def cmd_restore(services: Services, args: argparse.Namespace) -> int:
 
 
 def cmd_prune(services: Services, args: argparse.Namespace) -> int:
-    reports = services.pruner.prune(_actor(args), apply=args.apply)
+    reports = services.pruner.prune(_actor(args), apply=args.apply, reason=args.reason)
     _show(args, lambda: render_json.prune(reports), lambda: render_text.prune(reports))
     return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
 
@@ -147,7 +194,7 @@ def cmd_bucket(services: Services, args: argparse.Namespace) -> int:
         actor = _actor(args)
         if not args.yes:
             raise UsageError("bucket apply changes bucket settings; add --yes to go ahead")
-        results = services.bucket_policies.apply(actor)
+        results = services.bucket_policies.apply(actor, reason=args.reason)
     else:
         results = services.bucket_policies.check()
     _show(
@@ -159,8 +206,19 @@ def cmd_bucket(services: Services, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(services: Services, args: argparse.Namespace) -> int:
+    if args.action is not None and args.action not in AUDIT_ACTIONS:
+        near = get_close_matches(args.action, AUDIT_ACTIONS, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise UsageError(
+            f"{args.action!r} is not an action the audit log records; {hint}"
+            f"actions: {', '.join(AUDIT_ACTIONS)}"
+        )
     events = services.audit.events(limit=args.limit, action=args.action)
-    _show(args, lambda: render_json.audit(events), lambda: render_text.audit(events))
+    _show(
+        args,
+        lambda: render_json.audit(events),
+        lambda: render_text.audit(events, action=args.action),
+    )
     return EXIT_OK
 
 
@@ -242,10 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--into", required=True, metavar="NEWDB", help="database to create")
     restore.add_argument("--server-url", help="server to create it on (default: Blnk's)")
     restore.add_argument("--yes", action="store_true", help="confirm: this creates a database")
+    restore.add_argument("--reason", help="why (audited)")
     restore.set_defaults(handler=cmd_restore)
 
     prune = command("prune", "apply the retention policy (a dry run unless --apply)")
     prune.add_argument("--apply", action="store_true", help="really delete what the plan says")
+    prune.add_argument("--reason", help="why (audited)")
     prune.set_defaults(handler=cmd_prune)
 
     bucket = command(
@@ -253,11 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bucket.add_argument("action", choices=["check", "apply"])
     bucket.add_argument("--yes", action="store_true", help="confirm apply")
+    bucket.add_argument("--reason", help="why apply (audited)")
     bucket.set_defaults(handler=cmd_bucket)
 
     audit = command("audit", "show the audit log, newest first")
     audit.add_argument("--limit", type=_up_to(MAX_LIMIT), default=50)
-    audit.add_argument("--action", help="only this action (e.g. backup)")
+    audit.add_argument(
+        "--action", help=f"only this action: {', '.join(AUDIT_ACTIONS)}", metavar="ACTION"
+    )
     audit.set_defaults(handler=cmd_audit)
 
     generate = command(

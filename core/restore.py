@@ -50,6 +50,7 @@ from core.errors import AlreadyRunningError, BackupError, RestoreCheckError, Usa
 from core.keys import BackupKey
 from core.manifest import LedgerAnchor, Manifest
 from core.processes import find_tool, run_tool, tool_version
+from core.redact import MAX_REASON_LENGTH, check_plain_text
 from core.restore_checks import Check, run_restore_checks
 from core.s3store import S3Store, StoredBackup
 
@@ -197,17 +198,25 @@ class RestoreService:
         into: str,
         server: PgTarget,
         on_stage: Progress | None = None,
+        *,
+        reason: str | None = None,
     ) -> RestoreReport:
         """Restore a backup into a new database ``into`` on ``server`` and check it.
 
         Raise UsageError if ``into`` is not a usable new name, exists, or is the source
-        database. The new database is kept once restored (also when a check fails, so a person
-        can look at it); a restore that fails or is interrupted drops it again.
+        database, or if ``reason`` (audited) is not one line of plain text. The new database is
+        kept once restored (also when a check fails, so a person can look at it); a restore
+        that fails or is interrupted drops it again.
         """
+        reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
         stage = on_stage or (lambda _s: None)
         check_database_name(into)
         with self.audit.run(
-            "restore", actor, key=which, details={"into": into, "server": server.display}
+            "restore",
+            actor,
+            reason=reason,
+            key=which,
+            details={"into": into, "server": server.display},
         ) as run:
             self.check_target(into, server)
             self._sweep_killed_restores(actor, server)

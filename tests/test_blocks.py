@@ -298,7 +298,8 @@ def test_a_verified_backup_reads_exactly_like_this() -> None:
 
     assert message.text == (
         "Backup complete and verified: s3://ledger-backups/prod/blnk_backup_20240501_030012.dump "
-        "(1.2 GiB, SHA-256 0123456789abcdef…)"
+        "(1.2 GiB (1,288,490,189 bytes), SHA-256 "
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef)"
     )
     assert message.blocks == [
         {
@@ -317,7 +318,7 @@ def test_a_verified_backup_reads_exactly_like_this() -> None:
             "type": "section",
             "fields": [
                 mrkdwn("*Size*\n1.2 GiB (1,288,490,189 bytes)"),
-                mrkdwn("*SHA-256*\n`0123456789abcdef…`"),
+                mrkdwn("*SHA-256*\n`" + "0123456789abcdef" * 4 + "`"),
                 mrkdwn("*Duration*\n1 min 05 s"),
                 mrkdwn(
                     "*Verified*\nsize and SHA-256 checked against the bucket "
@@ -487,10 +488,14 @@ def test_every_decision_state_is_spelled_out(status: str, words: str) -> None:
 @pytest.mark.parametrize(
     ("uploaded", "expected", "shown"),
     [
-        (400 << 20, 1000 << 20, "400.0 MiB so far (about 40% of the previous backup's size)"),
+        (
+            400 << 20,
+            1000 << 20,
+            "400.0 MiB (419,430,400 bytes) so far (about 40% of the previous backup's size)",
+        ),
         (3000 << 20, 1000 << 20, "(about 99% of the previous backup's size)"),
-        (400 << 20, None, "400.0 MiB so far"),
-        (400 << 20, 0, "400.0 MiB so far"),
+        (400 << 20, None, "400.0 MiB (419,430,400 bytes) so far"),
+        (400 << 20, 0, "400.0 MiB (419,430,400 bytes) so far"),
     ],
 )
 def test_dumping_progress_shows_bytes_and_a_percentage_capped_below_100(

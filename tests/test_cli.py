@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -233,3 +234,98 @@ def test_verbose_logs_never_show_the_secrets(
     assert "DEBUG" in done.stderr  # verbose really was on
     for secret in (SECRET_KEY, db_password):
         assert secret not in done.stdout and secret not in done.stderr
+
+
+def test_restore_prune_apply_and_bucket_apply_take_a_reason_into_the_audit_log(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], blnk_db: PgTarget
+) -> None:
+    assert main(["backup", "--json"]) == 0
+    assert main(["prune", "--apply", "--reason", "quarterly clean-up", "--json"]) == 0
+    assert main(["bucket", "apply", "--yes", "--reason", "ticket OPS-7", "--json"]) in (0, 1)
+    # Refused (it is the source database) after the run was recorded, with its reason.
+    argv = ["restore", "latest", "--into", blnk_db.dbname, "--yes", "--reason", "drill 7"]
+    assert main(argv) == 2
+    assert main(["prune", "--apply", "--reason", "two\nlines"]) == 2
+    capsys.readouterr()
+    assert main(["audit", "--json"]) == 0
+    reasons = {(e["action"], e["outcome"], e["reason"]) for e in _json(capsys)}
+    assert ("prune", "succeeded", "quarterly clean-up") in reasons
+    assert ("bucket_apply", "started", "ticket OPS-7") in reasons
+    assert ("restore", "failed", "drill 7") in reasons
+    assert not any(reason and "two" in reason for _, _, reason in reasons)
+
+
+def test_audit_says_when_an_action_name_is_unknown(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "--action", "bakup"]) == 2
+    err = capsys.readouterr().err
+    assert "'bakup' is not an action the audit log records" in err
+    assert "did you mean backup?" in err
+    assert main(["audit", "--action", "restore_test"]) == 0
+    assert capsys.readouterr().out.strip() == "no restore_test events in the audit log"
+
+
+def test_every_action_the_code_audits_is_one_audit_action_accepts() -> None:
+    from bot.cli import AUDIT_ACTIONS
+
+    root = Path(__file__).resolve().parents[1]
+    audited: set[str] = set()
+    for path in [*root.joinpath("core").rglob("*.py"), *root.joinpath("bot").rglob("*.py")]:
+        source = path.read_text()
+        audited |= set(re.findall(r"audit\.run\(\s*\"([a-z_]+)\"", source))
+        audited |= set(re.findall(r"\baction=\"([a-z_]+)\"", source))
+    audited -= {"store_true", "version"}  # argparse's, not the audit log's
+    assert {"backup", "restore", "prune", "scheduled_run", "unauthorized"} <= audited
+    assert audited <= set(AUDIT_ACTIONS), audited - set(AUDIT_ACTIONS)
+
+
+def test_status_shows_the_next_scheduled_runs(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BACKUP_SCHEDULE", "0 3 * * *")
+    monkeypatch.setenv("RETENTION_SCHEDULE", "")  # disabled: not shown
+    assert main(["status"]) == 1  # no backups yet
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^  next runs (backup|freshness_check)\s+\d{4}-\d\d-\d\d \d\d:\d\d UTC$", out, re.M
+    ), out
+    assert re.search(r"^\s+backup\s+\d{4}-\d\d-\d\d 03:00 UTC$", out, re.M), out
+    assert "retention" not in out
+    assert main(["status", "--json"]) == 1
+    runs = _json(capsys)["next_runs"]
+    assert set(runs) == {"backup", "freshness_check", "restore_test"}
+    assert datetime.fromisoformat(runs["backup"]).hour == 3
+
+
+def test_on_a_terminal_backup_progress_is_drawn_live_and_ends_at_100_percent(
+    cli_env: dict[str, str],
+) -> None:
+    import pexpect
+    import pyte
+
+    child = pexpect.spawn(
+        str(Path(sys.executable).parent / "blnk-backup"),
+        ["backup", "--reason", "drawn on a terminal"],
+        env={**os.environ, "TERM": "xterm"},
+        dimensions=(40, 80),
+        timeout=120,
+    )
+    screen = pyte.Screen(80, 40)
+    stream = pyte.ByteStream(screen)
+    while True:
+        try:
+            stream.feed(child.read_nonblocking(65536, timeout=120))
+        except pexpect.EOF:
+            break
+    child.close()
+    assert child.exitstatus == 0
+    lines = [line.rstrip() for line in screen.display if line.strip()]
+    shown = "\n".join(lines)
+    dump = next(line for line in lines if "dumping and uploading" in line)
+    assert dump.startswith("✓") and dump.endswith("100 %"), shown
+    assert re.search(r"^  [\d,]+ bytes · [\d.]+ \w+/s$", shown, re.M), shown
+    assert re.search(r"^  backup finished after [\d.]+ s$", shown, re.M), shown
+    assert "✓ backup uploaded and verified" in shown
+    # Every phase ended: no spinner is left on the screen.
+    assert not re.search("[\u2800-\u28ff]", shown), shown

@@ -143,6 +143,9 @@ def test_a_scripted_session_backs_up_restore_tests_and_deletes_with_a_second_use
     session.send("/quit")
     assert session.proc.wait(120) == 0
     assert SECRET_KEY not in "\n".join(session.lines)
+    # Piped output is plain lines: no escape codes, the banner in words.
+    assert not any("\x1b" in line for line in session.lines)
+    assert any(line.startswith("Connected to (demo setup") for line in session.lines)
 
 
 def test_the_echo_of_a_typed_command_shows_control_characters_instead_of_obeying_them(
@@ -162,3 +165,71 @@ def test_the_echo_of_a_typed_command_shows_control_characters_instead_of_obeying
     assert "U1> /blnk-backup \\x1b[31mred\\x07" in shown
     assert "U1> /blnk-backups \\x1b[2J \\u202eenil" in shown
     assert not has_control_characters(shown.replace("\n", "")), repr(shown)
+
+
+def test_a_configured_setup_says_so_and_names_database_and_bucket_without_secrets(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from bot.console import Embedded
+
+    settings = make_settings(
+        database_url="postgresql://blnk:Db-Pa55@db.internal:6432/blnk_prod",
+        s3_bucket="ledger-backups",
+        s3_prefix="prod/",
+        s3_endpoint_url="https://minio.internal:9000/",
+        slack_operators="U1",
+    )
+    services = Services(settings)
+    out = io.StringIO()
+    console = Console(settings, services, out, Embedded())
+    try:
+        console.banner()
+    finally:
+        console.alerts.close()
+        services.close()
+    shown = out.getvalue()
+    assert shown.startswith(
+        "Connected to (CONFIGURED SETUP: commands act on the real database and bucket)"
+    )
+    assert "  database       db.internal:6432/blnk_prod  (configured)" in shown
+    assert "s3://ledger-backups/prod/ at https://minio.internal:9000/" in shown
+    for secret in ("Db-Pa55", "blnk@", "blnk:"):
+        assert secret not in shown
+    assert console.real and console.prompt()[0] == ("class:real", "[real] ")
+
+
+def test_a_demo_setup_says_its_parts_are_the_demos_own(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from bot.console import Embedded
+
+    settings = make_settings(slack_operators="U1")
+    services = Services(settings)
+    out = io.StringIO()
+    console = Console(settings, services, out, Embedded(demo={"database", "bucket", "scratch"}))
+    try:
+        console.banner()
+    finally:
+        console.alerts.close()
+        services.close()
+    shown = out.getvalue()
+    assert shown.startswith("Connected to (demo setup")
+    assert "(demo database, dropped at exit)" in shown
+    assert "(demo bucket, in memory until exit)" in shown
+    assert not console.real and console.prompt() == [("class:user", "U1> ")]
+
+
+def test_tab_completes_slash_commands_subcommands_keys_and_users() -> None:
+    from bot.console_input import SlashCompleter
+
+    keys = ["blnk_backup_20261126_030000.dump", "blnk_backup_20261125_030000.dump"]
+    completer = SlashCompleter(lambda: keys, lambda: ["U1", "U2"])
+    assert completer.candidates("/blnk-res")[1][:2] == ["/blnk-backup", "/blnk-backups"]
+    assert completer.candidates("/blnk-backups ")[1] == [
+        "list", "status", "prune", "delete", "bucket", "audit", "help"
+    ]  # fmt: skip
+    assert completer.candidates("/blnk-backups bucket a") == ("a", ["check", "apply"])
+    assert completer.candidates("/blnk-backups delete blnk_b") == ("blnk_b", keys)
+    assert completer.candidates(f"/blnk-restore {keys[0]} ")[1] == ["into"]
+    assert completer.candidates("/as ")[1] == ["U1", "U2"]
+    assert completer.candidates("/blnk-backup before ")[1] == []  # a reason is free text

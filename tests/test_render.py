@@ -3,14 +3,18 @@ terminal and what a script parses must not drift by accident."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.render import json as render_json
 from bot.render import text as render_text
+from core.audit import AuditEvent
 from core.bucket_policy import PolicyItem, StorePolicies
 from core.catalog import BackupEntry, FreshnessStatus
 from core.errors import ConfigError, DumpError
 from core.keys import BackupKey
+from core.manifest import SnapshotStats
 from core.prune import PruneReport
 from core.restore import RestoreReport
 from core.restore_checks import Check
@@ -90,12 +94,124 @@ def test_status_shows_breaches_the_restore_test_and_incomplete_backups() -> None
         "  newest    blnk_backup_20261126_030000.dump (30.0 h old, limit 24 h)\n"
         "  oldest    blnk_backup_20261126_030000.dump\n"
         "  restore   last restore test FAILED: blnk_backup_20261126_030000.dump\n"
+        "            corrupt\n"
         "  backups   1 complete, 8 B in all, 1 incomplete\n"
         f"  ! blnk_backup_20261125_030000.dump: {NO_MANIFEST}"
     )
     body = render_json.status(state)
     assert body["healthy"] is False and body["newest_age_hours"] == 30.0
     assert body["incomplete"][0]["problem"] == NO_MANIFEST
+    assert "next_runs" not in body
+
+
+def test_status_says_what_each_failed_check_of_the_last_restore_test_expected_and_found() -> None:
+    failed = {"name": "rows blnk.transactions", "passed": False, "expected": "10", "found": "9"}
+    state = FreshnessStatus(
+        checked_at=datetime(2026, 11, 27, 9, 0, tzinfo=UTC),
+        stale_after_hours=24,
+        complete_count=1,
+        incomplete_count=0,
+        total_size=8,
+        newest=COMPLETE,
+        oldest=COMPLETE,
+        last_restore_test={"key": NEW.key, "passed": False, "failed_checks": [failed, "junk"]},
+        breaches=["the last restore test failed"],
+        incomplete=[],
+    )
+    lines = render_text.status(state).splitlines()
+    at = lines.index("  restore   last restore test FAILED: blnk_backup_20261126_030000.dump")
+    assert lines[at + 1] == "            ✗ rows blnk.transactions: expected 10, found 9"
+
+
+def test_status_shows_the_next_scheduled_runs_soonest_first() -> None:
+    state = FreshnessStatus(
+        checked_at=datetime(2026, 11, 27, 9, 0, tzinfo=UTC),
+        stale_after_hours=24,
+        complete_count=1,
+        incomplete_count=0,
+        total_size=8,
+        newest=COMPLETE,
+        oldest=COMPLETE,
+        last_restore_test=None,
+        breaches=[],
+        incomplete=[],
+    )
+    runs = {
+        "retention": datetime(2026, 11, 29, 4, 0, tzinfo=UTC),
+        "backup": datetime(2026, 11, 28, 3, 0, tzinfo=UTC),
+    }
+    assert render_text.status(state, runs).splitlines()[-2:] == [
+        "  next runs backup           2026-11-28 03:00 UTC",
+        "            retention        2026-11-29 04:00 UTC",
+    ]
+    assert render_json.status(state, runs)["next_runs"] == {
+        "backup": "2026-11-28T03:00:00+00:00",
+        "retention": "2026-11-29T04:00:00+00:00",
+    }
+
+
+def _event(action: str, **fields: object) -> AuditEvent:
+    base: dict[str, object] = {
+        "id": 1,
+        "at": datetime(2026, 11, 26, 3, 0, 0, tzinfo=UTC),
+        "run_id": "r1",
+        "action": action,
+        "outcome": "succeeded",
+        "actor": "oncall",
+        "trigger": "cli",
+    }
+    return AuditEvent(**(base | fields))
+
+
+def test_audit_text_keeps_its_columns_aligned_and_ends_cut_text_with_an_ellipsis() -> None:
+    events = [
+        _event("backup", key=NEW.key, reason="before migration 42"),
+        _event(
+            "approval_requested",
+            outcome="recorded",
+            actor="U0123456789ABCDEFGHIJ",
+            trigger="slack",
+            reason="x" * 300,
+        ),
+        _event(
+            "backup",
+            outcome="failed",
+            trigger="schedule",
+            actor="scheduler",
+            error_code="dump_failed",
+            error_cause="pg_dump: error: " + "y" * 300 + "\nsecond line",
+        ),
+    ]
+    lines = render_text.audit(events).splitlines()
+    assert lines[0].split() == ["TIME", "(UTC)", "ACTION", "OUTCOME", "BY", "WHAT"]
+    # Every column starts where its heading does, whatever the length of the values.
+    for heading in ("ACTION", "OUTCOME", "BY", "WHAT"):
+        column = lines[0].index(heading)
+        assert all(line[column - 2 : column] == "  " for line in lines[1:]), heading
+        assert all(line[column] != " " for line in lines[1:]), heading
+    assert "approval_requested" in lines[2]
+    assert "slack:U0123456789ABCDEF…" in lines[2]  # a long actor is cut, marked
+    assert lines[2].endswith("x…") and len(lines[2]) < 200
+    assert lines[3].endswith("y…") and "second line" not in lines[3]
+    assert lines[1].endswith(f"{NEW.key} (before migration 42)")
+    assert render_text.audit([], action="backup") == "no backup events in the audit log"
+
+
+def test_audit_json_gives_details_as_an_object() -> None:
+    event = _event("prune", details=json.dumps({"apply": True, "stores": ["s3://bkt/"]}))
+    assert render_json.audit([event])[0]["details"] == {"apply": True, "stores": ["s3://bkt/"]}
+    assert render_json.audit([_event("backup")])[0]["details"] is None
+
+
+def test_sizes_and_counts_carry_thousands_separators() -> None:
+    manifest = replace(
+        manifest_for(NEW),
+        size=123_456_789,
+        stats=SnapshotStats({"blnk.transactions": 1_234_567, "blnk.balances": 2_000}, {}, {}),
+    )
+    text = render_text.backup(manifest, "bkt")
+    assert "(123,456,789 bytes, 1 part)" in text
+    assert "1,236,567 rows in 2 tables" in text
 
 
 def test_a_restore_report_lists_failed_checks_and_notes() -> None:

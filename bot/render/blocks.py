@@ -271,7 +271,7 @@ def backup_progress(
     """A running backup: its stage (with bytes so far while dumping), key, time, who and why."""
     doing = _BACKUP_STAGES.get(stage) or f"stage {clip(stage, 60)}"
     if stage == "dumping":
-        doing += f": {human_size(uploaded)} so far"
+        doing += f": {_bytes(uploaded)} so far"
         if expected is not None and expected > 0:
             percent = min(99, max(0, uploaded) * 100 // expected)
             doing += f" (about {percent}% of the previous backup's size)"
@@ -301,8 +301,8 @@ def _replica_line(replica: dict[str, Any]) -> str:
 
 
 def backup_succeeded(manifest: Manifest, bucket: str, requested_by: str) -> Message:
-    """A verified backup: key, size, SHA-256 prefix, duration, who and why, verification,
-    replicas."""
+    """A verified backup: key, size, SHA-256 (in full: people compare it with sha256sum),
+    duration, who and why, verification, replicas."""
     location = f"s3://{bucket}/{manifest.key}"
     verification = _VERIFICATION.get(manifest.verification)
     verified = (
@@ -316,7 +316,7 @@ def backup_succeeded(manifest: Manifest, bucket: str, requested_by: str) -> Mess
     rows = sum(manifest.stats.row_counts.values())
     pairs = [
         ("Size", _bytes(manifest.size)),
-        ("SHA-256", _code(manifest.sha256[:16] + "…")),
+        ("SHA-256", _code(manifest.sha256)),
         ("Duration", human_duration(manifest.duration_seconds)),
         ("Verified", verified),
         ("Requested by", mention(requested_by)),
@@ -335,12 +335,13 @@ def backup_succeeded(manifest: Manifest, bucket: str, requested_by: str) -> Mess
             f"Started {_utc(manifest.started_at)}, finished {_utc(manifest.finished_at)} · "
             f"{rows:,} rows in {len(manifest.stats.row_counts)} tables · "
             f"pg_dump {clip(manifest.pg_dump_version, 40)}, compression level "
-            f"{manifest.compression_level}, {manifest.part_count} parts"
+            f"{manifest.compression_level}, {manifest.part_count:,} "
+            + ("part" if manifest.part_count == 1 else "parts")
         ),
     ]
     text = (
         f"Backup complete and verified: {clip(location, 600)} "
-        f"({human_size(manifest.size)}, SHA-256 {manifest.sha256[:16]}…)"
+        f"({_bytes(manifest.size)}, SHA-256 {manifest.sha256})"
     )
     return _message(text, blocks)
 

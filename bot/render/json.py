@@ -5,6 +5,8 @@ JSON escapes control characters itself, so stored text (reasons, causes) is safe
 
 from __future__ import annotations
 
+import contextlib
+import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +75,9 @@ def entries(items: list[BackupEntry]) -> list[dict[str, Any]]:
     return [entry(i) for i in items]
 
 
-def status(state: FreshnessStatus) -> dict[str, Any]:
-    return {
+def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None) -> dict[str, Any]:
+    """Freshness; ``next_runs`` (job → when the scheduler runs it next) when given."""
+    body: dict[str, Any] = {
         "healthy": state.healthy,
         "breaches": state.breaches,
         "checked_at": _iso(state.checked_at),
@@ -90,10 +93,21 @@ def status(state: FreshnessStatus) -> dict[str, Any]:
         "oldest": entry(state.oldest) if state.oldest else None,
         "last_restore_test": state.last_restore_test,
     }
+    if next_runs is not None:
+        body["next_runs"] = {
+            job: _iso(when) for job, when in sorted(next_runs.items(), key=lambda item: item[1])
+        }
+    return body
 
 
 def audit_event(event: AuditEvent) -> dict[str, Any]:
-    return event.model_dump(mode="json")
+    """An audit event, its ``details`` as the JSON value they hold (stored as text; an
+    unparsable value is given as the text it is)."""
+    body = event.model_dump(mode="json")
+    if isinstance(body.get("details"), str):
+        with contextlib.suppress(ValueError):
+            body["details"] = json.loads(body["details"])
+    return body
 
 
 def audit(events: list[AuditEvent]) -> list[dict[str, Any]]:

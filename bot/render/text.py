@@ -7,7 +7,10 @@ makes control characters visible, so a stored reason can never print a fake
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from rich.cells import cell_len, set_cell_size
 
 from core.database import PgTarget
 from core.redact import neutralise
@@ -26,7 +29,20 @@ def _safe(value: Any) -> str:
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def cut(text: str, width: int) -> str:
+    """Given text, return it in at most ``width`` terminal cells, ending with "…" if cut."""
+    if cell_len(text) <= width:
+        return text
+    return set_cell_size(text, max(0, width - 1)).rstrip() + "…"
+
+
+def _column(text: str, width: int) -> str:
+    """text cut to ``width`` cells and padded to exactly that many (wide characters count 2)."""
+    text = cut(text, width)
+    return text + " " * (width - cell_len(text))
 
 
 def human_size(size: int | None) -> str:
@@ -55,13 +71,13 @@ def backup(manifest: Manifest, bucket: str) -> str:
         "✓ backup uploaded and verified",
         f"  key       s3://{bucket}/{_safe(manifest.key)}",
         f"  size      {human_size(manifest.size)} "
-        f"({manifest.size} bytes, {_count(manifest.part_count, 'part')})",
+        f"({_count(manifest.size, 'byte')}, {_count(manifest.part_count, 'part')})",
         f"  sha256    {manifest.sha256}",
         f"  verified  {manifest.verification}",
         f"  duration  {human_duration(manifest.duration_seconds)}",
         f"  database  {_safe(manifest.database)} (PostgreSQL {_safe(manifest.server_version)}), "
-        f"{sum(manifest.stats.row_counts.values())} rows in "
-        f"{len(manifest.stats.row_counts)} tables",
+        f"{_count(sum(manifest.stats.row_counts.values()), 'row')} in "
+        f"{_count(len(manifest.stats.row_counts), 'table')}",
     ]
     for replica in manifest.replicas:
         mark = "✓" if replica.get("status") == "verified" else "✗"
@@ -86,12 +102,15 @@ def entries(items: list[BackupEntry]) -> str:
             by, note = "(incomplete)", e.problem or ""
         rows.append(
             f"{_safe(e.key.key):<44} {e.started_at:%Y-%m-%d %H:%M:%S}  "
-            f"{human_size(e.size):>10}  {_safe(by)[:16]:<16} {_safe(note)}".rstrip()
+            f"{human_size(e.size):>10}  {_column(_safe(by), 16)} {_safe(note)}".rstrip()
         )
     return "\n".join(rows)
 
 
-def status(state: FreshnessStatus) -> str:
+def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None) -> str:
+    """Freshness as a person reads it: healthy or the breaches, newest and oldest backup, the
+    last restore test (a failed one with what each failed check expected and found), counts,
+    incomplete backups, and when the scheduler runs each job next."""
     head = "✓ healthy" if state.healthy else "✗ " + "; ".join(_safe(b) for b in state.breaches)
     lines = [head]
     if state.newest is not None and state.newest_age_hours is not None:
@@ -111,44 +130,91 @@ def status(state: FreshnessStatus) -> str:
         )
     else:
         lines.append(f"  restore   last restore test FAILED: {_safe(test.get('key'))}")
+        lines += _failed_test_lines(test)
     proof = test.get("ledger_proof") if test is not None else None
     if isinstance(proof, dict) and proof.get("headline"):
         mark = "✓" if proof.get("passed") is True else "✗" if proof.get("passed") is False else "-"
         lines.append(f"  ledger    {mark} {_safe(proof.get('headline'))}")
     lines.append(
-        f"  backups   {state.complete_count} complete, {human_size(state.total_size)} in all"
-        + (f", {state.incomplete_count} incomplete" if state.incomplete_count else "")
+        f"  backups   {state.complete_count:,} complete, {human_size(state.total_size)} in all"
+        + (f", {state.incomplete_count:,} incomplete" if state.incomplete_count else "")
     )
     for e in state.incomplete[:10]:
         lines.append(f"  ! {_safe(e.key.key)}: {_safe(e.problem)}")
     if len(state.incomplete) > 10:
         lines.append(f"  ! … and {len(state.incomplete) - 10} more (blnk-backup list --all)")
+    runs = sorted((next_runs or {}).items(), key=lambda item: item[1])
+    for i, (job, at) in enumerate(runs):
+        label = "next runs" if i == 0 else ""
+        lines.append(
+            f"  {label:<9} {_column(_safe(job), 16)} {at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+        )
     return "\n".join(lines)
 
 
-def audit(events: list[AuditEvent]) -> str:
+def _failed_test_lines(test: dict[str, Any]) -> list[str]:
+    """Why the last restore test failed (its record is read back from the bucket: untrusted):
+    the error, or each failed check with what it expected and what it found."""
+    lines = []
+    if test.get("error"):
+        lines.append(f"            {_safe(test.get('error'))}")
+    failed = test.get("failed_checks")
+    if isinstance(failed, list):
+        checks = [c for c in failed if isinstance(c, dict)]
+        for check in checks[:10]:
+            lines.append(
+                f"            ✗ {_safe(check.get('name'))}: expected {_safe(check.get('expected'))}"
+                f", found {_safe(check.get('found'))}"
+            )
+        if len(checks) > 10:
+            lines.append(f"            … and {len(checks) - 10} more failed checks")
+    return lines
+
+
+AUDIT_CAUSE_WIDTH = 100  # of an error's first line; `audit --json` has it whole
+
+
+def audit(events: list[AuditEvent], *, action: str | None = None) -> str:
+    """The audit log as aligned columns (time UTC, action, outcome, who, what), newest first;
+    a value too long for its column, or a long cause, is cut with "…"."""
     if not events:
-        return "the audit log is empty"
+        return f"no {action} events in the audit log" if action else "the audit log is empty"
     rows = []
     for e in events:
-        what = e.key or ""
+        what = _safe(e.key or "")
         if e.error_code:
             cause = (e.error_cause or "").splitlines()[0] if e.error_cause else ""
-            what = f"{e.error_code}: {cause[:100]}"
+            what = f"{_safe(e.error_code)}: {cut(_safe(cause), AUDIT_CAUSE_WIDTH)}"
         elif e.reason:
-            what = f"{what} ({e.reason})" if what else e.reason
+            reason = cut(_safe(e.reason), AUDIT_CAUSE_WIDTH)
+            what = f"{what} ({reason})" if what else reason
         rows.append(
-            f"{e.at:%Y-%m-%d %H:%M:%S}  {_safe(e.action):<16} {_safe(e.outcome):<10} "
-            f"{_safe(e.trigger)}:{_safe(e.actor):<12} {_safe(what)}"
+            (
+                f"{e.at:%Y-%m-%d %H:%M:%S}",
+                _safe(e.action),
+                _safe(e.outcome),
+                f"{_safe(e.trigger)}:{_safe(e.actor)}",
+                what,
+            )
         )
-    return "\n".join(rows)
+    head = ("TIME (UTC)", "ACTION", "OUTCOME", "BY", "WHAT")
+    limits = (19, 18, 10, 24)
+    widths = [
+        min(limit, max(cell_len(row[i]) for row in [head, *rows])) for i, limit in enumerate(limits)
+    ]
+    return "\n".join(
+        (
+            "  ".join(_column(row[i], width) for i, width in enumerate(widths)) + "  " + row[-1]
+        ).rstrip()
+        for row in [head, *rows]
+    )
 
 
 def restore(report: RestoreReport) -> str:
     what = "restored into" if report.kept else "restore-tested in scratch database"
     head = "✓" if report.passed else "✗"
     verdict = (
-        "all checks passed" if report.passed else f"{len(report.failed_checks)} check(s) FAILED"
+        "all checks passed" if report.passed else f"{len(report.failed_checks):,} check(s) FAILED"
     )
     d = report.durations
     lines = [
@@ -156,7 +222,7 @@ def restore(report: RestoreReport) -> str:
         f"  time      download {human_duration(d.get('download'))}, restore "
         f"{human_duration(d.get('restore'))}, checks {human_duration(d.get('checks'))}, "
         f"total {human_duration(d.get('total'))}",
-        f"  checks    {len(report.checks)} ({_safe(report.amcheck)})",
+        f"  checks    {len(report.checks):,} ({_safe(report.amcheck)})",
     ]
     lines += _ledger_proof_lines(report.ledger_proof)
     for note in report.notes:
@@ -207,7 +273,7 @@ def prune(reports: list[PruneReport]) -> str:
     for r in reports:
         deleting = r.plan.to_delete
         mode = "deleted" if r.applied and not r.plan.paused else "would delete (dry run)"
-        lines.append(f"{_safe(r.location)}: keep {len(r.plan.to_keep)}, {mode} {len(deleting)}")
+        lines.append(f"{_safe(r.location)}: keep {len(r.plan.to_keep):,}, {mode} {len(deleting):,}")
         if r.plan.paused:
             lines.append(f"  ⏸ paused: {_safe(r.plan.paused)}")
         for d in r.plan.decisions:
