@@ -23,6 +23,7 @@ from datetime import datetime
 from difflib import get_close_matches
 from typing import Any, Protocol
 
+from bot.logs import configure as configure_logging
 from bot.render import json as render_json
 from bot.render import text as render_text
 from core import __version__
@@ -380,10 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(level=logging.DEBUG if args.verbose else logging.WARNING)
     if not args.verbose:
         logging.getLogger("botocore").setLevel(logging.ERROR)
     return run_with_error_boundary(lambda: _dispatch(args), as_json=bool(args.json))

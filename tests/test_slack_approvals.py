@@ -343,7 +343,7 @@ def test_restore_into_a_new_database_goes_through_an_approval_and_creates_it(
         assert database_exists(pg_server, into)
         final = visible(final_state(fake, message, "Approved and done"))
         assert f"approved by <@{APPROVER1}>" in final
-        assert f"restored {key} into {into}: all checks passed" in final
+        assert f"restored {key} into {into!r}: all checks passed" in final
         assert [e.outcome for e in app.events("restore")] == ["started", "succeeded"]
     finally:
         if database_exists(pg_server, into):
@@ -390,11 +390,13 @@ def test_restore_into_a_quoted_name_with_spaces_creates_exactly_that_database(
         done = app.wait_status(approval_id, "executed", "failed", timeout=120)
         assert done.status == "executed", done.outcome
         assert database_exists(pg_server, into)
-        assert f"restored {key} into {into}: all checks passed" in visible(
+        assert f"restored {key} into {into!r}: all checks passed" in visible(
             final_state(fake, message, "Approved and done")
         )
         [requested] = app.events("approval_requested")
         assert requested.reason == "Grace's test"
+        [restored] = [e for e in app.events("restore") if e.outcome == "succeeded"]
+        assert restored.reason == "Grace's test"  # the approved run carries the reason too
     finally:
         drop_database(pg_server, into)
 

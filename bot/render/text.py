@@ -121,15 +121,20 @@ def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None)
     if state.oldest is not None:
         lines.append(f"  oldest    {_safe(state.oldest.key.key)}")
     test = state.last_restore_test
+    gone = " (that backup has been deleted since)"
     if test is None:
         lines.append("  restore   no restore test yet: run blnk-backup restore-test latest")
     elif test.get("passed") is True:
         when = _safe(test.get("finished_at"))[:19].replace("T", " ")
         lines.append(
             f"  restore   last backup proven restorable: {_safe(test.get('key'))}, at {when} UTC"
+            + (gone if test.get("backup_deleted") is True else "")
         )
     else:
-        lines.append(f"  restore   last restore test FAILED: {_safe(test.get('key'))}")
+        lines.append(
+            f"  restore   last restore test FAILED: {_safe(test.get('key'))}"
+            + (gone if test.get("backup_deleted") is True else "")
+        )
         lines += _failed_test_lines(test)
     proof = test.get("ledger_proof") if test is not None else None
     if isinstance(proof, dict) and proof.get("headline"):

@@ -230,7 +230,7 @@ class SlackOperations:
             return (
                 "delete",
                 {"key": key.key},
-                [f"Delete backup `{key.key}` ({found.size} bytes) from {', '.join(where)}"],
+                [f"Delete backup `{key.key}` ({found.size:,} bytes) from {', '.join(where)}"],
             )
         if request.action == "prune_apply":
             from core.prune import approval_params
@@ -375,10 +375,10 @@ class SlackOperations:
             return "bucket policies applied"
         if approval.action == "restore":
             report = self.services.restores.restore(
-                actor, params["key"], params["into"], self.services.target
+                actor, params["key"], params["into"], self.services.target, reason=approval.reason
             )
             verdict = "all checks passed" if report.passed else "some checks FAILED"
-            return f"restored {report.key} into {report.database}: {verdict}"
+            return f"restored {report.key} into {report.database!r}: {verdict}"
         raise BackupError(f"unknown approved action {approval.action!r}")
 
     def expire_overdue(self) -> int:
