@@ -23,7 +23,8 @@ from bot.render.slack_limits import validate_message
 from core.actor import Actor
 from core.database import PgTarget, database_exists
 from core.restore import SCRATCH_PREFIX
-from tests.support.fake_slack import FakeSlack
+from tests.support.fake_slack import FakeSlack, block_texts
+from tests.support.faultproxy import FaultProxy
 from tests.support.slack_fixtures import SlackFactory
 from tests.support.slack_requests import (
     ALERTS,
@@ -298,6 +299,22 @@ def test_a_restore_test_shows_its_progress_then_the_result(
     assert f"<@{OPERATOR}>" in visible(done)
     [run] = [e for e in app.events("restore_test") if e.outcome == "succeeded"]
     assert run.key == key and run.actor == OPERATOR
+
+
+def test_a_long_phase_keeps_its_elapsed_time_counting_with_no_new_event(
+    start_app: SlackFactory, fake: FakeSlack, proxy: FaultProxy
+) -> None:
+    app = start_app(progress_interval=0.2, s3_endpoint_url=proxy.endpoint)
+    key = app.services.backups.run(SEED).manifest.key
+    slow_download = f"GET /{app.settings.s3_bucket}/{key}"
+    proxy.faults.delay = lambda r: 3.5 if f"{r.method} {r.path}" == slow_download else 0.0
+    app.command("/blnk-restore-test", "latest")
+    done = wait_message(fake, "Restore test of", timeout=120)
+    downloading = [
+        blocks for text, blocks in done.versions if text.startswith("Restore test running: down")
+    ]
+    elapsed = {t for b in downloading for t in block_texts(b) if t.startswith("*Elapsed*")}
+    assert len(elapsed) >= 3, elapsed  # redrawn about every second while nothing else happens
 
 
 # --- bad arguments --------------------------------------------------------------------------------

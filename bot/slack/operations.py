@@ -129,19 +129,25 @@ class SlackOperations:
     def _run_backup(self, request: Request, caller: Caller) -> None:
         live = LiveMessage(self.messenger, caller.channel_id, self.progress_interval)
         began = time.monotonic()
+        latest = [BackupProgress("preflight")]
+
+        def render() -> Renderable:
+            event = latest[0]
+            return blocks.backup_progress(
+                event.stage,
+                event.key,
+                event.bytes_uploaded,
+                event.expected_bytes,
+                caller.user_id,
+                request.reason,
+                time.monotonic() - began,
+            )
 
         def on_progress(event: BackupProgress) -> None:
-            live.show(
-                blocks.backup_progress(
-                    event.stage,
-                    event.key,
-                    event.bytes_uploaded,
-                    event.expected_bytes,
-                    caller.user_id,
-                    request.reason,
-                    time.monotonic() - began,
-                )
-            )
+            latest[0] = event
+            live.show(render())
+
+        live.keep_fresh(render)  # the elapsed time keeps counting between events
 
         try:
             result = self.services.backups.run(caller.actor, request.reason, on_progress)
@@ -171,10 +177,17 @@ class SlackOperations:
         began = time.monotonic()
         which = request.key or "latest"
 
+        latest = ["preflight"]
+
+        def render() -> Renderable:
+            elapsed = time.monotonic() - began
+            return blocks.restore_progress(latest[0], which, caller.user_id, elapsed)
+
         def on_stage(stage: str) -> None:
-            live.show(
-                blocks.restore_progress(stage, which, caller.user_id, time.monotonic() - began)
-            )
+            latest[0] = stage
+            live.show(render())
+
+        live.keep_fresh(render)  # a long pg_restore shows its time going by
 
         try:
             report = self.services.restores.test(caller.actor, which, on_stage)

@@ -5,7 +5,9 @@ Slack is down). Not ephemeral (cannot be updated), not ``response_url`` (five us
 Messages are delivered on a thread of the message's own: a slow or rate-limited Slack (a 429
 waits out its Retry-After, a timeout is retried) never holds up the backup or restore whose
 progress callback calls ``show``. Intermediate states coalesce: the newest one goes out when
-the interval allows."""
+the interval allows. With ``keep_fresh(render)`` the message is also redrawn every interval
+while nothing new happens, so its elapsed time keeps counting through a long phase (a
+pg_restore of an hour shows no other event)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from bot.slack.messenger import Messenger, Posted, Renderable
 log = logging.getLogger("blnk_backup.slack.progress")
 
 MIN_INTERVAL = 3.0
+REFRESH_AT_LEAST = 1.0  # a redraw with nothing new comes no more often than this
 IDLE_SECONDS = 600.0  # a worker with nothing to deliver for this long ends (a new one starts)
 
 
@@ -42,6 +45,14 @@ class LiveMessage:
         self._finished = False  # the final state was given: nothing more is accepted
         self._tried_post = False
         self._worker: threading.Thread | None = None
+        self._render: Callable[[], Renderable] | None = None
+
+    def keep_fresh(self, render: Callable[[], Renderable]) -> None:
+        """Redraw the message with ``render()`` every interval while no other state comes,
+        until the final one (it must be cheap: it runs on the delivery thread)."""
+        with self._cond:
+            self._render = render
+            self._cond.notify_all()
 
     def show(self, message: Renderable, *, final: bool = False) -> None:
         """Show this state. Intermediate states are sent at most once per interval (the newest
@@ -91,8 +102,14 @@ class LiveMessage:
                 message, self._final, self._latest = self._final, None, None
                 return message, True
             wait = idle_until - self.clock()
+            if self._latest is None and self._render is not None and self.posted is not None:
+                refresh = self._last + max(self.interval, REFRESH_AT_LEAST) - self.clock()
+                if refresh <= 0:
+                    self._latest = self._render()
+                else:
+                    wait = min(wait, refresh)
             if self._latest is not None:
-                due = self._last + self.interval - self.clock()
+                due = self._due()
                 if due <= 0:
                     message, self._latest = self._latest, None
                     return message, False
@@ -100,6 +117,9 @@ class LiveMessage:
             if wait <= 0:
                 return None, False
             self._cond.wait(wait)
+
+    def _due(self) -> float:
+        return self._last + self.interval - self.clock()
 
     def _deliver(self, message: Renderable, final: bool) -> None:
         if self.posted is not None:
