@@ -389,6 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     settings = load_settings(args.env_file)
+    log.debug(
+        "blnk-backup %s %s: database %s, bucket %s",
+        __version__,
+        args.command,
+        "configured" if settings.database_url else "not configured",
+        settings.s3_bucket or "not configured",
+    )
     if getattr(args, "settings_handler", None):
         handler: Callable[[Settings, argparse.Namespace], int] = args.settings_handler
         return handler(settings, args)
