@@ -47,6 +47,14 @@ LEDGER_CHECKS = {
 }
 I2 = "ledger I2 balances sum to zero"
 CHAIN_CHECKS = {"chain genesis link", "chain links", "chain hashes", "chain length", "chain head"}
+# Blnk's chainer, as the generator computes it (session functions pg_temp.blnk_chain_step and
+# the running aggregate pg_temp.blnk_chain), and a row's canonical fields in its order.
+_CHAIN_FUNCTIONS = resources.files("core").joinpath("sql", "blnk_chain_functions.sql").read_text()
+CANONICAL = (
+    "concat_ws('|', t.transaction_id, t.source, t.destination, t.amount::text, "
+    "t.precise_amount::text, t.currency, t.status, t.reference, "
+    "pg_temp.blnk_rfc3339(t.created_at))"
+)
 
 
 @pytest.fixture
@@ -147,6 +155,40 @@ def test_an_altered_precise_amount_on_a_chained_transaction_fails_the_chain_hash
     assert check(report, "chain hashes").found == f"1 do not recompute: seq 11 ({txn})"
     assert report.ledger_proof is not None
     assert report.ledger_proof["headline"] == "ledger proof FAILED: chain hashes"
+
+
+@pytest.mark.parametrize(
+    ("altered", "broken"), [(1, 2), (1_997, 1_998)], ids=["link 1 to 2", "the last link"]
+)
+def test_a_row_altered_and_its_own_hash_recomputed_fails_the_chain_links_only(
+    ledger: PgTarget, altered: int, broken: int
+) -> None:
+    """The altered row hashes to its new hash as Blnk's chainer would have computed it, so
+    the chain hashes recompute; but the next row still links to the old hash. Only the links
+    see it: not the genesis link (seq 1 still links to genesis), not the head (seq 1,998 is
+    untouched), not the length."""
+    with as_dba(ledger) as conn:
+        conn.execute(_CHAIN_FUNCTIONS)
+        (old_hash,) = conn.execute(
+            "UPDATE blnk.transactions SET reference = reference || '-altered' "
+            "WHERE chain_seq = %s RETURNING chain_hash",
+            (altered,),
+        ).fetchone()
+        (new_hash,) = conn.execute(
+            f"""UPDATE blnk.transactions t
+                SET chain_hash = pg_temp.blnk_chain_step(t.chain_prev_hash, NULL, {CANONICAL})
+                WHERE t.chain_seq = %s RETURNING chain_hash""",
+            (altered,),
+        ).fetchone()
+        assert new_hash != old_hash
+        (txn,) = conn.execute(
+            "SELECT transaction_id FROM blnk.transactions WHERE chain_seq = %s", (broken,)
+        ).fetchone()
+        proof = prove_ledger(conn)
+
+    assert [c.name for c in proof.failed_checks] == ["chain links"]
+    assert check_of(proof, "chain links").found == f"1 broken: seq {broken} ({txn})"
+    assert check_of(proof, "chain hashes").found == "all 1,998 recompute"
 
 
 def test_a_deleted_last_chained_transaction_fails_the_chain_length_and_head(
@@ -296,7 +338,7 @@ def test_a_history_rewritten_between_two_backups_is_caught_by_the_older_backups_
 
 
 def _insert_mid_chain_and_rechain(conn: psycopg.Connection[Any], at_seq: int) -> None:
-    conn.execute(resources.files("core").joinpath("sql", "blnk_chain_functions.sql").read_text())
+    conn.execute(_CHAIN_FUNCTIONS)
     source, destination = conn.execute(
         "SELECT source, destination FROM blnk.transactions WHERE chain_seq = 1"
     ).fetchone()
@@ -326,13 +368,10 @@ def _insert_mid_chain_and_rechain(conn: psycopg.Connection[Any], at_seq: int) ->
     )
     # Recompute every link from the fabricated one on, as Blnk's chainer would have.
     conn.execute(
-        """UPDATE blnk.transactions t SET chain_hash = r.h, chain_prev_hash = r.prev
+        f"""UPDATE blnk.transactions t SET chain_hash = r.h, chain_prev_hash = r.prev
            FROM (SELECT c.id, c.h, coalesce(lag(c.h) OVER (ORDER BY c.chain_seq), c.start) AS prev
                  FROM (SELECT t.id, t.chain_seq, s.h AS start,
-                              pg_temp.blnk_chain(s.h, concat_ws('|', t.transaction_id, t.source,
-                                  t.destination, t.amount::text, t.precise_amount::text,
-                                  t.currency, t.status, t.reference,
-                                  pg_temp.blnk_rfc3339(t.created_at)))
+                              pg_temp.blnk_chain(s.h, {CANONICAL})
                                   OVER (ORDER BY t.chain_seq) AS h
                        FROM blnk.transactions t,
                             (SELECT chain_hash::text AS h FROM blnk.transactions
