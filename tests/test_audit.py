@@ -9,6 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
 from core.audit import Actor, AuditLog
+from core.database import PgTarget
+from tests.support.databases import audit_database
 
 
 def test_events_are_returned_newest_first_and_runs_share_an_id(tmp_path: Path) -> None:
@@ -47,17 +49,10 @@ def test_an_unknown_trigger_is_refused() -> None:
 
 
 def test_the_audit_log_can_live_in_postgresql_and_refuses_updates_and_deletes_there(
-    pg_server: object,
+    pg_server: PgTarget,
 ) -> None:
-    import uuid
-
-    from core.database import PgTarget, create_database, drop_database
-
-    assert isinstance(pg_server, PgTarget)
-    name = f"blnk_audit_{uuid.uuid4().hex[:8]}"
-    create_database(pg_server, name)
-    try:
-        log = AuditLog(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    with audit_database(pg_server) as url:
+        log = AuditLog(url)
         log.record(action="backup", outcome="started", actor=Actor("frank", "schedule"))
         assert log.events()[0].actor == "frank"
         with log.engine.begin() as conn, pytest.raises(DatabaseError, match="append-only"):
@@ -67,5 +62,3 @@ def test_the_audit_log_can_live_in_postgresql_and_refuses_updates_and_deletes_th
         [event] = log.events()
         assert (event.outcome, event.actor) == ("started", "frank")
         log.close()
-    finally:
-        drop_database(pg_server, name)

@@ -11,6 +11,7 @@ that is then restore-tested: the restore test sees only what the backup holds.""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +45,16 @@ LEDGER_CHECKS = {
     "ledger I3 debits = applied outflows",
     "ledger I3 credits = applied inflows",
 }
+I2 = "ledger I2 balances sum to zero"
 CHAIN_CHECKS = {"chain genesis link", "chain links", "chain hashes", "chain length", "chain head"}
+# Blnk's chainer, as the generator computes it (session functions pg_temp.blnk_chain_step and
+# the running aggregate pg_temp.blnk_chain), and a row's canonical fields in its order.
+_CHAIN_FUNCTIONS = resources.files("core").joinpath("sql", "blnk_chain_functions.sql").read_text()
+CANONICAL = (
+    "concat_ws('|', t.transaction_id, t.source, t.destination, t.amount::text, "
+    "t.precise_amount::text, t.currency, t.status, t.reference, "
+    "pg_temp.blnk_rfc3339(t.created_at))"
+)
 
 
 @pytest.fixture
@@ -71,6 +81,10 @@ def as_dba(target: PgTarget) -> Iterator[psycopg.Connection[Any]]:
     with target.connect(autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
         yield conn
+
+
+def check_of(proof: LedgerProof, name: str) -> Check:
+    return next(c for c in proof.checks if c.name == name)
 
 
 def failed(report: RestoreReport) -> set[str]:
@@ -143,6 +157,40 @@ def test_an_altered_precise_amount_on_a_chained_transaction_fails_the_chain_hash
     assert report.ledger_proof["headline"] == "ledger proof FAILED: chain hashes"
 
 
+@pytest.mark.parametrize(
+    ("altered", "broken"), [(1, 2), (1_997, 1_998)], ids=["link 1 to 2", "the last link"]
+)
+def test_a_row_altered_and_its_own_hash_recomputed_fails_the_chain_links_only(
+    ledger: PgTarget, altered: int, broken: int
+) -> None:
+    """The altered row hashes to its new hash as Blnk's chainer would have computed it, so
+    the chain hashes recompute; but the next row still links to the old hash. Only the links
+    see it: not the genesis link (seq 1 still links to genesis), not the head (seq 1,998 is
+    untouched), not the length."""
+    with as_dba(ledger) as conn:
+        conn.execute(_CHAIN_FUNCTIONS)
+        (old_hash,) = conn.execute(
+            "UPDATE blnk.transactions SET reference = reference || '-altered' "
+            "WHERE chain_seq = %s RETURNING chain_hash",
+            (altered,),
+        ).fetchone()
+        (new_hash,) = conn.execute(
+            f"""UPDATE blnk.transactions t
+                SET chain_hash = pg_temp.blnk_chain_step(t.chain_prev_hash, NULL, {CANONICAL})
+                WHERE t.chain_seq = %s RETURNING chain_hash""",
+            (altered,),
+        ).fetchone()
+        assert new_hash != old_hash
+        (txn,) = conn.execute(
+            "SELECT transaction_id FROM blnk.transactions WHERE chain_seq = %s", (broken,)
+        ).fetchone()
+        proof = prove_ledger(conn)
+
+    assert [c.name for c in proof.failed_checks] == ["chain links"]
+    assert check_of(proof, "chain links").found == f"1 broken: seq {broken} ({txn})"
+    assert check_of(proof, "chain hashes").found == "all 1,998 recompute"
+
+
 def test_a_deleted_last_chained_transaction_fails_the_chain_length_and_head(
     make_settings: Any, ledger: PgTarget
 ) -> None:
@@ -189,6 +237,79 @@ def test_a_balance_credited_one_minor_unit_too_much_fails_i2_and_the_i3_credits(
     assert check(report, "ledger I2 balances sum to zero").found.startswith("Σ balance 1;")
 
 
+@pytest.mark.parametrize(
+    ("version", "also_failing"),
+    [
+        ("0.15", {"ledger I3 credits = applied inflows", "ledger I3 debits = applied outflows"}),
+        ("0.12", set()),  # I3 is a warning only before 0.13: I2 alone fails
+    ],
+    ids=["blnk 0.15", "blnk 0.12"],
+)
+def test_balances_that_add_up_overall_but_not_per_currency_fail_i2(
+    pg_server: PgTarget, version: str, also_failing: set[str]
+) -> None:
+    name = make_database(pg_server, 300, blnk_version=version)
+    try:
+        with as_dba(pg_server.with_dbname(name)) as conn:
+            _move_one_unit_from_eur_to_usd(conn)
+            proof = prove_ledger(conn)
+    finally:
+        drop_database(pg_server, name)
+
+    assert {c.name for c in proof.failed_checks} == {I2} | also_failing
+    # Only per currency: overall Σ balance is 0 and Σ credit = Σ debit, so nothing else shows.
+    sums = re.fullmatch(
+        r"per currency EUR: Σ balance -1, Σ credit (\d+), Σ debit (\d+); "
+        r"USD: Σ balance 1, Σ credit (\d+), Σ debit (\d+)",
+        check_of(proof, I2).found,
+    )
+    assert sums is not None, check_of(proof, I2).found
+    eur_credit, eur_debit, usd_credit, usd_debit = map(int, sums.groups())
+    assert (eur_debit - eur_credit, usd_credit - usd_debit) == (1, 1)
+
+
+def test_per_currency_sums_are_not_required_once_a_transaction_crosses_currencies(
+    ledger: PgTarget,
+) -> None:
+    """Blnk lets a transaction move money between balances of different currencies; then
+    only the overall sums must hold, and the per-currency ones are shown, not failed."""
+    with as_dba(ledger) as conn:
+        usd, eur = _move_one_unit_from_eur_to_usd(conn)
+        conn.execute(  # the APPLIED transaction that moved it (not chained yet)
+            """INSERT INTO blnk.transactions (transaction_id, source, destination, reference,
+                   amount, precise_amount, precision, currency, status, hash, created_at)
+               VALUES ('txn_fx', %s, %s, 'ref_fx', 0.01, 1, 100, 'EUR', 'APPLIED',
+                       repeat('b', 64), now())""",
+            (eur, usd),
+        )
+        proof = prove_ledger(conn)
+
+    assert proof.passed, proof.failed_checks
+    assert re.fullmatch(
+        r"Σ balance 0, Σ credit = Σ debit = \d+ \(per currency not required: transactions "
+        r"cross currencies; EUR: Σ balance -1, [^;]+; USD: Σ balance 1, [^;]+\)",
+        check_of(proof, I2).found,
+    ), check_of(proof, I2).found
+
+
+def _move_one_unit_from_eur_to_usd(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """Credit one minor unit to the first USD balance and debit it from the first EUR balance,
+    as a DBA bypassing Blnk would: every balance still equals credit - debit, and overall
+    Σ balance = 0 and Σ credit = Σ debit; only per currency do the sums no longer hold.
+    Return the two balance ids (USD, EUR)."""
+    (usd,) = conn.execute(
+        "UPDATE blnk.balances SET credit_balance = credit_balance + 1, balance = balance + 1 "
+        "WHERE id = (SELECT min(id) FROM blnk.balances WHERE currency = 'USD') "
+        "RETURNING balance_id"
+    ).fetchone()
+    (eur,) = conn.execute(
+        "UPDATE blnk.balances SET debit_balance = debit_balance + 1, balance = balance - 1 "
+        "WHERE id = (SELECT min(id) FROM blnk.balances WHERE currency = 'EUR') "
+        "RETURNING balance_id"
+    ).fetchone()
+    return str(usd), str(eur)
+
+
 def test_a_history_rewritten_between_two_backups_is_caught_by_the_older_backups_anchor(
     make_settings: Any, ledger: PgTarget
 ) -> None:
@@ -217,7 +338,7 @@ def test_a_history_rewritten_between_two_backups_is_caught_by_the_older_backups_
 
 
 def _insert_mid_chain_and_rechain(conn: psycopg.Connection[Any], at_seq: int) -> None:
-    conn.execute(resources.files("core").joinpath("sql", "blnk_chain_functions.sql").read_text())
+    conn.execute(_CHAIN_FUNCTIONS)
     source, destination = conn.execute(
         "SELECT source, destination FROM blnk.transactions WHERE chain_seq = 1"
     ).fetchone()
@@ -247,13 +368,10 @@ def _insert_mid_chain_and_rechain(conn: psycopg.Connection[Any], at_seq: int) ->
     )
     # Recompute every link from the fabricated one on, as Blnk's chainer would have.
     conn.execute(
-        """UPDATE blnk.transactions t SET chain_hash = r.h, chain_prev_hash = r.prev
+        f"""UPDATE blnk.transactions t SET chain_hash = r.h, chain_prev_hash = r.prev
            FROM (SELECT c.id, c.h, coalesce(lag(c.h) OVER (ORDER BY c.chain_seq), c.start) AS prev
                  FROM (SELECT t.id, t.chain_seq, s.h AS start,
-                              pg_temp.blnk_chain(s.h, concat_ws('|', t.transaction_id, t.source,
-                                  t.destination, t.amount::text, t.precise_amount::text,
-                                  t.currency, t.status, t.reference,
-                                  pg_temp.blnk_rfc3339(t.created_at)))
+                              pg_temp.blnk_chain(s.h, {CANONICAL})
                                   OVER (ORDER BY t.chain_seq) AS h
                        FROM blnk.transactions t,
                             (SELECT chain_hash::text AS h FROM blnk.transactions

@@ -10,12 +10,13 @@ import pytest
 
 from bot.cli import main
 from core.audit import Actor
+from core.errors import UsageError
 from core.keys import BackupKey
 from core.prune import PruneService
 from core.services import Services
 from tests.support.faultproxy import FaultProxy, Request
 from tests.support.helpers import bucket_keys
-from tests.support.seeding import seed
+from tests.support.seeding import put_manifest_body, seed
 
 pytestmark = pytest.mark.stores
 
@@ -150,6 +151,29 @@ def test_stores_that_reject_batch_deletes_get_single_deletes(
     last_dump = max(i for i, p in enumerate(deletes) if p.endswith(".dump"))
     first_manifest = min(i for i, p in enumerate(deletes) if p.endswith(".manifest.json"))
     assert last_dump < first_manifest  # dumps first, manifests last
+    services.close()
+
+
+@pytest.mark.parametrize("what_happened", ["was deleted", "has an unreadable manifest"])
+def test_a_delete_is_refused_once_its_backup_has_become_the_newest_complete_one(
+    make_settings: Any, s3: Any, bucket: str, what_happened: str
+) -> None:
+    # The delete of `older` was asked for (and approved) while `newer` was the newest; since
+    # then, `newer` ...
+    older, newer = seed(s3, bucket, [1, 0.1])
+    if what_happened == "was deleted":
+        s3.delete_object(Bucket=bucket, Key=newer.key)
+        s3.delete_object(Bucket=bucket, Key=newer.manifest_key)
+    else:
+        put_manifest_body(s3, bucket, newer, b"{not json")
+    services, service = pruner(make_settings)
+    why = f"{older.key} is the newest complete backup: it is never deleted"
+    with pytest.raises(UsageError, match=why):
+        service.delete_one(ACTOR, older.key)
+    assert {older.key, older.manifest_key} <= set(bucket_keys(s3, bucket))
+    [failed, started] = services.audit.events(action="delete")
+    assert (started.outcome, failed.outcome) == ("started", "failed")
+    assert (failed.key, failed.error_code, failed.error_cause) == (older.key, "usage_error", why)
     services.close()
 
 

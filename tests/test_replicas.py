@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,10 +30,11 @@ from bot.slack.alerts import alert_for
 from core.approvals import ApprovalBook
 from core.audit import AuditEvent, AuditLog
 from core.config import Settings
-from core.database import PgTarget, create_database, drop_database
+from core.database import PgTarget
 from core.outbox import Outbox
 from core.services import Services
 from tests.support.bot_process import BOT, Replica, wait_until
+from tests.support.databases import audit_database
 from tests.support.fake_slack import FAKE_TOKEN, FakeSlack
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import free_port
@@ -287,14 +287,8 @@ def test_without_slack_an_api_key_serves_the_http_api_and_scheduler_alone_for_cr
 @pytest.fixture
 def shared_audit(pg_server: PgTarget) -> Iterator[str]:
     """A fresh audit database on the test server, dropped afterwards."""
-    name = f"blnk_audit_{uuid.uuid4().hex[:10]}"
-    create_database(pg_server, name)
-    params = pg_server.params
-    where = f"{params.get('host', '127.0.0.1')}:{params.get('port', '5432')}"
-    try:
-        yield f"postgresql://{params.get('user', 'postgres')}@{where}/{name}"
-    finally:
-        drop_database(pg_server, name)
+    with audit_database(pg_server) as url:
+        yield url
 
 
 SLOT = 10  # seconds: the replicas' schedule is "*/10 * * * * *" (seconds first, as node-cron)

@@ -89,6 +89,35 @@ def test_delete_goes_through_an_approval_by_a_different_approver_then_runs_and_s
     assert app.events("delete")[0].actor == OPERATOR  # run on behalf of the requester
 
 
+def test_an_approved_delete_is_refused_if_its_backup_became_the_newest_before_it_ran(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    app = start_app()
+    older, newest = app.seed(s3, [1, 0.1])
+    app.command("/blnk-backups", f"delete {older}")  # allowed: it is not the newest now
+    message = wait_message(fake, "Approval needed")
+    approval_id = buttons(message)[APPROVE_ACTION]
+    shown = fake.hold("chat.update")  # the message saying it is approved; execution follows
+    app.click(message, approve=True, user=APPROVER1)
+    shown.wait_arrived()
+    assert app.approval_status(approval_id) == "approved"
+    # Between the approval and the execution the newest backup goes (by hand, say).
+    s3.delete_object(Bucket=bucket, Key=newest)
+    s3.delete_object(Bucket=bucket, Key=newest + ".manifest.json")
+    shown.release()
+
+    why = f"{older} is the newest complete backup: it is never deleted"
+    done = app.wait_status(approval_id, "executed", "failed")
+    assert (done.status, done.outcome) == ("failed", f"usage_error: {why}")
+    assert {older, older + ".manifest.json"} <= set(bucket_keys(s3, bucket))
+    final = final_state(fake, message, "Approved, but it failed")
+    assert f"approved by <@{APPROVER1}>" in visible(final) and why in visible(final)
+    assert [(e.outcome, e.error_cause) for e in app.events("delete")] == [
+        ("started", None),
+        ("failed", why),
+    ]
+
+
 def test_a_denied_request_runs_nothing_and_the_message_says_who_denied_it(
     start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
 ) -> None:

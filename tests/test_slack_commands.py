@@ -494,6 +494,17 @@ def _make_outbox_due(app: Harness) -> None:
         session.commit()
 
 
+def _outbox_row(app: Harness) -> Any:
+    """The one message in the outbox, as stored (attempts, next attempt, last error, ...)."""
+    from sqlmodel import Session, select
+
+    from core.outbox import OutboxRow
+
+    with Session(app.services.audit.engine) as session:
+        [row] = session.exec(select(OutboxRow)).all()
+    return row
+
+
 @pytest.mark.parametrize("trouble", ["ok false", "unreachable"])
 def test_a_result_that_cannot_be_posted_is_audited_kept_in_the_outbox_and_delivered_later(
     start_app: SlackFactory, fake: FakeSlack, trouble: str
@@ -554,6 +565,34 @@ def test_a_final_update_that_fails_is_delivered_later_as_an_update_of_the_same_m
     assert app.bot.messenger.flush_outbox() == 1
     [message] = fake.messages(CHANNEL)
     assert message.text.startswith("Backup complete")
+
+
+def test_a_retry_while_slack_still_fails_keeps_the_message_and_waits_longer_each_time(
+    start_app: SlackFactory, fake: FakeSlack
+) -> None:
+    app = start_app()
+    fake.fail("chat.postMessage", "internal_error", times=None)
+    assert app.bot.messenger.post(CHANNEL, refusal("kept through the outage")) is None
+    assert _outbox_row(app).attempts == 1
+    for attempts, back_off in ((2, timedelta(seconds=60)), (3, timedelta(seconds=120))):
+        _make_outbox_due(app)
+        asked = len(fake.calls("chat.postMessage"))
+        before = datetime.now(UTC)
+        app.bot.housekeeping()  # the service's half-minute round: Slack fails again
+        after = datetime.now(UTC)
+        assert len(fake.calls("chat.postMessage")) == asked + 1
+        row = _outbox_row(app)
+        assert (row.attempts, row.last_error) == (attempts, "internal_error")
+        assert row.delivered_at is None and row.given_up_at is None
+        assert before + back_off <= row.next_attempt_at <= after + back_off
+        app.bot.housekeeping()  # not due yet: Slack is not asked again
+        assert len(fake.calls("chat.postMessage")) == asked + 1
+    fake.clear_faults()
+    _make_outbox_due(app)
+    app.bot.housekeeping()
+    [delivered] = fake.messages(CHANNEL)
+    assert "kept through the outage" in visible(delivered)
+    assert app.bot.messenger.outbox is not None and app.bot.messenger.outbox.waiting() == 0
 
 
 # --- hostile text and secrets ---------------------------------------------------------------------

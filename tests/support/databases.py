@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from psycopg import sql
 
 from core.blnkgen import generate
-from core.database import PgTarget, drop_database
+from core.database import PgTarget, create_database, drop_database
 
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -50,3 +52,17 @@ def drop_templates(pg_server: PgTarget) -> None:
             if key[0] == pg_server.display:
                 drop_database(pg_server, template)
                 del _templates[key]
+
+
+@contextmanager
+def audit_database(pg_server: PgTarget) -> Iterator[str]:
+    """A new, empty database on the test server for an audit log: yield its
+    AUDIT_DATABASE_URL (trust authentication, so no password in it), drop it afterwards."""
+    name = f"blnk_audit_{uuid.uuid4().hex[:10]}"
+    create_database(pg_server, name)
+    params = pg_server.params
+    where = f"{params.get('host', '127.0.0.1')}:{params.get('port', '5432')}"
+    try:
+        yield f"postgresql://{params.get('user', 'postgres')}@{where}/{name}"
+    finally:
+        drop_database(pg_server, name)

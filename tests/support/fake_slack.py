@@ -27,7 +27,9 @@ Stricter than Slack on one point: a message without a non-empty ``text`` gets ``
 (Slack only warns when blocks come without a fallback text; we always send one).
 
 Faults: ``rate_limit(method, times, retry_after)``, ``fail(method, error, times)``,
-``delay(method, seconds, times)``; ``method="*"`` matches every method.
+``delay(method, seconds, times)``, and ``hold(method)``: the next call waits until the test
+releases it, to make something happen at an exact point of the bot's work (between two calls it
+makes); ``method="*"`` matches every method.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ SLACK_MAX_BUTTON_TEXT = 75
 SLACK_MAX_ID = 255
 SLACK_MAX_BLOCKS_JSON = 13_000
 SLACK_MAX_TEXT = 40_000
+HOLD_LIMIT = 30.0  # seconds a held call waits at most for its release
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,30 @@ class FakeMessage:
         return "\n".join([self.text, *block_texts(self.blocks)])
 
 
+class Hold:
+    """A call the fake keeps waiting: ``wait_arrived()`` until it comes in, then
+    ``release()`` to answer it. Released anyway by ``clear_faults``, when the fake stops or
+    after HOLD_LIMIT seconds, so a test that fails midway never hangs. (The bot's WebClient
+    gives up on a call after 15 s: release it sooner.)"""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self._arrived = threading.Event()
+        self._released = threading.Event()
+
+    def wait_arrived(self, timeout: float = 20.0) -> None:
+        if not self._arrived.wait(timeout):
+            raise AssertionError(f"no {self.method} call came within {timeout} s")
+
+    def release(self) -> None:
+        self._released.set()
+
+    def arrive_and_wait(self) -> None:
+        """What the fake does with the held call."""
+        self._arrived.set()
+        self._released.wait(HOLD_LIMIT)
+
+
 @dataclass
 class _Fault:
     method: str
@@ -103,6 +130,7 @@ class _Fault:
     error: str | None = None
     retry_after: int | None = None
     seconds: float = 0.0
+    hold: Hold | None = None
 
 
 def block_texts(value: Any) -> list[str]:
@@ -213,6 +241,7 @@ class FakeSlack:
         self._views: dict[str, list[dict[str, Any]]] = {}
         self._responses: dict[str, list[dict[str, Any]]] = {}
         self._faults: list[_Fault] = []
+        self._holds: list[Hold] = []
         self._ts = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -244,6 +273,7 @@ class FakeSlack:
         return self
 
     def stop(self) -> None:
+        self.clear_faults()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -286,18 +316,29 @@ class FakeSlack:
         """Wait ``seconds`` before answering the next ``times`` calls (None: all)."""
         self._add_fault(_Fault(method, times, seconds=seconds))
 
+    def hold(self, method: str) -> Hold:
+        """Keep the next call of method waiting until ``release()`` (then answer it)."""
+        held = Hold(method)
+        with self._lock:
+            self._holds.append(held)
+        self._add_fault(_Fault(method, 1, hold=held))
+        return held
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            for held in self._holds:
+                held.release()
 
     def _add_fault(self, fault: _Fault) -> None:
         with self._lock:
             self._faults.append(fault)
 
-    def _take_faults(self, method: str) -> tuple[float, _Fault | None]:
+    def _take_faults(self, method: str) -> tuple[float, list[Hold], _Fault | None]:
         """Count this call against the faults for its method: return how long to wait first
-        (every matching delay) and the failure to answer with (the oldest matching one)."""
-        wait, failure = 0.0, None
+        (every matching delay), the holds to wait for, and the failure to answer with (the
+        oldest matching one)."""
+        wait, holds, failure = 0.0, [], None
         with self._lock:
             for fault in list(self._faults):
                 if fault.method not in (method, ALL):
@@ -306,13 +347,15 @@ class FakeSlack:
                     if failure is not None:
                         continue  # one failure per call; this one waits its turn
                     failure = fault
+                elif fault.hold is not None:
+                    holds.append(fault.hold)
                 else:
                     wait += fault.seconds
                 if fault.remaining is not None:
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
-        return wait, failure
+        return wait, holds, failure
 
     # --- queries --------------------------------------------------------------------------------
     def calls(self, method: str | None = None) -> list[Call]:
@@ -364,7 +407,7 @@ class FakeSlack:
             self._ephemeral.clear()
             self._views.clear()
             self._responses.clear()
-            self._faults.clear()
+        self.clear_faults()
 
     # --- HTTP -----------------------------------------------------------------------------------
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
@@ -399,7 +442,9 @@ class FakeSlack:
         elif app_level != (token in self.app_tokens):
             response = {"ok": False, "error": "not_allowed_token_type"}
         else:
-            wait, failure = self._take_faults(method)
+            wait, holds, failure = self._take_faults(method)
+            for held in holds:
+                held.arrive_and_wait()
             if wait:
                 time.sleep(wait)
             if failure is not None and failure.status == 429:
