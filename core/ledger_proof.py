@@ -437,13 +437,16 @@ def _check_balances(conn: psycopg.Connection[Any], shape: BlnkShape) -> tuple[in
 
 
 def _crosses_currencies(conn: psycopg.Connection[Any], shape: BlnkShape) -> bool:
+    """True if an applied transaction moved money between balances of different currencies
+    (a rejected or queued one moved nothing, so it exempts nothing)."""
     if not {"source", "destination"} <= set(shape.transactions):
         return False
+    applied = "AND t.status = 'APPLIED'" if "status" in shape.transactions else ""
     row = conn.execute(
-        """SELECT EXISTS (SELECT 1 FROM blnk.transactions t
-                          JOIN blnk.balances s ON s.balance_id = t.source
-                          JOIN blnk.balances d ON d.balance_id = t.destination
-                          WHERE s.currency IS DISTINCT FROM d.currency)"""
+        f"""SELECT EXISTS (SELECT 1 FROM blnk.transactions t
+                           JOIN blnk.balances s ON s.balance_id = t.source
+                           JOIN blnk.balances d ON d.balance_id = t.destination
+                           WHERE s.currency IS DISTINCT FROM d.currency {applied})"""
     ).fetchone()
     return bool(row and row[0])
 

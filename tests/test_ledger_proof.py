@@ -292,6 +292,29 @@ def test_per_currency_sums_are_not_required_once_a_transaction_crosses_currencie
     ), check_of(proof, I2).found
 
 
+@pytest.mark.parametrize("status", ["REJECTED", "QUEUED"])
+def test_a_transaction_across_currencies_that_moved_nothing_exempts_nothing(
+    pg_server: PgTarget, status: str
+) -> None:
+    # On Blnk 0.12 (where I3 only warns) I2 is what catches the imbalance: a rejected or
+    # queued transfer between currencies must not switch the per-currency sums off.
+    name = make_database(pg_server, 300, blnk_version="0.12")
+    try:
+        with as_dba(pg_server.with_dbname(name)) as conn:
+            usd, eur = _move_one_unit_from_eur_to_usd(conn)
+            conn.execute(
+                """INSERT INTO blnk.transactions (transaction_id, source, destination, reference,
+                       amount, precise_amount, precision, currency, status, hash, created_at)
+                   VALUES ('txn_fx', %s, %s, 'ref_fx', 0.01, 1, 100, 'EUR', %s,
+                           repeat('b', 64), now())""",
+                (eur, usd, status),
+            )
+            proof = prove_ledger(conn)
+    finally:
+        drop_database(pg_server, name)
+    assert [c.name for c in proof.failed_checks] == [I2]
+
+
 def _move_one_unit_from_eur_to_usd(conn: psycopg.Connection[Any]) -> tuple[str, str]:
     """Credit one minor unit to the first USD balance and debit it from the first EUR balance,
     as a DBA bypassing Blnk would: every balance still equals credit - debit, and overall
