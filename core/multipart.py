@@ -164,7 +164,7 @@ class MultipartUpload:
     def failed(self) -> BaseException | None:
         return self._error
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append data to the stream. Raise the first part failure, if any. The bytes are kept
         by reference until their part is sent: pass immutable bytes, not a reused buffer."""
         view = memoryview(data)
