@@ -38,7 +38,6 @@ from core.processes import StreamingProcess, find_tool, tool_version
 log = logging.getLogger("blnk_backup.dumpstream")
 
 _CHUNK_SIZE = 1 << 20
-_END = bytearray()
 _MIN_NAP = 0.0005  # seconds
 _MAX_NAP = 0.02  # a slow pg_dump is looked at 50 times a second
 
@@ -65,7 +64,7 @@ class DumpStream:
         self.pg_bin_dir = pg_bin_dir
         self.compression_level = compression_level
         self.timeout_seconds = timeout_seconds
-        self._chunks: queue.Queue[bytearray] = queue.Queue(
+        self._chunks: queue.Queue[memoryview | None] = queue.Queue(
             maxsize=max(2, buffer_bytes // _CHUNK_SIZE)
         )
         self._stop = threading.Event()
@@ -148,36 +147,33 @@ class DumpStream:
         except BaseException as exc:  # a broken pipe or a read error ends the stream
             self._pump_error = exc
         finally:
-            self._put(_END)
+            self._put(None)
 
-    def _read_chunk(self, process: StreamingProcess) -> bytearray:
+    def _read_chunk(self, process: StreamingProcess) -> memoryview:
         """Fill a new chunk from the pipe; return it (shorter only at the end of the stream).
 
         A read that finds less than a quarter of the pipe means the pump is ahead of pg_dump:
         it naps for as long as pg_dump, at the rate measured over the last reads, takes to
         write that quarter — instead of waking up for every 4 KiB pg_dump writes."""
-        chunk = bytearray(_CHUNK_SIZE)
+        chunk = memoryview(bytearray(_CHUNK_SIZE))
         filled = 0
         low_water = max(4096, process.pipe_size // 4)
-        with memoryview(chunk) as view:
-            while filled < _CHUNK_SIZE and not self._stop.is_set():
-                room = _CHUNK_SIZE - filled
-                got = process.readinto(view[filled:])
-                if not got:
-                    break
-                filled += got
-                now = time.monotonic()
-                if got < room:  # the pipe was emptied: this is what pg_dump wrote since
-                    sample = got / max(now - self._last_read, 1e-6)  # the previous read
-                    self._rate = sample if self._rate is None else 0.7 * self._rate + 0.3 * sample
-                self._last_read = now
-                if got < low_water and got < room and self._rate:
-                    time.sleep(min(_MAX_NAP, max(_MIN_NAP, low_water / self._rate)))
-        if filled < _CHUNK_SIZE:
-            del chunk[filled:]
-        return chunk
+        while filled < _CHUNK_SIZE and not self._stop.is_set():
+            room = _CHUNK_SIZE - filled
+            got = process.readinto(chunk[filled:])
+            if not got:
+                break
+            filled += got
+            now = time.monotonic()
+            if got < room:  # the pipe was emptied: this is what pg_dump wrote since the
+                sample = got / max(now - self._last_read, 1e-6)  # previous read ended
+                self._rate = sample if self._rate is None else 0.7 * self._rate + 0.3 * sample
+            self._last_read = now
+            if got < low_water and got < room and self._rate:
+                time.sleep(min(_MAX_NAP, max(_MIN_NAP, low_water / self._rate)))
+        return chunk[:filled]
 
-    def _put(self, chunk: bytearray) -> None:
+    def _put(self, chunk: memoryview | None) -> None:
         while not self._stop.is_set():
             try:
                 self._chunks.put(chunk, timeout=0.1)
@@ -186,12 +182,12 @@ class DumpStream:
                 continue
 
     # --- reading ------------------------------------------------------------------------------
-    def chunks(self) -> Iterator[bytearray]:
+    def chunks(self) -> Iterator[memoryview]:
         """Yield pg_dump's output as it comes, in chunks of 1 MiB (the last one shorter),
         until it ends. Then call ``finish``. Each chunk is new: keeping it is safe."""
         while True:
             chunk = self._chunks.get()
-            if chunk is _END or not chunk:
+            if not chunk:
                 return
             yield chunk
 
