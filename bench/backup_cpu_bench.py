@@ -24,8 +24,10 @@ the runs, wall times, the machine and the date, and writes JSON to bench/results
         --variant sha256:S3_CHECKSUM=sha256
 
 ``--variant NAME:VAR=VALUE[,VAR=VALUE]`` adds the program with other settings as one more
-candidate (e.g. the per-part checksum). ``--s3 moto`` measures against moto instead (moto is
-Python and shares the cores; SeaweedFS is the figure).
+candidate (e.g. the per-part checksum); ``--variant NAME@PATH`` adds the program as another
+source tree has it (a checkout of an earlier commit: ``git worktree add /tmp/before main``), run
+with this environment's interpreter and packages. ``--s3 moto`` measures against moto instead
+(moto is Python and shares the cores; SeaweedFS is the figure).
 """
 
 from __future__ import annotations
@@ -94,13 +96,14 @@ def run_piped(db: str, level: int, reader: list[str], env: dict[str, str]) -> di
     return {"wall": time.monotonic() - began, "client_cpu": client_cpu, "pg_dump_cpu": dump_cpu}
 
 
-def run_program(env: dict[str, str], workdir: Path) -> dict[str, float]:
+def run_program(env: dict[str, str], workdir: Path, source: Path = ROOT) -> dict[str, float]:
     out = workdir / "rusage.json"
     out.unlink(missing_ok=True)
     began = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-c", _PROGRAM, "backup", "--reason", "cpu benchmark"],
-        env={**env, "BENCH_RUSAGE_OUT": str(out)},
+        env={**env, "BENCH_RUSAGE_OUT": str(out), "PYTHONPATH": str(source)},
+        cwd=source,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -130,10 +133,14 @@ def machine() -> str:
     )
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+def parse_variant(text: str) -> tuple[str, dict[str, str], Path]:
+    """NAME:VAR=VALUE,... (other settings) or NAME@PATH (another source tree)."""
+    if "@" in text and ":" not in text.split("@", 1)[0]:
+        name, _, path = text.partition("@")
+        return name, {}, Path(path).resolve()
     name, _, settings = text.partition(":")
     pairs = dict(item.split("=", 1) for item in settings.split(",") if item)
-    return name, pairs
+    return name, pairs, ROOT
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -180,8 +187,15 @@ def main() -> None:
     )
     candidates.append(("program", lambda i: run_program(env, workdir)))
     for text in args.variant:
-        name, extra = parse_variant(text)
-        candidates.append((name, lambda i, extra=extra: run_program({**env, **extra}, workdir)))
+        name, extra, source = parse_variant(text)
+        candidates.append(
+            (
+                name,
+                lambda i, extra=extra, source=source: run_program(
+                    {**env, **extra}, workdir, source
+                ),
+            )
+        )
 
     def empty_bucket() -> None:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
