@@ -33,8 +33,7 @@ class Faults:
     after: Callable[[Request], None] = lambda _r: None
     # Rewrite response headers of forwarded requests.
     headers: Callable[[Request, dict[str, str]], dict[str, str]] = lambda _r, h: h
-    # Rewrite what is forwarded: request headers, request bodies (corruption in transit).
-    request_headers: Callable[[Request, dict[str, str]], dict[str, str]] = lambda _r, h: h
+    # Rewrite request bodies before forwarding them (corruption in transit).
     body: Callable[[Request, bytes], bytes] = lambda _r, b: b
     log: list[Request] = field(default_factory=list)
 
@@ -90,7 +89,6 @@ class FaultProxy:
                 time.sleep(proxy.faults.delay(request))
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                headers = proxy.faults.request_headers(request, headers)
                 body = proxy.faults.body(request, body)
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
