@@ -59,14 +59,22 @@ GB = 1e9
 
 # Runs `blnk-backup` exactly as its console script does, and at exit writes the CPU its
 # children (pg_dump, the --version probes) used, so the parent can subtract it from wait4's.
+# BENCH_GC_FREEZE=1 (a --variant) measures a lever outside the engine: gc.freeze() once the
+# CLI's modules are imported and again at exit, so the cyclic GC stops walking the imported
+# modules' objects during the run and at interpreter shutdown.
 _PROGRAM = """
-import atexit, json, os, resource, sys
+import atexit, gc, json, os, resource, sys
+freeze = os.environ.get("BENCH_GC_FREEZE") == "1"
 def _report():
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(os.environ["BENCH_RUSAGE_OUT"], "w") as out:
         json.dump({"children_cpu": c.ru_utime + c.ru_stime}, out)
+    if freeze:
+        gc.freeze()
 atexit.register(_report)
 from bot.cli import main
+if freeze:
+    gc.freeze()
 sys.exit(main(sys.argv[1:]))
 """
 
