@@ -413,7 +413,7 @@ class _BackupRun:
         completed = self.upload.complete()
         self.completed = True
         self.emit("verifying", completed.size)
-        self._verify(completed)
+        reported = self._verify(completed)
         self._keep_local_copy()
         replicas = self._replicate(completed, sha256)
         finished = self.s.clock()
@@ -431,10 +431,8 @@ class _BackupRun:
             compression_level=self.settings.backup_compression_level,
             storage_class=self.store.storage_class,
             sse=self.store.sse,
-            store_checksum=completed.checksum_sha256,
-            verification=(
-                "size+sha256-composite" if completed.checksum_sha256 else "size+content-md5-parts"
-            ),
+            store_checksum=reported,
+            verification=completed.verification(reported),
             part_count=completed.part_count,
             stats=stats,
             trigger=self.actor.trigger,
@@ -494,7 +492,7 @@ class _BackupRun:
             self.key.key,
             completed.size,
             sha256,
-            completed.checksum_sha256,
+            completed.store_checksum,
             self.settings.backup_part_size_mib * MiB,
         )
         if record.status != "verified":
@@ -517,7 +515,9 @@ class _BackupRun:
             details={"replica": replica.location if replica else None},
         )
 
-    def _verify(self, completed: CompletedUpload) -> None:
+    def _verify(self, completed: CompletedUpload) -> str | None:
+        """Check the object's size and checksum as the store reports them against what was
+        streamed; return the checksum to record (None in md5 mode)."""
         assert self.key is not None
         info = self.store.head(self.key.key)
         if info is None:
@@ -526,20 +526,11 @@ class _BackupRun:
             raise VerificationError(
                 f"{self.key}: streamed {completed.size} bytes but the store holds {info.size}"
             )
-        if completed.checksum_sha256 is None:
-            return  # md5 mode: the store checked every part's Content-MD5 on receipt
-        if not info.checksum_sha256:
-            raise VerificationError(
-                f"{self.key}: the store returned no SHA-256 checksum; for stores without S3 "
-                "additional checksums set S3_CHECKSUM=md5"
-            )
-        want, _, want_parts = completed.checksum_sha256.partition("-")
-        got, _, got_parts = info.checksum_sha256.partition("-")
-        if got != want or (got_parts and got_parts != want_parts):
-            raise VerificationError(
-                f"{self.key}: checksum mismatch (streamed {completed.checksum_sha256}, "
-                f"store reports {info.checksum_sha256})"
-            )
+        problem = completed.checksum_problem(info.checksum_sha256, info.checksum_crc32)
+        if problem is not None:
+            hint = "" if "mismatch" in problem else "; for such a store set S3_CHECKSUM=md5"
+            raise VerificationError(f"{self.key}: {problem}{hint}")
+        return completed.verified_checksum(info.checksum_crc32)
 
     # --- local copy ---------------------------------------------------------------------------
     def _open_local_copy(self) -> IO[bytes] | None:

@@ -37,7 +37,7 @@ StorageClass = Literal[
     "REDUCED_REDUNDANCY",
 ]
 SseMode = Literal["none", "AES256", "aws:kms"]
-ChecksumMode = Literal["sha256", "md5"]
+ChecksumMode = Literal["crc32", "sha256", "md5"]
 AddressingStyle = Literal["auto", "path", "virtual"]
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
@@ -98,9 +98,11 @@ class Settings(BaseSettings):
     s3_addressing_style: AddressingStyle | None = Field(
         None, validation_alias=_env("S3_ADDRESSING_STYLE")
     )
-    # sha256: S3 additional checksums (verified composite SHA-256). md5: Content-MD5 per part,
-    # for S3-compatible stores that reject the newer checksum headers.
-    s3_checksum: ChecksumMode = Field("sha256", validation_alias=_env("S3_CHECKSUM"))
+    # crc32: S3 additional checksums, CRC32 per part and the FULL_OBJECT CRC32 verified (the
+    # cheapest in CPU, botocore's own default algorithm). sha256: SHA-256 per part, the
+    # composite verified. md5: Content-MD5 per part, for S3-compatible stores that reject the
+    # newer checksum headers. The whole-stream SHA-256 in the manifest is computed in each.
+    s3_checksum: ChecksumMode = Field("crc32", validation_alias=_env("S3_CHECKSUM"))
     s3_max_attempts: int = Field(8, ge=1, le=20, validation_alias=_env("S3_MAX_ATTEMPTS"))
     # Days before the lifecycle rule moves backups to GLACIER_IR; 0: no archive rule (for
     # stores that do not implement lifecycle transitions).

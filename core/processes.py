@@ -26,7 +26,9 @@ from core.redact import mask
 _STDERR_TAIL_LINES = 20
 _MAX_STDERR_LINES = 10_000
 _F_SETPIPE_SZ = 1031  # Linux: grow the pipe so pg_dump is not woken every 64 KiB.
+_F_GETPIPE_SZ = 1032
 _PIPE_SIZE = 1 << 20
+_DEFAULT_PIPE_SIZE = 64 << 10  # Linux's, where the size cannot be read
 
 
 class StreamingProcess:
@@ -50,6 +52,9 @@ class StreamingProcess:
         self._stdout_fd = self._proc.stdout.fileno()
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._stdout_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        self.pipe_size = _DEFAULT_PIPE_SIZE  # what stdout's pipe holds before the child waits
+        with contextlib.suppress(OSError):
+            self.pipe_size = fcntl.fcntl(self._stdout_fd, _F_GETPIPE_SZ)
         self._stderr_thread = threading.Thread(
             target=self._drain_stderr, name=f"{self.name}-stderr", daemon=True
         )
@@ -69,6 +74,10 @@ class StreamingProcess:
     def read(self, size: int) -> bytes:
         """Return up to size bytes of stdout; b"" at end of stream."""
         return os.read(self._stdout_fd, size)
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Read up to len(buffer) bytes of stdout into buffer; return how many (0 at end)."""
+        return os.readv(self._stdout_fd, [buffer])
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the child to exit and its stderr to drain; return its exit status."""

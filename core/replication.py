@@ -4,12 +4,16 @@ After the primary is verified, the dump is copied to ``S3_REPLICA_BUCKET`` and t
 verified in turn:
 
 - same endpoint (AWS to AWS across regions, or one S3-compatible store), up to 5 GiB: a
-  server-side ``CopyObject`` asking for a SHA-256 checksum, which the store computes over the
-  whole copy and which must equal the manifest's SHA-256;
+  server-side ``CopyObject`` asking for a checksum of the copy in the checksum mode — a
+  FULL_OBJECT CRC32, which must equal the primary's (it does not depend on the part layout), or
+  a SHA-256 over the whole copy, which must equal the manifest's SHA-256;
 - same endpoint, larger: a multipart server-side copy with the primary's exact part layout, so
-  the replica's composite checksum must equal the primary's;
+  the replica's composite checksum (or full CRC32) must equal the primary's;
 - different endpoints: a streamed copy (download → multipart upload, nothing buffered whole),
-  checking the full SHA-256 on the way and the composite checksum at the end.
+  checking the full SHA-256 on the way and the store's checksum at the end.
+
+A checksum the replica reports that cannot be compared like with like is not trusted: the copy
+is read back and its SHA-256 checked.
 
 A failed replication is reported (the caller records and alerts) and never turns the verified
 primary into a failure. Whatever a failed copy left on the replica is removed.
@@ -108,12 +112,18 @@ class Replicator:
     ) -> str | None:
         self.replica.copy_from(self.primary, key)
         # Some stores keep the source's composite checksum on a copy instead of a new one.
-        return self._verify(key, size, sha256, primary_composite=store_checksum)
+        return self._verify(key, size, sha256, primary_checksum=store_checksum)
 
     def _multipart_copy(
         self, key: str, size: int, sha256: str, store_checksum: str | None, first_part_size: int
     ) -> str | None:
-        upload_id = self.replica.create_upload(key)
+        upload_id, full_object = self.replica.begin_upload(key)
+        # A FULL_OBJECT CRC32 upload is completed naming the primary's CRC32, if it is one.
+        full_crc32 = (
+            store_checksum
+            if full_object and self._primary_crc32 and store_checksum and "-" not in store_checksum
+            else None
+        )
         try:
             parts, offset, number = [], 0, 0
             while offset < size:
@@ -125,11 +135,13 @@ class Replicator:
                     self.replica.upload_part_copy(key, upload_id, number, self.primary, offset, end)
                 )
                 offset = end + 1
-            self.replica.complete_upload(key, upload_id, parts, exclusive=False)
+            self.replica.complete_upload(
+                key, upload_id, parts, exclusive=False, checksum_crc32=full_crc32
+            )
         except BaseException:
             self.replica.abort_upload(key, upload_id)
             raise
-        return self._verify(key, size, sha256, primary_composite=store_checksum)
+        return self._verify(key, size, sha256, primary_checksum=store_checksum)
 
     def _streamed_copy(self, key: str, size: int, sha256: str, first_part_size: int) -> str | None:
         upload = self.replica.start_upload(
@@ -150,30 +162,39 @@ class Replicator:
             if not upload.finished:
                 upload.abort()
             raise
-        return self._verify(key, size, sha256, primary_composite=completed.checksum_sha256)
+        return self._verify(key, size, sha256, primary_checksum=completed.store_checksum)
 
     # --- verification and clean-up -------------------------------------------------------------
-    def _verify(
-        self, key: str, size: int, sha256: str, *, primary_composite: str | None
-    ) -> str | None:
+    @property
+    def _primary_crc32(self) -> bool:
+        """Whether the primary's store checksum is a CRC32 (crc32 mode), not a SHA-256."""
+        return self.primary.checksum == "crc32"
+
+    def _verify(self, key: str, size: int, sha256: str, *, primary_checksum: str | None) -> str:
         """Check the replica's size, then its checksum like with like: a full-object SHA-256
         against the manifest's; a one-part composite (``X-1``, what some stores answer for a
         server-side copy) against the SHA-256 of the full digest; an N-part composite (with or
-        without its ``-N``) against the primary's composite of the same layout. When the store
-        gives no checksum or one that cannot be compared, read the copy back and hash it: a
-        mismatch there is a VerificationError."""
+        without its ``-N``) or a CRC32 against the primary's checksum of the same kind. When the
+        store gives no checksum or one that cannot be compared, read the copy back and hash it:
+        a mismatch there is a VerificationError."""
         info = self.replica.head(key)
         if info is None or info.size != size:
             found = "nothing" if info is None else f"{info.size} bytes"
             raise VerificationError(f"replica of {key}: expected {size} bytes, found {found}")
-        got = info.checksum_sha256
         full = base64.b64encode(bytes.fromhex(sha256)).decode()
         one_part = base64.b64encode(hashlib.sha256(bytes.fromhex(sha256)).digest()).decode()
-        known = {full, one_part, one_part + "-1"}
-        if primary_composite:  # the same part layout gives the same composite
-            known |= {primary_composite, primary_composite.partition("-")[0]}
-        if got is not None and got in known:
-            return got
+        known_sha256 = {full, one_part, one_part + "-1"}
+        known_crc32: set[str] = set()
+        if primary_checksum:  # the same part layout gives the same composite
+            same = {primary_checksum, primary_checksum.partition("-")[0]}
+            if self._primary_crc32:
+                known_crc32 |= same
+            else:
+                known_sha256 |= same
+        if info.checksum_sha256 is not None and info.checksum_sha256 in known_sha256:
+            return info.checksum_sha256
+        if info.checksum_crc32 is not None and info.checksum_crc32 in known_crc32:
+            return info.checksum_crc32
         # No checksum, or one over a part layout we cannot reproduce: read the copy back.
         return self._read_back(key, size, sha256)
 

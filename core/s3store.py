@@ -23,7 +23,7 @@ from core.config import Settings
 from core.errors import ConfigError, StorageError
 from core.keys import MANIFEST_SUFFIX, RESTORE_TEST_SUFFIX, BackupKey
 from core.manifest import Manifest, ManifestError, completeness_problem, parse_manifest
-from core.multipart import MiB, MultipartUpload, UploadedPart
+from core.multipart import FULL_OBJECT, MiB, MultipartUpload, UploadedPart
 from core.s3errors import s3_errors
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ else:
     S3Client = Any
 
 _READ_BLOCK = MiB
+# S3_CHECKSUM modes sent as S3 additional checksums (x-amz-checksum-*), with the algorithm's name.
+ADDITIONAL_CHECKSUMS = {"crc32": "CRC32", "sha256": "SHA256"}
 _MANIFEST_READERS = 8
 _MANIFEST_CACHE_LIMIT = 4096
 _ABSENT = {"404", "NoSuchKey", "NotFound"}
@@ -72,8 +74,9 @@ def make_client(
 ) -> S3Client:
     """Build a boto3 S3 client from settings (retries, timeouts, addressing, checksums), with
     the primary's credentials unless ``credentials`` (access key id, secret) are given."""
+    additional = settings.s3_checksum in ADDITIONAL_CHECKSUMS
     when: Literal["when_supported", "when_required"] = (
-        "when_supported" if settings.s3_checksum == "sha256" else "when_required"
+        "when_supported" if additional else "when_required"
     )
     config = Config(
         region_name=region or settings.aws_region,
@@ -83,10 +86,12 @@ def make_client(
         max_pool_connections=max(10, settings.backup_upload_concurrency * 2),
         s3={
             "addressing_style": settings.addressing_style,
-            # Parts carry a signed x-amz-checksum-sha256 header that the store checks, so the
-            # body need not be hashed again for the signature (AWS's own default over HTTPS;
-            # over plain HTTP botocore would otherwise read and hash every part once more).
-            "payload_signing_enabled": settings.s3_checksum != "sha256",
+            # Parts carry a signed x-amz-checksum-crc32 (or -sha256) header that the store
+            # checks, so the body need not be hashed again for the signature (AWS's own
+            # default over HTTPS; over plain HTTP botocore would otherwise read and SHA-256
+            # every part once more). A CRC32 detects corruption, not tampering: against a
+            # forger on the path, use HTTPS (a plain-HTTP link shows the whole dump anyway).
+            "payload_signing_enabled": not additional,
         },
         request_checksum_calculation=when,
         response_checksum_validation=when,
@@ -106,6 +111,8 @@ class ObjectInfo:
     size: int
     checksum_sha256: str | None
     last_modified: datetime | None = None
+    checksum_crc32: str | None = None
+    checksum_type: str | None = None  # FULL_OBJECT or COMPOSITE, when the store says
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ class S3Store:
         storage_class: str = "STANDARD",
         sse: str = "none",
         kms_key_id: str | None = None,
-        checksum: str = "sha256",
+        checksum: str = "crc32",
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -229,7 +236,7 @@ class S3Store:
             with s3_errors(f"reading {key}"):
                 # md5 mode is for stores that reject the newer checksum headers: ask for none.
                 extra: dict[str, Any] = (
-                    {"ChecksumMode": "ENABLED"} if self.checksum == "sha256" else {}
+                    {"ChecksumMode": "ENABLED"} if self.checksum in ADDITIONAL_CHECKSUMS else {}
                 )
                 response = self.client.head_object(Bucket=self.bucket, Key=key, **extra)
         except StorageError as exc:
@@ -237,7 +244,11 @@ class S3Store:
                 return None
             raise
         return ObjectInfo(
-            response["ContentLength"], response.get("ChecksumSHA256"), response.get("LastModified")
+            response["ContentLength"],
+            response.get("ChecksumSHA256"),
+            response.get("LastModified"),
+            response.get("ChecksumCRC32"),
+            response.get("ChecksumType"),
         )
 
     def exists(self, key: str) -> bool:
@@ -441,12 +452,21 @@ class S3Store:
     def create_upload(self, key: str) -> str:
         """Begin a multipart upload of key and return its id. This is also the bucket's
         write-permission check."""
+        return self.begin_upload(key)[0]
+
+    def begin_upload(self, key: str) -> tuple[str, bool]:
+        """Begin a multipart upload of key; return its id and whether the store took it as a
+        FULL_OBJECT CRC32 upload (crc32 mode: asked for; a store that does not know the
+        checksum type makes it COMPOSITE, and completion must then not name a full CRC32)."""
         args = self.write_args()
-        if self.checksum == "sha256":
-            args["ChecksumAlgorithm"] = "SHA256"
+        algorithm = ADDITIONAL_CHECKSUMS.get(self.checksum)
+        if algorithm is not None:
+            args["ChecksumAlgorithm"] = algorithm
+        if algorithm == "CRC32":
+            args["ChecksumType"] = FULL_OBJECT
         with s3_errors(f"starting the upload of {key}", self.bucket):
             response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **args)
-        return response["UploadId"]
+        return response["UploadId"], response.get("ChecksumType") == FULL_OBJECT
 
     def start_upload(
         self,
@@ -457,16 +477,20 @@ class S3Store:
         on_part: Callable[[int, int], None] | None = None,
     ) -> MultipartUpload:
         """Begin a streaming multipart upload of key (see core/multipart.py)."""
-        upload_id = self.create_upload(key)
-        return MultipartUpload(self, key, upload_id, first_part_size, concurrency, on_part)
+        upload_id, full_object = self.begin_upload(key)
+        return MultipartUpload(
+            self, key, upload_id, first_part_size, concurrency, on_part, full_object=full_object
+        )
 
     def upload_part(
         self, key: str, upload_id: str, number: int, body: bytes | IO[bytes], part: UploadedPart
     ) -> str:
-        """Upload one part with its checksum (SHA-256, or Content-MD5 in md5 mode); return its
-        ETag."""
+        """Upload one part with its checksum (CRC32, SHA-256, or Content-MD5 in md5 mode);
+        return its ETag."""
         args: dict[str, Any] = {}
-        if part.sha256_b64 is not None:
+        if part.crc32_b64 is not None:
+            args = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": part.crc32_b64}
+        elif part.sha256_b64 is not None:
             args = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": part.sha256_b64}
         elif part.md5_b64 is not None:
             args = {"ContentMD5": part.md5_b64}
@@ -486,7 +510,7 @@ class S3Store:
         self, key: str, upload_id: str, number: int, source: S3Store, first: int, last: int
     ) -> dict[str, Any]:
         """Copy bytes first..last of the same key in ``source`` as part ``number``, server-side;
-        return the part entry for completion (ETag, and ChecksumSHA256 when given)."""
+        return the part entry for completion (ETag, and the part's checksum when given)."""
         with s3_errors(f"copying part {number} of {key}", self.bucket):
             result = self.client.upload_part_copy(
                 Bucket=self.bucket,
@@ -497,16 +521,27 @@ class S3Store:
                 CopySourceRange=f"bytes={first}-{last}",
             )["CopyPartResult"]
         part: dict[str, Any] = {"PartNumber": number, "ETag": result["ETag"]}
-        if result.get("ChecksumSHA256"):
-            part["ChecksumSHA256"] = result["ChecksumSHA256"]
+        for name in ("ChecksumSHA256", "ChecksumCRC32"):
+            if result.get(name):
+                part[name] = result[name]
         return part
 
     def complete_upload(
-        self, key: str, upload_id: str, parts: list[dict[str, Any]], *, exclusive: bool = True
+        self,
+        key: str,
+        upload_id: str,
+        parts: list[dict[str, Any]],
+        *,
+        exclusive: bool = True,
+        checksum_crc32: str | None = None,
     ) -> None:
         """Complete a multipart upload from its parts; with ``exclusive`` send
-        ``If-None-Match: *`` so a store that supports it refuses to overwrite a backup."""
+        ``If-None-Match: *`` so a store that supports it refuses to overwrite a backup. With
+        ``checksum_crc32`` (a FULL_OBJECT upload) name the whole object's CRC32, which the store
+        checks against what it received before it completes."""
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if exclusive else {}
+        if checksum_crc32 is not None:
+            extra |= {"ChecksumCRC32": checksum_crc32, "ChecksumType": FULL_OBJECT}
         with s3_errors(f"completing the upload of {key}", self.bucket):
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
@@ -518,10 +553,10 @@ class S3Store:
 
     def copy_from(self, source: S3Store, key: str) -> None:
         """Server-side copy of the same key from ``source`` (up to 5 GiB), asking the store for
-        a SHA-256 checksum of the copy."""
+        a checksum of the copy (CRC32 or SHA-256, by the checksum mode)."""
         args = self.write_args()
-        if self.checksum == "sha256":
-            args["ChecksumAlgorithm"] = "SHA256"
+        if self.checksum in ADDITIONAL_CHECKSUMS:
+            args["ChecksumAlgorithm"] = ADDITIONAL_CHECKSUMS[self.checksum]
         with s3_errors(f"copying {key} to {self.location}", self.bucket):
             self.client.copy_object(
                 Bucket=self.bucket,

@@ -33,6 +33,7 @@ from core.services import Services
 from tests.support.faultproxy import FaultProxy, Request
 from tests.support.helpers import SECRET_KEY, bucket_keys, incomplete_uploads, make_database
 from tests.support.pgcluster import PasswordCluster
+from tests.support.s3server_alt import SeaweedS3ServerProcess
 
 pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
 
@@ -275,23 +276,63 @@ def test_a_cleanup_failure_beside_a_good_backup_is_alerted_on_its_own(
         services.close()
 
 
+@pytest.mark.parametrize(
+    ("mode", "header", "value"),
+    [
+        ("crc32", "x-amz-checksum-crc32", "AAAAAA=="),
+        ("sha256", "x-amz-checksum-sha256", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=-1"),
+    ],
+)
 def test_store_reporting_a_different_checksum_fails_verification_and_deletes_the_object(
-    make_settings: Any, s3: Any, bucket: str, proxy: FaultProxy
+    make_settings: Any, s3: Any, bucket: str, proxy: FaultProxy, mode: str, header: str, value: str
 ) -> None:
     def tamper(request: Request, headers: dict[str, str]) -> dict[str, str]:
         if request.method == "HEAD" and request.path.endswith(".dump"):
             for name in list(headers):
-                if name.lower() == "x-amz-checksum-sha256":
-                    headers[name] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=-1"
+                if name.lower() == header:
+                    headers[name] = value
         return headers
 
     proxy.faults.headers = tamper
-    services = Services(make_settings(s3_endpoint_url=proxy.endpoint))
+    services = Services(make_settings(s3_endpoint_url=proxy.endpoint, s3_checksum=mode))
     with pytest.raises(VerificationError, match="checksum mismatch"):
         services.backups.run(ACTOR)
     assert bucket_keys(s3, bucket) == []
     assert incomplete_uploads(s3, bucket) == []
     assert _last_failure(services).error_code == "verification_failed"
+    services.close()
+
+
+@pytest.mark.parametrize("mode", ["crc32", "sha256"])
+def test_a_part_corrupted_on_its_way_to_the_store_fails_the_backup_and_leaves_nothing(
+    make_settings: Any,
+    s3: Any,
+    bucket: str,
+    big_db: str,
+    proxy: FaultProxy,
+    s3_server: Any,
+    mode: str,
+) -> None:
+    def corrupt(request: Request, body: bytes) -> bytes:
+        if request.method == "PUT" and "partNumber=2" in request.path and len(body) > 1000:
+            return body[:1000] + bytes([body[1000] ^ 0xFF]) + body[1001:]  # one bit flip
+        return body
+
+    proxy.faults.body = corrupt
+    services = _big_services(
+        make_settings, big_db, s3_endpoint_url=proxy.endpoint, s3_checksum=mode
+    )
+    with pytest.raises((StorageError, VerificationError)) as raised:
+        services.backups.run(ACTOR)
+    if isinstance(s3_server, SeaweedS3ServerProcess):
+        # A store that checks each part's checksum refuses the part on receipt.
+        assert isinstance(raised.value, StorageError) and raised.value.s3_code == "BadDigest"
+    else:
+        # moto keeps what it got; its checksum of the object then differs from ours.
+        assert isinstance(raised.value, VerificationError), raised.value
+        assert "checksum mismatch" in str(raised.value)
+    assert bucket_keys(s3, bucket) == [] and incomplete_uploads(s3, bucket) == []
+    assert _last_failure(services).error_code in {"storage_error", "verification_failed"}
     services.close()
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import subprocess
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +20,7 @@ import pytest
 from core.audit import Actor
 from core.database import PgTarget, create_database, drop_database
 from core.dbstats import ledger_totals, object_counts
+from core.multipart import crc32_b64
 from core.services import Services
 from tests.support.faultproxy import FaultProxy, Request
 from tests.support.helpers import bucket_keys, incomplete_uploads, make_database
@@ -378,14 +380,16 @@ def test_local_copy_is_kept_when_asked_and_matches_the_upload(
     assert list((tmp_path / "local").iterdir()) == [local]
 
 
+@pytest.mark.parametrize("mode", ["crc32", "sha256"])
 def test_multipart_backup_with_many_parts_verifies(
-    make_settings: Any, s3: Any, bucket: str, big_db: str
+    make_settings: Any, s3: Any, bucket: str, big_db: str, mode: str
 ) -> None:
     services = Services(
         make_settings(
             database=big_db,
             backup_compression_level=0,
             backup_part_size_mib=5,
+            s3_checksum=mode,
         )
     )
     try:
@@ -393,8 +397,83 @@ def test_multipart_backup_with_many_parts_verifies(
     finally:
         services.close()
     assert manifest.part_count >= 3
-    assert manifest.store_checksum is not None and manifest.store_checksum.endswith(
-        f"-{manifest.part_count}"
-    )
     body = s3.get_object(Bucket=bucket, Key=manifest.key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == manifest.sha256
+    assert manifest.store_checksum is not None
+    if mode == "sha256":
+        assert manifest.verification == "size+sha256-composite"
+        assert manifest.store_checksum.endswith(f"-{manifest.part_count}")
+    else:  # the CRC32 of the whole object, as the store computed it from what it received
+        assert manifest.verification == "size+crc32-full-object"
+        assert manifest.store_checksum == crc32_b64(zlib.crc32(body))
+        head = s3.head_object(Bucket=bucket, Key=manifest.key, ChecksumMode="ENABLED")
+        assert head["ChecksumCRC32"] == manifest.store_checksum
+
+
+def test_crc32_mode_sends_each_parts_crc32_and_the_whole_streams_at_completion_unsigned(
+    make_settings: Any, s3: Any, bucket: str, big_db: str, s3_server: Any
+) -> None:
+    """The default mode: a CRC32 per part (checked by the store on receipt), the FULL_OBJECT
+    CRC32 of the whole stream at completion, and no SHA-256 over the parts' bodies anywhere
+    (the payload is not signed: the signed checksum header covers it)."""
+    proxy = RecordingProxy(s3_server.port)
+    proxy.start()
+    try:
+        services = Services(
+            make_settings(
+                database=big_db,
+                s3_endpoint_url=proxy.endpoint,
+                backup_compression_level=0,
+                backup_part_size_mib=5,
+            )
+        )
+        try:
+            manifest = services.backups.run(ACTOR).manifest
+        finally:
+            services.close()
+    finally:
+        proxy.stop()
+    body = s3.get_object(Bucket=bucket, Key=manifest.key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == manifest.sha256
+    assert manifest.store_checksum == crc32_b64(zlib.crc32(body))
+    [create] = [r for r in proxy.seen if r.method == "POST" and r.path.endswith("?uploads")]
+    assert create.headers["x-amz-checksum-algorithm"] == "CRC32"
+    assert create.headers["x-amz-checksum-type"] == "FULL_OBJECT"
+    parts = [r for r in proxy.seen if r.method == "PUT" and "partNumber=" in r.path]
+    assert len(parts) == manifest.part_count >= 2
+    for part in parts:
+        assert part.headers["x-amz-checksum-crc32"] == crc32_b64(zlib.crc32(part.body))
+        assert part.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    [complete] = [r for r in proxy.seen if r.method == "POST" and "uploadId=" in r.path]
+    assert complete.headers["x-amz-checksum-crc32"] == manifest.store_checksum
+    assert complete.headers["x-amz-checksum-type"] == "FULL_OBJECT"
+
+
+def test_a_store_that_makes_the_upload_composite_is_verified_by_the_composite_crc32(
+    make_settings: Any, s3: Any, bucket: str, big_db: str
+) -> None:
+    """A store that does not know the FULL_OBJECT checksum type ignores it and makes a CRC32
+    upload COMPOSITE: completion then names no full CRC32, and verification compares the
+    composite of the parts' CRC32s. (The header is dropped before signing, as such a store
+    would ignore it: a proxy dropping it would break the signature.)"""
+    services = Services(
+        make_settings(database=big_db, backup_compression_level=0, backup_part_size_mib=5)
+    )
+    client = services.store.client
+    create = client.create_multipart_upload
+
+    def create_without_type(**kwargs: Any) -> Any:
+        assert kwargs.pop("ChecksumType") == "FULL_OBJECT"
+        return create(**kwargs)
+
+    client.create_multipart_upload = create_without_type
+    try:
+        manifest = services.backups.run(ACTOR).manifest
+    finally:
+        services.close()
+    body = s3.get_object(Bucket=bucket, Key=manifest.key)["Body"].read()
+    size = 5 * 1024 * 1024
+    crcs = [zlib.crc32(body[i : i + size]).to_bytes(4, "big") for i in range(0, len(body), size)]
+    assert manifest.verification == "size+crc32-composite"
+    assert manifest.store_checksum == f"{crc32_b64(zlib.crc32(b''.join(crcs)))}-{len(crcs)}"
     assert hashlib.sha256(body).hexdigest() == manifest.sha256

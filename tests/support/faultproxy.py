@@ -1,6 +1,7 @@
 """An HTTP proxy in front of the S3 server that can fail on purpose: answer 503, go down
-(refuse and drop connections) after a chosen request, or tamper with responses. It forwards
-everything else unchanged, so the client talks real S3 HTTP to a real server behind it."""
+(refuse and drop connections) after a chosen request, or tamper with requests and responses.
+It forwards everything else unchanged, so the client talks real S3 HTTP to a real server
+behind it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Faults:
     after: Callable[[Request], None] = lambda _r: None
     # Rewrite response headers of forwarded requests.
     headers: Callable[[Request, dict[str, str]], dict[str, str]] = lambda _r, h: h
+    # Rewrite request bodies before forwarding them (corruption in transit).
+    body: Callable[[Request, bytes], bytes] = lambda _r, b: b
     log: list[Request] = field(default_factory=list)
 
 
@@ -86,6 +89,7 @@ class FaultProxy:
                 time.sleep(proxy.faults.delay(request))
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                body = proxy.faults.body(request, body)
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
