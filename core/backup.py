@@ -413,7 +413,7 @@ class _BackupRun:
         completed = self.upload.complete()
         self.completed = True
         self.emit("verifying", completed.size)
-        reported = self._verify(completed)
+        reported, applied_sse = self._verify(completed)
         self._keep_local_copy()
         replicas = self._replicate(completed, sha256)
         finished = self.s.clock()
@@ -430,7 +430,7 @@ class _BackupRun:
             pg_dump_version=self.stream.pg_dump_version,
             compression_level=self.settings.backup_compression_level,
             storage_class=self.store.storage_class,
-            sse=self.store.sse,
+            sse=applied_sse,  # what the store applied (a bucket default too), not what was asked
             store_checksum=reported,
             verification=completed.verification(reported),
             part_count=completed.part_count,
@@ -515,9 +515,10 @@ class _BackupRun:
             details={"replica": replica.location if replica else None},
         )
 
-    def _verify(self, completed: CompletedUpload) -> str | None:
+    def _verify(self, completed: CompletedUpload) -> tuple[str | None, str]:
         """Check the object's size and checksum as the store reports them against what was
-        streamed; return the checksum to record (None in md5 mode)."""
+        streamed; return the checksum to record (None in md5 mode) and the encryption the
+        store says it applied ("none" if it says none)."""
         assert self.key is not None
         info = self.store.head(self.key.key)
         if info is None:
@@ -530,7 +531,7 @@ class _BackupRun:
         if problem is not None:
             hint = "" if "mismatch" in problem else "; for such a store set S3_CHECKSUM=md5"
             raise VerificationError(f"{self.key}: {problem}{hint}")
-        return completed.verified_checksum(info.checksum_crc32)
+        return completed.verified_checksum(info.checksum_crc32), info.sse or "none"
 
     # --- local copy ---------------------------------------------------------------------------
     def _open_local_copy(self) -> IO[bytes] | None:

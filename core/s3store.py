@@ -113,6 +113,8 @@ class ObjectInfo:
     last_modified: datetime | None = None
     checksum_crc32: str | None = None
     checksum_type: str | None = None  # FULL_OBJECT or COMPOSITE, when the store says
+    # the encryption the store applied (AES256, aws:kms, aws:kms:dsse), None when it says none
+    sse: str | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,7 @@ class S3Store:
             response.get("LastModified"),
             response.get("ChecksumCRC32"),
             response.get("ChecksumType"),
+            response.get("ServerSideEncryption"),
         )
 
     def exists(self, key: str) -> bool:

@@ -477,3 +477,24 @@ def test_a_store_that_makes_the_upload_composite_is_verified_by_the_composite_cr
     assert manifest.verification == "size+crc32-composite"
     assert manifest.store_checksum == f"{crc32_b64(zlib.crc32(b''.join(crcs)))}-{len(crcs)}"
     assert hashlib.sha256(body).hexdigest() == manifest.sha256
+
+
+def test_the_manifest_records_the_encryption_the_store_applied(
+    make_settings: Any, s3: Any, bucket: str
+) -> None:
+    # The bucket encrypts by default though S3_SSE asks for nothing: the manifest says what
+    # the store did, not what was asked.
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    services = Services(make_settings(s3_sse="none"))
+    try:
+        manifest = services.backups.run(ACTOR).manifest
+    finally:
+        services.close()
+    applied = s3.head_object(Bucket=bucket, Key=manifest.key).get("ServerSideEncryption")
+    assert applied == "AES256"
+    assert manifest.sse == applied

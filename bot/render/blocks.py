@@ -254,6 +254,8 @@ _BACKUP_STAGES = {
 }
 
 _VERIFICATION = {
+    "size+crc32-full-object": "size and the whole object's CRC32 checked against the bucket",
+    "size+crc32-composite": "size and every part's CRC32 checked against the bucket",
     "size+sha256-composite": "size and SHA-256 checked against the bucket",
     "size+content-md5-parts": "size and every part's MD5 checked against the bucket",
 }
