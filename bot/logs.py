@@ -25,6 +25,17 @@ QUIET = ("slack_bolt", "slack_sdk", "botocore", "boto3", "urllib3", "s3transfer"
 CHATTY = ("apscheduler",)
 
 
+class QuietLibraries(logging.Filter):
+    """Let through only warnings and errors from the libraries in ``QUIET`` (and their child
+    loggers), whatever level those loggers were given: Bolt sets each of its loggers' levels
+    from the root logger's when an app is built, after any configuration here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(record.name == n or record.name.startswith(n + ".") for n in QUIET)
+
+
 class OneLineFormatter(logging.Formatter):
     """Every record is one line; its traceback, if any, follows on lines marked ``  | ``."""
 
@@ -51,6 +62,7 @@ def configure(
     carried."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(OneLineFormatter())
+    handler.addFilter(QuietLibraries())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

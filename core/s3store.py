@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from pydantic import SecretStr
 
@@ -97,13 +97,18 @@ def make_client(
         response_checksum_validation=when,
     )
     key_id, secret = credentials or (settings.aws_access_key_id, settings.aws_secret_access_key)
-    session = boto3.session.Session(
+    # botocore's session, not boto3's: the same client and credential chain (environment,
+    # profiles, instance roles) without importing boto3's transfer manager, which this program
+    # does not use (its own multipart loop completes only after pg_dump exited 0).
+    session = botocore.session.get_session()
+    client = session.create_client(
+        "s3",
+        endpoint_url=endpoint_url or settings.s3_endpoint_url,
+        config=config,
         aws_access_key_id=key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
     )
-    return session.client(
-        "s3", endpoint_url=endpoint_url or settings.s3_endpoint_url, config=config
-    )
+    return cast("S3Client", client)
 
 
 @dataclass(frozen=True)

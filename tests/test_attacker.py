@@ -221,6 +221,28 @@ def test_nothing_of_a_request_body_reaches_the_log_and_every_line_is_one_line(
     assert "refused a Slack request" in written
 
 
+def test_libraries_that_log_requests_only_ever_log_warnings_whatever_their_level(
+    start_app: SlackFactory, service_log: io.StringIO
+) -> None:
+    start_app()  # Bolt sets its loggers' levels from the root logger's (DEBUG here) on build
+    verifier = logging.getLogger("slack_bolt.RequestVerification")
+    assert verifier.isEnabledFor(logging.INFO)  # its level alone would let it through
+    names = ("slack_bolt.RequestVerification", "slack_bolt.App", "slack_sdk.web.base_client")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.DEBUG)  # however a library sets its own levels
+            logger.info("Invalid request signature detected (body: token=SECRET-BODY)")
+            logger.debug("sending body=SECRET-BODY")
+        logging.getLogger("slack_bolt.App").warning("a warning still shows")
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    written = service_log.getvalue()
+    assert "SECRET-BODY" not in written and "a warning still shows" in written
+
+
 def test_a_log_line_quoting_a_newline_stays_one_line(service_log: io.StringIO) -> None:
     log = logging.getLogger("blnk_backup.test")
     log.warning("cannot read user group %s", "S1\n2026-12-02 03:00:00,000 INFO forged: ok")
