@@ -118,7 +118,9 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         collector=EngineCollector(services, scheduler.next_runs, outbox.waiting),
         probes=probes,
     )
-    server = serve(api, settings.http_host, settings.http_port)
+    server = serve(
+        api, settings.http_host, settings.http_port, trusted_proxy=settings.http_trusted_proxy
+    )
     leadership = Leadership(settings.audit_database_url, scheduler.start, scheduler.stop)
     if with_scheduler:
         leadership.start()

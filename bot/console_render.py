@@ -17,6 +17,8 @@ from rich.emoji import Emoji, NoEmoji
 from rich.table import Table
 from rich.text import Text
 
+from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
+
 WIDTH = 100  # of a header's underline in plain output
 RULE_WIDTH = 60  # of a header's underline on a terminal (rich wraps what is wider)
 FIELD_LABEL_WIDTH = 18
@@ -224,8 +226,8 @@ def _button(element: dict[str, Any]) -> str:
     label = _text(element.get("text"))
     action = str(element.get("action_id", ""))
     value = str(element.get("value", ""))
-    if action == "approval_approve":
+    if action == APPROVE_ACTION:
         return f"[{label}: type /approve {value[:8]}]"
-    if action == "approval_deny":
+    if action == DENY_ACTION:
         return f"[{label}: type /deny {value[:8]}]"
     return f"[{label}]"

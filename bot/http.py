@@ -157,19 +157,21 @@ class HttpApi:
                 403,
                 _error("api_disabled", "BLNK_API_KEY is not set: the backup endpoint is off"),
             )
+        # The right key always gets in; wrong ones are counted per client address (behind
+        # HTTP_TRUSTED_PROXY, the one it forwarded for) and, past the limit, answered 429.
         client = str(environ.get("REMOTE_ADDR") or "unknown")
-        wait = self.keys.blocked(client)
-        if wait is not None:
-            return _json(
-                start_response,
-                429,
-                _error("too_many_failures", "too many wrong API keys from here; try again later"),
-                extra=[("Retry-After", str(max(1, round(wait))))],
-            )
         given = _api_key(environ)
         if given is None or not hmac.compare_digest(
             given.encode(), key.get_secret_value().encode()
         ):
+            wait = self.keys.blocked(client)
+            if wait is not None:
+                return _json(
+                    start_response,
+                    429,
+                    _error("too_many_failures", "too many wrong API keys from here; try later"),
+                    extra=[("Retry-After", str(max(1, round(wait))))],
+                )
             self.keys.failed(client)
             log.warning(
                 "a request to /backup-s3 from %s had %s API key",
@@ -375,10 +377,22 @@ DRAIN_SECONDS = 15.0
 OVERDUE_SECONDS = 10.0
 
 
-def serve(api: HttpApi, host: str, port: int, threads: int = 8) -> Any:
-    """Create (not yet run) the waitress server for api; serve with ``run_until``."""
+def serve(
+    api: HttpApi, host: str, port: int, threads: int = 8, trusted_proxy: str | None = None
+) -> Any:
+    """Create (not yet run) the waitress server for api; serve with ``run_until``. With
+    ``trusted_proxy`` (its address), that proxy's X-Forwarded-For names the client (and is
+    dropped from anyone else)."""
     from waitress.server import create_server
 
+    proxy: dict[str, Any] = {}
+    if trusted_proxy:
+        proxy = {
+            "trusted_proxy": trusted_proxy,
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": {"x-forwarded-for"},
+            "clear_untrusted_proxy_headers": True,
+        }
     return create_server(
         api,
         host=host,
@@ -386,6 +400,7 @@ def serve(api: HttpApi, host: str, port: int, threads: int = 8) -> Any:
         threads=threads,
         ident="blnk-backup",
         max_request_body_size=MAX_BODY,  # chunked bodies too: refused past the limit
+        **proxy,
     )
 
 

@@ -137,6 +137,20 @@ def _password_of(url: str) -> str | None:
         return None
 
 
+MAX_DETAILS = 64 * 1024  # bytes of JSON details one event keeps (the log is append-only)
+
+
+def _details_json(details: Any) -> str | None:
+    """Details as JSON, at most MAX_DETAILS long: a bigger object (text read from a bucket
+    anyone with write access fills) is kept as a cut preview, marked so."""
+    if details is None:
+        return None
+    text = json.dumps(details, default=str)
+    if len(text) <= MAX_DETAILS:
+        return text
+    return json.dumps({"truncated": True, "bytes": len(text), "preview": text[:4096]})
+
+
 Subscriber = Callable[[AuditEvent], None]
 _SETUP_LOCK_ID = 0x626C6E6B_73657475  # "blnksetu": table set-up, one process at a time
 
@@ -196,7 +210,7 @@ class AuditLog:
             outcome=outcome,
             actor=actor.name,
             trigger=actor.trigger,
-            details=json.dumps(details, default=str) if details is not None else None,
+            details=_details_json(details),
             **fields,
         )
         with self._lock, Session(self.engine) as session:
@@ -242,27 +256,47 @@ class AuditLog:
                 yield run
             except BaseException as exc:
                 code, cause = describe_failure(exc)
-                self.record(
-                    action=action,
-                    outcome="failed",
-                    actor=actor,
-                    run_id=run.run_id,
+                self._end(
+                    action,
+                    "failed",
+                    actor,
+                    run.run_id,
                     reason=reason,
                     error_code=code,
                     error_cause=cause,
                     **run.closing_fields(time.monotonic() - began),
                 )
                 raise
-            self.record(
-                action=action,
-                outcome=run.outcome,
-                actor=actor,
-                run_id=run.run_id,
+            self._end(
+                action,
+                run.outcome,
+                actor,
+                run.run_id,
                 reason=reason,
                 error_code=run.error_code,
                 error_cause=run.error_cause,
                 **run.closing_fields(time.monotonic() - began),
             )
+
+    def _end(self, action: str, outcome: str, actor: Actor, run_id: str, **fields: Any) -> None:
+        """Record a run's end, once. A run declared dead while it lived (its lock lost with a
+        connection, and taken by someone in that gap) already has an ``abandoned`` end: its
+        real end is then recorded apart, as ``late_end`` (alerted), never as a second end."""
+        if not self.has_ended(run_id):
+            self.record(action=action, outcome=outcome, actor=actor, run_id=run_id, **fields)
+            return
+        log.error(
+            "run %s (%s) ended %s after it had been declared abandoned", run_id, action, outcome
+        )
+        details = fields.pop("details", None)
+        self.record(
+            action="late_end",
+            outcome="recorded",
+            actor=actor,
+            run_id=run_id,
+            details={"action": action, "outcome": outcome, "details": details},
+            **fields,
+        )
 
     def close_abandoned(
         self,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.audit import AuditLog
+from core.errors import BackupError, StorageError
 from core.keys import BackupKey
 from core.manifest import Manifest
 from core.s3store import S3Store, StoredBackup
@@ -25,6 +26,7 @@ log = logging.getLogger("blnk_backup.catalog")
 # A restore test's record is written just before its run's end is audited: an audited end
 # this close after the record's time is the same test.
 SAME_TEST = timedelta(minutes=1)
+FIRST_READING_WAIT = 2.0  # seconds a caller waits for the very first reading of the bucket
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,14 @@ class FreshnessStatus:
         return not self.breaches
 
 
+@dataclass(frozen=True)
+class _Reading:
+    at: float  # time.monotonic() when read
+    backups: Sequence[StoredBackup] | None
+    status: FreshnessStatus | None
+    error: BackupError | None
+
+
 class BackupCatalog:
     """Lists backups and judges freshness against the thresholds it was built with."""
 
@@ -90,22 +100,51 @@ class BackupCatalog:
         self.stale_after_hours = stale_after_hours
         self.restore_test_max_age_days = restore_test_max_age_days
         self.clock = clock
-        self._listed: tuple[float, Sequence[StoredBackup]] | None = None
-        # the status worked out from the cached listing (the listing object it came from)
-        self._checked: tuple[Sequence[StoredBackup], FreshnessStatus] | None = None
-        self._listing = threading.Lock()
+        self._reading: _Reading | None = None  # the bucket as last read (or why it could not be)
+        self._refreshing = False
+        self._changed = threading.Condition()
+
+    def _read(self, max_age: float) -> _Reading:
+        """The bucket as read now, or up to ``max_age`` seconds ago, for callers anyone may
+        trigger often (a health check, App Home): one reads at a time and the others are
+        answered with the last reading meanwhile, never held up behind a slow store; a failed
+        reading is kept as long as a good one (a store that is down is not asked again on
+        every call)."""
+        with self._changed:
+            reading = self._reading
+            if reading is not None and time.monotonic() - reading.at <= max_age:
+                return reading
+            if self._refreshing:
+                if reading is not None:
+                    return reading  # stale, while someone else reads
+                self._changed.wait_for(lambda: self._reading is not None, FIRST_READING_WAIT)
+                if self._reading is None:
+                    raise StorageError("the bucket is being read; ask again in a moment")
+                return self._reading
+            self._refreshing = True
+        try:
+            backups = self.store.list_backups()
+            fresh = _Reading(time.monotonic(), backups, self._status(backups), None)
+        except BackupError as exc:
+            fresh = _Reading(time.monotonic(), None, None, exc)
+        except BaseException:
+            with self._changed:
+                self._refreshing = False
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            self._reading, self._refreshing = fresh, False
+            self._changed.notify_all()
+        return fresh
 
     def _backups(self, max_age: float) -> Sequence[StoredBackup]:
-        """The bucket's backups, listed now, or up to ``max_age`` seconds ago: callers that
-        anyone may trigger often (a health check, App Home) share one listing, and while
-        one lists the others wait for it instead of listing too."""
         if max_age <= 0:
             return self.store.list_backups()
-        with self._listing:
-            now = time.monotonic()
-            if self._listed is None or now - self._listed[0] > max_age:
-                self._listed = (now, self.store.list_backups())
-            return self._listed[1]
+        reading = self._read(max_age)
+        if reading.error is not None:
+            raise reading.error
+        assert reading.backups is not None
+        return reading.backups
 
     def list(
         self, limit: int = 20, include_incomplete: bool = False, max_age: float = 0
@@ -150,11 +189,11 @@ class BackupCatalog:
         checked now, or up to ``max_age`` seconds ago (``checked_at`` says when)."""
         if max_age <= 0:
             return self._status(self.store.list_backups())
-        backups = self._backups(max_age)
-        with self._listing:
-            if self._checked is None or self._checked[0] is not backups:
-                self._checked = (backups, self._status(backups))
-            return self._checked[1]
+        reading = self._read(max_age)
+        if reading.error is not None:
+            raise reading.error
+        assert reading.status is not None
+        return reading.status
 
     def _status(self, backups: Sequence[StoredBackup]) -> FreshnessStatus:
         now = self.clock()

@@ -53,6 +53,9 @@ def _default_audit_url() -> str:
     return f"sqlite:///{state / 'blnk-backup' / 'audit.sqlite3'}"
 
 
+MIN_API_KEY_LENGTH = 16  # anyone who reaches the port may guess: a key must be a real secret
+
+
 class Settings(BaseSettings):
     """Every setting of the program. Build with :func:`load_settings`."""
 
@@ -171,6 +174,9 @@ class Settings(BaseSettings):
     blnk_api_key: SecretStr | None = Field(None, validation_alias=_env("BLNK_API_KEY"))
     http_host: str = Field("127.0.0.1", validation_alias=_env("HTTP_HOST"))
     http_port: int = Field(8080, ge=1, le=65535, validation_alias=_env("HTTP_PORT"))
+    # The address of the proxy in front of the service (an ingress, a load balancer): only
+    # its X-Forwarded-For is believed, so wrong API keys are counted per real client.
+    http_trusted_proxy: str | None = Field(None, validation_alias=_env("HTTP_TRUSTED_PROXY"))
     slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
     slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
     slack_signing_secret: SecretStr | None = Field(
@@ -201,6 +207,7 @@ class Settings(BaseSettings):
         "s3_replica_access_key_id",
         "s3_replica_secret_access_key",
         "blnk_api_key",
+        "http_trusted_proxy",
         "slack_bot_token",
         "slack_app_token",
         "slack_signing_secret",
@@ -240,6 +247,16 @@ class Settings(BaseSettings):
             # backing that up and calling it healthy is worse than refusing.
             raise ValueError("names no database: add it, e.g. postgresql://user@host:5432/blnk")
         return SecretStr(raw)
+
+    @field_validator("blnk_api_key")
+    @classmethod
+    def _long_enough_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(
+                f"is shorter than {MIN_API_KEY_LENGTH} characters: use a random key "
+                "(e.g. openssl rand -hex 24)"
+            )
+        return value
 
     @field_validator("s3_bucket", "s3_replica_bucket")
     @classmethod

@@ -59,7 +59,9 @@ def run_locks_for(audit_url: str) -> RunLocks:
         return PgRunLocks(audit_url)
     database = parsed.database if parsed.get_backend_name() == "sqlite" else None
     if database and database != ":memory:":
-        path = Path(database).expanduser()
+        # The real path: two processes naming one file through different paths (a symlink,
+        # a relative path) must find the same locks.
+        path = Path(database).expanduser().resolve()
         return FileRunLocks(path.with_name(path.name + ".runs"))
     # An in-memory or unknown database: one process sees it, so a private directory serves.
     return FileRunLocks(Path(tempfile.mkdtemp(prefix="blnk-backup-runs-")))
@@ -72,7 +74,7 @@ def lock_connection(audit_url: str, application_name: str) -> Any:
     import psycopg
 
     url = make_url(audit_url).set(drivername="postgresql")
-    return psycopg.connect(
+    conn = psycopg.connect(
         url.render_as_string(hide_password=False),
         autocommit=True,
         application_name=application_name,
@@ -83,6 +85,11 @@ def lock_connection(audit_url: str, application_name: str) -> Any:
         keepalives_count=3,
         options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
     )
+    # The lock must not end because the session sat idle (PostgreSQL 14's idle_session_timeout,
+    # set by some operators): this session's whole job is to sit idle holding it.
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("SET idle_session_timeout = 0")
+    return conn
 
 
 def _run_key(run_id: str) -> int:
@@ -90,8 +97,16 @@ def _run_key(run_id: str) -> int:
     return zlib.crc32(run_id.encode()) - 2**31
 
 
+WATCH_EVERY = 5.0  # seconds between looks at a held run lock's connection
+
+
 class PgRunLocks:
-    """Run locks as session advisory locks in the (shared) PostgreSQL audit database."""
+    """Run locks as session advisory locks in the (shared) PostgreSQL audit database.
+
+    A held lock's connection is looked at every WATCH_EVERY seconds; if it was lost (the network,
+    a server restart, a DBA ending idle sessions) the lock is taken again on a new connection at
+    once. In the gap a run can be declared dead while it lives; the audit log then records its
+    real end apart (``AuditLog.run``), never a second end."""
 
     def __init__(self, audit_url: str) -> None:
         self.audit_url = audit_url
@@ -116,10 +131,39 @@ class PgRunLocks:
         conn = self._try(run_id)
         if conn is None:
             raise RuntimeError(f"the lock of run {run_id} is held already")
+        held = [conn]
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch, args=(run_id, held, done), name="run-lock", daemon=True
+        )
+        watcher.start()
         try:
             yield
         finally:
-            _close_quietly(conn)  # the session ends, and its advisory lock with it
+            done.set()
+            watcher.join(WATCH_EVERY + 15)
+            _close_quietly(held[0])  # the session ends, and its advisory lock with it
+
+    def _watch(self, run_id: str, held: list[Any], done: threading.Event) -> None:
+        """Keep the run's lock held for as long as the run lives."""
+        while not done.wait(WATCH_EVERY):
+            try:
+                held[0].execute("SELECT 1")
+                continue
+            except Exception:
+                log.warning(
+                    "the lock of run %s was lost with its connection; taking it again", run_id
+                )
+            _close_quietly(held[0])
+            try:
+                again = self._try(run_id)
+            except Exception as exc:
+                log.warning("could not take the lock of run %s again: %s", run_id, exc)
+                continue
+            if again is None:
+                log.error("the lock of run %s is held by someone else now", run_id)
+                continue
+            held[0] = again
 
     @contextmanager
     def claim(self, run_id: str) -> Iterator[bool]:

@@ -145,25 +145,36 @@ def parse_manifest(raw: bytes | str) -> Manifest:
             raise ManifestError("manifest ledger anchor head_hash is not 64 lowercase hex digits")
     for table, digest in (manifest.stats.content_digests or {}).items():
         if not _SHA256_HEX.match(digest):
-            raise ManifestError(f"manifest content digest of {table!r} is not a SHA-256")
+            raise ManifestError(f"manifest content digest of {_quoted(table)} is not a SHA-256")
     for currency, totals in manifest.stats.ledger.items():
         for amount in (totals.balance_sum, totals.transaction_amount_sum):
             try:
                 Decimal(amount)
             except InvalidOperation:
                 raise ManifestError(
-                    f"manifest ledger {currency}: {amount!r} is not an amount"
+                    f"manifest ledger {_quoted(currency)}: {_quoted(amount)} is not an amount"
                 ) from None
     return manifest
+
+
+QUOTED_AT_MOST = 120  # characters of a value read from a manifest that a problem quotes
+
+
+def _quoted(value: object) -> str:
+    """A value read from a manifest, quoted for a problem text and cut short: whoever can
+    write to the bucket must not be able to write megabytes into every listing, the audit log
+    and Slack."""
+    text = repr(value)
+    return text if len(text) <= QUOTED_AT_MOST else text[: QUOTED_AT_MOST - 1] + "…"
 
 
 def completeness_problem(manifest: Manifest, key: str, dump_size: int) -> str | None:
     """Given a parsed manifest and the dump it sits next to, return why it does not make that
     dump a complete backup, or None if it does."""
     if manifest.status != COMPLETE_STATUS:
-        return f"manifest status is {manifest.status!r}, not {COMPLETE_STATUS!r}"
+        return f"manifest status is {_quoted(manifest.status)}, not {COMPLETE_STATUS!r}"
     if manifest.key != key:
-        return f"manifest names another key ({manifest.key!r})"
+        return f"manifest names another key ({_quoted(manifest.key)})"
     if manifest.size != dump_size:
         return f"manifest says {manifest.size} bytes but the dump has {dump_size}"
     return None

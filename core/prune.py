@@ -48,18 +48,44 @@ class PruneReport:
     errors: list[str] = field(default_factory=list)
 
 
-def approval_params(reports: list[PruneReport]) -> dict[str, Any]:
-    """What an approval of this (dry-run) plan records, and so all its execution may delete:
-    per store, the exact dumps to delete and the side files of dumps already gone."""
-    return {
-        "stores": {
-            r.location: {
-                "delete": [k.key for k in r.plan.to_delete],
-                "side_files": list(r.orphan_side_files),
-            }
-            for r in reports
-        }
-    }
+# At most this many dumps (and side files) per approval request: every one of them is listed
+# on the request an approver reads; a bigger plan is approved in turns, oldest first.
+MAX_APPROVED_DELETIONS = 100
+
+
+def plan_for_approval(reports: list[PruneReport]) -> tuple[dict[str, Any], list[str]]:
+    """Given dry-run reports, return what an approval records — per store, the exact dumps to
+    delete and the side files of dumps already gone, at most MAX_APPROVED_DELETIONS, oldest
+    first — and the lines the approver reads: every store's counts first, then every item the
+    approval covers, each one shown. Raise UsageError if there is nothing to delete."""
+    if not any(r.plan.to_delete or r.orphan_side_files for r in reports):
+        raise UsageError("the retention plan deletes nothing: there is nothing to approve")
+    room = MAX_APPROVED_DELETIONS
+    stores: dict[str, dict[str, list[str]]] = {}
+    for report in reports:
+        doomed = [k.key for k in report.plan.to_delete][:room]
+        room -= len(doomed)
+        side_files = list(report.orphan_side_files)[:room]
+        room -= len(side_files)
+        stores[report.location] = {"delete": doomed, "side_files": side_files}
+    lines = []
+    for report in reports:
+        chosen = stores[report.location]
+        planned = len(report.plan.to_delete)
+        count = f"{report.location}: delete {len(chosen['delete']):,}"
+        if len(chosen["delete"]) < planned:
+            count += f" of the {planned:,} the plan deletes (the oldest; ask again for the rest)"
+        lines.append(f"{count}, keep {len(report.plan.to_keep):,}")
+        if report.plan.paused:
+            lines.append(f"{report.location}: paused ({report.plan.paused})")
+    for report in reports:
+        chosen = stores[report.location]
+        lines += [f"• {report.location}: delete `{k}`" for k in chosen["delete"]]
+        lines += [
+            f"• {report.location}: remove `{f}` (its dump is gone)" for f in chosen["side_files"]
+        ]
+    lines.append("Exactly these are deleted, or nothing if the plan has changed by then.")
+    return {"stores": stores}, lines
 
 
 class PruneService:
@@ -94,7 +120,7 @@ class PruneService:
     def apply_approved(
         self, actor: Actor, approved: dict[str, Any], reason: str | None = None
     ) -> list[PruneReport]:
-        """Delete exactly what an approved plan (``approval_params``) lists, or nothing.
+        """Delete exactly what an approved plan (``plan_for_approval``) lists, or nothing.
 
         Every store is listed and planned again first: if any approved backup is no longer
         one the retention plan deletes (it is now among the newest, the plan is paused, it
@@ -205,7 +231,7 @@ class PruneService:
                     "keep": len(r.plan.to_keep),
                     "delete": [k.key for k in r.plan.to_delete][:500],
                     "deleted": r.deleted[:500],
-                    "incomplete": dict(list(r.incomplete.items())[:100]),
+                    "incomplete": {k: v[:300] for k, v in list(r.incomplete.items())[:100]},
                 }
                 for r in reports
             ]

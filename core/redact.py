@@ -15,14 +15,20 @@ from collections.abc import Iterable
 from core.errors import UsageError
 
 MAX_CAUSE_LENGTH = 4000  # what the audit log keeps of an error's cause
-# Control characters (C0, DEL, C1), line and paragraph separators, every bidirectional control
-# (embeddings, overrides, isolates, and the LRM/RLM/ALM marks) and the invisible characters that
-# change how text reads without showing (zero-width spaces and joiners, word joiner, invisible
-# operators, soft hyphen, BOM, interlinear annotations, tag characters): "bac\u200bkup" must
-# not pass for "backup", nor "\u202e" reorder a key on screen.
+# Every character of Unicode's categories Cc (controls), Cf (format: bidirectional embeddings,
+# overrides, isolates and marks, zero-width spaces and joiners, word joiner, invisible
+# operators, soft hyphen, BOM, interlinear annotations, tag characters, ...), Zl and Zp (line
+# and paragraph separators), and the characters that render as nothing though not "format"
+# (combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian free variation
+# selectors, the Braille blank): "bac\u200bkup" must not pass for "backup", nor "\u202e" turn a
+# key around on screen. Variation selectors stay allowed: emoji need them (a reason may say ❤️).
+# Written out as ranges (Unicode 14, Python 3.11's) so that importing this costs nothing.
 _CONTROL = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
-    "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+    "[\x00-\x1f\x7f-\x9f\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
+    "\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u2064"
+    "\u2066-\u206f\u2800\u3164\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    "\U000e0020-\U000e007f]"
 )
 
 
@@ -108,7 +114,8 @@ class EndpointScrubber:
     def __init__(self, hosts: Iterable[str | None], users: Iterable[str | None]) -> None:
         names = sorted({n for n in [*hosts, *users] if n and len(n) > 1}, key=len, reverse=True)
         self._names = (
-            re.compile("|".join(rf"(?<![\w.-]){re.escape(n)}(?![\w-])" for n in names))
+            # whole words only: a user "blnk" is not the schema in "blnk.transactions"
+            re.compile("|".join(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])" for n in names))
             if names
             else None
         )

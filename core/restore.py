@@ -46,7 +46,13 @@ from core.database import (
     drop_database,
     server_version,
 )
-from core.errors import AlreadyRunningError, BackupError, RestoreCheckError, UsageError
+from core.errors import (
+    AlreadyRunningError,
+    BackupError,
+    PlanChangedError,
+    RestoreCheckError,
+    UsageError,
+)
 from core.keys import BackupKey
 from core.manifest import LedgerAnchor, Manifest
 from core.processes import find_tool, run_tool, tool_version
@@ -200,13 +206,16 @@ class RestoreService:
         on_stage: Progress | None = None,
         *,
         reason: str | None = None,
+        expected_sha256: str | None = None,
     ) -> RestoreReport:
         """Restore a backup into a new database ``into`` on ``server`` and check it.
 
         Raise UsageError if ``into`` is not a usable new name, exists, or is the source
-        database, or if ``reason`` (audited) is not one line of plain text. The new database is
-        kept once restored (also when a check fails, so a person can look at it); a restore
-        that fails or is interrupted drops it again.
+        database, or if ``reason`` (audited) is not one line of plain text. With
+        ``expected_sha256`` (what an approver was shown), raise PlanChangedError unless the
+        backup's manifest still names exactly that content (the download is then verified
+        against it). The new database is kept once restored (also when a check fails, so a
+        person can look at it); a restore that fails or is interrupted drops it again.
         """
         reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
         stage = on_stage or (lambda _s: None)
@@ -224,6 +233,12 @@ class RestoreService:
                 raise UsageError(f"database {into!r} already exists; choose a new name")
             key, manifest, listed = self._resolve(which)
             run.note(key=key.key)
+            if expected_sha256 is not None and manifest.sha256 != expected_sha256:
+                raise PlanChangedError(
+                    f"{key} is no longer the backup that was approved: its SHA-256 is now "
+                    f"{manifest.sha256}, the approval was for {expected_sha256}; nothing was "
+                    "restored"
+                )
             with _held_workdir(_RESTORE_WORKDIRS / run.run_id) as workdir:
                 report = self._restore_and_check(
                     key, manifest, server, into, workdir, stage, True, listed, run.run_id

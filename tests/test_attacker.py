@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -273,7 +274,7 @@ def api(make_settings: Any, proxy: FaultProxy) -> Iterator[tuple[AppServer, Serv
     services.close()
 
 
-def test_wrong_api_keys_are_logged_counted_and_slowed_down(
+def test_wrong_api_keys_are_logged_counted_and_slowed_down_but_the_right_key_gets_in(
     api: tuple[AppServer, Services], service_log: io.StringIO
 ) -> None:
     server, _services = api
@@ -288,6 +289,34 @@ def test_wrong_api_keys_are_logged_counted_and_slowed_down(
     _status, _h, metrics = _request(server, "/metrics")
     assert b"blnk_api_key_failures_total 5.0" in metrics
     assert b"blnk_api_key_throttled_total 1.0" in metrics
+    # Blnk's cron, behind the same address, is never locked out by someone else's guessing.
+    status, _h, body = _request(server, "/backup-s3", {"X-Blnk-Key": API_KEY})
+    assert status == 200, body
+
+
+def test_behind_a_trusted_proxy_wrong_keys_count_per_forwarded_client(
+    make_settings: Any, service_log: io.StringIO
+) -> None:
+    services = Services(make_settings(blnk_api_key=API_KEY))
+    try:
+        with AppServer(HttpApi(services), trusted_proxy="127.0.0.1") as server:
+            guesser = {"X-Forwarded-For": "203.0.113.7", "X-Blnk-Key": "guess"}
+            statuses = [_request(server, "/backup-s3", guesser)[0] for _ in range(6)]
+            assert statuses == [401] * 5 + [429]
+            other = {"X-Forwarded-For": "198.51.100.2", "X-Blnk-Key": "typo"}
+            assert _request(server, "/backup-s3", other)[0] == 401  # not throttled
+        assert "from 203.0.113.7" in service_log.getvalue()
+    finally:
+        services.close()
+
+
+def test_an_api_key_shorter_than_16_characters_is_a_configuration_error() -> None:
+    from core.config import load_settings
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="BLNK_API_KEY") as raised:
+        load_settings(blnk_api_key="short-key")
+    assert "short-key" not in str(raised.value)
 
 
 def test_the_backups_health_check_names_no_store_and_lists_once_a_minute(
@@ -333,7 +362,11 @@ def test_every_path_refuses_a_body_over_the_limit(
 
 # --- input --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "mark", ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2060", "\ufeff", "\u061c"]
+    "mark",
+    [
+        *("\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2060", "\ufeff", "\u061c"),
+        *("\u3164", "\u115f", "\uffa0", "\u034f", "\u2800", "\u17b4", "\U0001d173", "\u06dd"),
+    ],
 )
 def test_zero_width_and_bidirectional_marks_in_a_reason_are_refused(
     start_app: SlackFactory, fake: FakeSlack, mark: str
@@ -344,6 +377,13 @@ def test_zero_width_and_bidirectional_marks_in_a_reason_are_refused(
     assert "zero-width" in json.dumps(sent.reply.json())  # in the acknowledgement itself
     assert app.services.audit.events(action="backup") == []
     assert fake.calls("chat.postMessage") == []
+
+
+def test_a_reason_may_hold_letters_of_any_script_and_emoji() -> None:
+    from core.redact import check_plain_text
+
+    text = "Grace's test: é ü 中文 עברית ❤️ 👍🏽"
+    assert check_plain_text("reason", text, 500) == text
 
 
 def test_channel_messages_never_name_the_database_host_or_user(
@@ -362,3 +402,52 @@ def test_channel_messages_never_name_the_database_host_or_user(
     assert shown
     for message in shown:
         assert "db-internal.example" not in message and "ledger_admin" not in message
+
+
+def test_a_failing_store_is_asked_once_a_minute_not_on_every_health_check(
+    api: tuple[AppServer, Services], proxy: FaultProxy, bucket: str
+) -> None:
+    server, _services = api
+    proxy.faults.fail = lambda _r: (503, "ServiceUnavailable")
+
+    def listings() -> int:
+        return sum(1 for r in proxy.faults.log if r.method == "GET" and "list-type=2" in r.path)
+
+    answers = [_request(server, "/healthz?check=backups")]
+    one_reading = listings()  # the store was asked (with the client's own retries) ...
+    answers += [_request(server, "/healthz?check=backups") for _ in range(5)]
+    assert listings() == one_reading  # ... once, however often the health check is
+    assert {status for status, _h, _b in answers} == {503}
+    assert all(bucket not in body.decode() for _s, _h, body in answers)
+
+
+def test_a_slow_store_never_holds_up_other_requests_behind_health_checks(
+    make_settings: Any, proxy: FaultProxy
+) -> None:
+    services = Services(make_settings(s3_endpoint_url=proxy.endpoint))
+    try:
+        with AppServer(HttpApi(services, health_cache_seconds=0.5)) as server:
+            assert _request(server, "/healthz?check=backups")[0] == 503  # a first reading
+            time.sleep(0.6)  # it is due again; now the store takes 6 s to list
+            proxy.faults.delay = lambda r: 6.0 if "list-type=2" in r.path else 0.0
+            took: list[float] = []
+
+            def probe() -> None:
+                began = time.monotonic()
+                _request(server, "/healthz?check=backups")
+                took.append(time.monotonic() - began)
+
+            probes = [threading.Thread(target=probe) for _ in range(8)]
+            for thread in probes:
+                thread.start()
+            time.sleep(0.3)
+            began = time.monotonic()
+            assert _request(server, "/healthz")[0] == 200
+            assert time.monotonic() - began < 1.0
+            for thread in probes:
+                thread.join(30)
+            # One of them reads the bucket; the others get the last reading at once.
+            assert sorted(took)[-2] < 1.0, took
+    finally:
+        proxy.faults.delay = lambda _r: 0.0
+        services.close()

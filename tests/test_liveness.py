@@ -11,14 +11,15 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.audit import Actor, AuditLog
-from core.database import PgTarget, create_database, drop_database
+from core.database import PgTarget
+from tests.support.databases import audit_database
 
 ACTOR = Actor("ops", "cli")
 
@@ -40,14 +41,8 @@ def audit_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server: PgTarge
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'audit.sqlite3'}"
         return
-    name = f"blnk_audit_{uuid.uuid4().hex[:10]}"
-    create_database(pg_server, name)
-    params = pg_server.params
-    yield (
-        f"postgresql://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}:"
-        f"{params.get('port', '5432')}/{name}"
-    )
-    drop_database(pg_server, name)
+    with audit_database(pg_server) as url:
+        yield url
 
 
 def _child_run(audit_url: str) -> tuple[subprocess.Popen[str], str]:
@@ -130,3 +125,67 @@ def test_a_dead_run_is_closed_once_when_two_processes_close_at_the_same_time(
     finally:
         for log in [audit, *others]:
             log.close()
+
+
+def test_one_sqlite_file_named_through_a_symlink_shares_its_run_locks(tmp_path: Path) -> None:
+    real = tmp_path / "real" / "audit.sqlite3"
+    real.parent.mkdir()
+    (tmp_path / "link").symlink_to(real.parent, target_is_directory=True)
+    audit = AuditLog(f"sqlite:///{real}")
+    other = AuditLog(f"sqlite:///{tmp_path / 'link' / 'audit.sqlite3'}")
+    try:
+        with audit.run("backup", ACTOR) as run:
+            assert not other.is_dead(run.run_id)
+            assert other.close_abandoned("backup", ACTOR, scope={}) == []
+    finally:
+        audit.close()
+        other.close()
+
+
+def test_a_run_lock_lost_with_its_connection_is_taken_again(
+    pg_server: PgTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.liveness
+
+    monkeypatch.setattr(core.liveness, "WATCH_EVERY", 0.2)
+    with audit_database(pg_server) as url:
+        _lose_the_lock_connection_mid_run(pg_server, url)
+
+
+def _lose_the_lock_connection_mid_run(pg_server: PgTarget, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    audit = AuditLog(url)
+    try:
+        with audit.run("restore", ACTOR) as run:
+            with pg_server.with_dbname(name).connect(autocommit=True) as admin:
+                admin.execute(  # a DBA ending idle sessions, a proxy restart
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND application_name = 'blnk-backup-run'",
+                    (name,),
+                )
+            deadline = time.monotonic() + 10
+            while audit.is_dead(run.run_id) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not audit.is_dead(run.run_id)  # taken again by the run itself
+            assert audit.close_abandoned("restore", ACTOR, scope={}) == []
+        outcomes = [e.outcome for e in audit.events(run_id=run.run_id)]
+        assert outcomes == ["succeeded", "started"]
+    finally:
+        audit.close()
+
+
+def test_a_run_declared_dead_while_it_lived_records_its_real_end_apart(tmp_path: Path) -> None:
+    audit = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    try:
+        with audit.run("backup", ACTOR) as run:
+            # What a closer writes when it took the lock in a gap (simulated: the lock is ours).
+            audit.record(action="backup", outcome="abandoned", actor=ACTOR, run_id=run.run_id)
+        events = audit.events(run_id=run.run_id)
+        assert [(e.action, e.outcome) for e in events] == [
+            ("late_end", "recorded"),
+            ("backup", "abandoned"),
+            ("backup", "started"),
+        ]
+        assert events[0].details_dict()["outcome"] == "succeeded"
+    finally:
+        audit.close()

@@ -144,3 +144,23 @@ def test_restore_test_of_a_backup_with_a_broken_manifest_is_a_clear_usage_error(
     [failed, _started] = services.audit.events(action="restore_test", limit=2)
     assert failed.outcome == "failed" and failed.error_code == "usage_error"
     services.close()
+
+
+def test_huge_values_in_manifests_never_bloat_the_audit_log_or_a_listing(
+    make_settings: Any, s3: Any, bucket: str
+) -> None:
+    # Whoever can write to the bucket fills manifests with a near-1-MiB status: every prune
+    # (the weekly schedule too) would write it, for ever, into the append-only audit log.
+    keys = seed(s3, bucket, [0.1, 1, 2], status="x" * 900_000)
+    keys += seed(s3, bucket, [3, 4], key=f"blnk_backup_{'y' * 900_000}.dump")
+    services = Services(make_settings())
+    try:
+        [report] = services.pruner.prune(ACTOR, apply=False)
+        assert len(report.incomplete) == 5
+        assert all(len(problem) < 400 for problem in report.incomplete.values())
+        [planned] = [e for e in services.audit.events(action="prune") if e.outcome == "planned"]
+        assert len(planned.details or "") < 70_000
+        shown = [e.problem or "" for e in services.catalog.list(include_incomplete=True)]
+        assert all(len(problem) < 400 for problem in shown)
+    finally:
+        services.close()

@@ -125,7 +125,7 @@ def test_sigterm_stops_the_service_cleanly_and_says_so(
     launch: Callable[..., Replica], fake_slack: FakeSlack, make_settings: SettingsFactory
 ) -> None:
     env = settings_env(make_settings()) | slack_env(
-        fake_slack, MONITOR_SCHEDULE="0 */6 * * *", BLNK_API_KEY="k3y-for-cron"
+        fake_slack, MONITOR_SCHEDULE="0 */6 * * *", BLNK_API_KEY="k3y-for-cron-0123456789"
     )
     bot = launch(env)
     bot.wait_serving()
@@ -153,11 +153,17 @@ def test_sigterm_during_a_backup_request_lets_it_finish_and_answer_then_exits_0(
 ) -> None:
     proxy.faults.delay = lambda r: 3.0 if "partNumber=" in r.path else 0.0  # a slow store
     settings = make_settings(s3_endpoint_url=proxy.endpoint)
-    env = settings_env(settings) | slack_env(fake_slack, BLNK_API_KEY="k3y-for-cron")
+    env = settings_env(settings) | slack_env(fake_slack, BLNK_API_KEY="k3y-for-cron-0123456789")
     bot = launch(env)
     bot.wait_serving()
     curl = subprocess.Popen(
-        ["curl", "-sf", "-H", "Authorization: Bearer k3y-for-cron", bot.url("/backup-s3")],
+        [
+            "curl",
+            "-sf",
+            "-H",
+            "Authorization: Bearer k3y-for-cron-0123456789",
+            bot.url("/backup-s3"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -183,13 +189,13 @@ def test_sigterm_during_a_backup_longer_than_the_drain_stops_it_cleanly_and_answ
     bucket: str,
 ) -> None:
     settings = make_settings()
-    env = settings_env(settings) | slack_env(fake_slack, BLNK_API_KEY="k3y-for-cron")
+    env = settings_env(settings) | slack_env(fake_slack, BLNK_API_KEY="k3y-for-cron-0123456789")
     bot = launch(env)
     bot.wait_serving()
     # A migration holding a table makes pg_dump wait: a backup far longer than the drain.
     with blnk_db.connect() as holder:
         holder.execute("LOCK TABLE blnk.transactions IN ACCESS EXCLUSIVE MODE")
-        bearer = "Authorization: Bearer k3y-for-cron"
+        bearer = "Authorization: Bearer k3y-for-cron-0123456789"
         curl = subprocess.Popen(
             ["curl", "-s", "-w", "\n%{http_code}", "-H", bearer, bot.url("/backup-s3")],
             stdout=subprocess.PIPE,
@@ -236,12 +242,22 @@ def test_without_slack_an_api_key_serves_the_http_api_and_scheduler_alone_for_cr
 ) -> None:
     """An operator who only replaces Blnk's /backup-s3: BLNK_API_KEY, no Slack tokens, no
     terminal (a container). The service runs; a cron line with curl gets a verified backup."""
-    env = settings_env(make_settings()) | {"BLNK_API_KEY": "k3y-for-cron", "BACKUP_SCHEDULE": ""}
+    env = settings_env(make_settings()) | {
+        "BLNK_API_KEY": "k3y-for-cron-0123456789",
+        "BACKUP_SCHEDULE": "",
+    }
     bot = launch(env)
     bot.wait_serving()
     assert "Slack not configured (HTTP API and scheduler only" in bot.output()
     done = subprocess.run(
-        ["curl", "-sS", "-f", "-H", "Authorization: Bearer k3y-for-cron", bot.url("/backup-s3")],
+        [
+            "curl",
+            "-sS",
+            "-f",
+            "-H",
+            "Authorization: Bearer k3y-for-cron-0123456789",
+            bot.url("/backup-s3"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -24,6 +24,7 @@ from core.database import (
     database_exists,
     drop_database,
 )
+from core.keys import BackupKey
 from core.restore import INCOMPLETE_RESTORE
 from tests.support.fake_slack import FakeMessage, FakeSlack, block_texts
 from tests.support.slack_fixtures import SlackFactory
@@ -528,3 +529,49 @@ def test_a_reason_with_control_characters_is_refused_and_nothing_is_requested(
     assert "control characters" in visible(reply) and "Nothing was changed" in visible(reply)
     assert app.services.approvals.pending() == []
     assert app.events("approval_requested") == []
+
+
+def test_a_prune_too_big_for_one_request_is_approved_in_turns_every_key_shown(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    from core.prune import MAX_APPROVED_DELETIONS
+
+    app = start_app()
+    old = app.seed(s3, [400 + i / 100 for i in range(MAX_APPROVED_DELETIONS + 30)])
+    app.seed(s3, [0.1, 1, 2])
+    app.command("/blnk-backups", "prune apply")
+    message = wait_message(fake, "Approval needed")
+    shown = visible(message)
+    assert "more lines" not in shown
+    assert f"delete {MAX_APPROVED_DELETIONS:,} of the {len(old):,}" in shown
+    approval = app.services.approvals.get(buttons(message)[APPROVE_ACTION])
+    assert approval is not None
+    [approved] = approval.params["stores"].values()
+    assert len(approved["delete"]) == MAX_APPROVED_DELETIONS
+    assert all(key in shown for key in approved["delete"])  # every key it deletes is on it
+    assert approved["delete"] == sorted(old)[:MAX_APPROVED_DELETIONS]  # the oldest first
+
+
+def test_a_restore_runs_only_the_content_that_was_approved(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str, pg_server: PgTarget
+) -> None:
+    from tests.support.seeding import manifest_for
+
+    app = start_app()
+    [key] = app.seed(s3, [0.5])
+    into = f"blnk_pinned_{uuid.uuid4().hex[:8]}"
+    app.command("/blnk-restore", f"{key} into {into}")
+    message = wait_message(fake, "Approval needed")
+    approval = app.services.approvals.get(buttons(message)[APPROVE_ACTION])
+    assert approval is not None and approval.params["sha256"] in visible(message)
+    # Someone with write access to the bucket swaps the dump and its manifest, consistently.
+    swapped = b"PGDMP... another database altogether"
+    parsed = BackupKey.parse_or_raise(key, "")
+    s3.put_object(Bucket=bucket, Key=key, Body=swapped)
+    s3.put_object(
+        Bucket=bucket, Key=parsed.manifest_key, Body=manifest_for(parsed, swapped).to_json()
+    )
+    app.click(message, approve=True, user=APPROVER1)
+    done = app.wait_status(approval.id, "executed", "failed")
+    assert done.status == "failed" and "plan_changed" in (done.outcome or "")
+    assert not database_exists(pg_server, into)

@@ -10,6 +10,7 @@ secrets (the AWS secret key, the signing secret, database passwords).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -315,6 +316,24 @@ def test_a_long_phase_keeps_its_elapsed_time_counting_with_no_new_event(
     ]
     elapsed = {t for b in downloading for t in block_texts(b) if t.startswith("*Elapsed*")}
     assert len(elapsed) >= 3, elapsed  # redrawn about every second while nothing else happens
+
+
+def test_a_backup_that_breaks_on_something_unexpected_ends_its_message_as_failed(
+    start_app: SlackFactory, fake: FakeSlack, proxy: FaultProxy
+) -> None:
+    # Not a BackupError: the audit log's table is gone when the run's end is recorded.
+    proxy.faults.delay = lambda r: 1.5 if "partNumber=" in r.path else 0.0
+    app = start_app(s3_endpoint_url=proxy.endpoint)
+    app.command("/blnk-backup", "the last one")
+    wait_message(fake, "Backup running", timeout=60)
+    with sqlite3.connect(app.settings.audit_database_url.removeprefix("sqlite:///")) as db:
+        db.execute("DROP TABLE audit_events")
+    proxy.faults.delay = lambda _r: 0.0
+    message = wait_message(fake, "Backup failed", timeout=60)
+    assert "internal_error" in message.visible_text() and "Error id" in message.visible_text()
+    calls = len(fake.calls("chat.update"))
+    time.sleep(2.5)  # nothing keeps redrawing a message that has ended
+    assert len(fake.calls("chat.update")) == calls
 
 
 # --- bad arguments --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ _ALERTS: dict[tuple[str, str], tuple[str, str]] = {
     ("freshness_check", "failed"): ("Backups need attention", "high"),
     ("schedule_missed", "recorded"): ("A scheduled run was missed", "high"),
     ("scheduled_run", "abandoned"): ("A scheduled run was killed before it ended", "medium"),
+    ("late_end", "recorded"): ("A run declared dead had in fact gone on, and has ended", "medium"),
 }
 # Refusals a person already sees in their own reply; alert only when the scheduler hits them.
 _PERSONAL = {"usage_error", "already_running", "config_error", "approval_refused"}

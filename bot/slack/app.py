@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import App, BoltResponse
@@ -46,7 +47,9 @@ class SlackBot:
     jobs: JobRunner
     messenger: Messenger
     alerts: Alerts | None
-    extras: dict[str, Any] = field(default_factory=dict)
+    # admitting callers who are not named outright (group lookups, refusals): off Bolt's threads
+    admission: JobRunner
+    lookups: WebClient  # quick, impatient: for what a person waits on
 
     def housekeeping(self) -> None:
         """What the service does every half minute: deliver the outbox, expire overdue
@@ -55,6 +58,7 @@ class SlackBot:
         self.ops.expire_overdue()
 
     def close(self) -> None:
+        self.admission.shutdown(wait=True)
         self.jobs.shutdown(wait=True)
         if self.alerts is not None:
             self.alerts.close()
@@ -108,9 +112,12 @@ def build_slack(
         raise_error_for_unhandled_request=True,
         process_before_response=False,
         request_verification_enabled=signing is not None,  # Socket Mode has no signatures
+        # Listeners only acknowledge and hand work on (listeners/admission.py); a few more
+        # threads than Bolt's default 5 keep acknowledgements quick under a burst.
+        listener_executor=ThreadPoolExecutor(max_workers=10, thread_name_prefix="bolt"),
     )
     outbox = Outbox(services.audit)
-    messenger = Messenger(client, outbox)
+    messenger = Messenger(client, outbox, services.scrub)
     # Membership lookups happen while a person waits: bounded (5 s, no waiting on 429s).
     lookups = web_client(settings, timeout=5, patient=False)
     authorizer = Authorizer(lookups, settings.operators, settings.approvers)
@@ -126,7 +133,8 @@ def build_slack(
     if settings.slack_alert_channel:
         alerts = Alerts(messenger, settings.slack_alert_channel, blocks.alert, services.scrub)
         services.audit.subscribe(alerts)
-    bot = SlackBot(app, client, ops, runner, messenger, alerts)
+    admission = JobRunner(workers=2, queued=64, name="bot-admit")
+    bot = SlackBot(app, client, ops, runner, messenger, alerts, admission, lookups)
 
     from bot.slack.listeners import actions, commands, events
 

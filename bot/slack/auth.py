@@ -57,6 +57,12 @@ class Authorizer:
         self._lock = threading.Lock()
         self._group_locks: dict[str, threading.Lock] = {}
 
+    def listed(self, user_id: str, *, approver: bool = False) -> bool:
+        """True if user_id is named outright (not through a group) among those who may
+        operate (or, with ``approver``, approve): decided without any lookup."""
+        names = self.approvers if approver else self.operators + self.approvers
+        return bool(user_id) and user_id in names
+
     def may_operate(self, user_id: str) -> Decision:
         """Operators (and approvers) may run commands. With no SLACK_OPERATORS configured,
         nobody may: an unconfigured bot refuses rather than letting everyone in."""

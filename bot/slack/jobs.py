@@ -19,8 +19,8 @@ class JobsFull(Exception):
 
 
 class JobRunner:
-    def __init__(self, workers: int = 4, queued: int = 16) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bot-job")
+    def __init__(self, workers: int = 4, queued: int = 16, name: str = "bot-job") -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
         self._slots = threading.BoundedSemaphore(workers + queued)
 
     def submit(

@@ -6,8 +6,9 @@ are best effort (they only matter while the person is looking)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -31,14 +32,53 @@ class Posted:
     ts: str
 
 
+@dataclass
+class Shown:
+    """A message as it leaves for Slack."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+Scrub = Callable[[str], str]
+T = TypeVar("T")
+
+
+def scrub_texts(value: T, scrub: Scrub) -> T:
+    """Given blocks (or a view), return a copy with ``scrub`` applied to every text in it."""
+    if isinstance(value, dict):
+        return {  # type: ignore[return-value]
+            k: scrub(v) if k == "text" and isinstance(v, str) else scrub_texts(v, scrub)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [scrub_texts(v, scrub) for v in value]  # type: ignore[return-value]
+    return value
+
+
+def public(message: Renderable, scrub: Scrub) -> Shown:
+    """The message with ``scrub`` (e.g. database hosts and users removed) applied to its
+    fallback text and every text in its blocks: what a Slack channel may see."""
+    return Shown(scrub(message.text), scrub_texts(message.blocks, scrub))
+
+
 class Messenger:
-    def __init__(self, client: WebClient, outbox: Outbox | None = None) -> None:
+    """Every message it sends passes through ``scrub`` first: Slack is a shared place."""
+
+    def __init__(
+        self,
+        client: WebClient,
+        outbox: Outbox | None = None,
+        scrub: Scrub = lambda text: text,
+    ) -> None:
         self.client = client
         self.outbox = outbox
+        self.scrub = scrub
 
     def post(self, channel: str, message: Renderable, *, keep: bool = True) -> Posted | None:
         """Post a channel message; return where it is, or None if it could not be posted now
         (then, with ``keep``, it waits in the outbox)."""
+        message = public(message, self.scrub)
         try:
             response = self.client.chat_postMessage(
                 channel=channel, text=message.text, blocks=message.blocks
@@ -55,6 +95,7 @@ class Messenger:
         """Update a message in place. A final update that fails goes to the outbox (and is
         then posted as a new message if the old one cannot be found); others are dropped,
         the next one will say more."""
+        message = public(message, self.scrub)
         try:
             self.client.chat_update(
                 channel=posted.channel, ts=posted.ts, text=message.text, blocks=message.blocks
@@ -68,6 +109,7 @@ class Messenger:
             return False
 
     def ephemeral(self, channel: str, user: str, message: Renderable) -> None:
+        message = public(message, self.scrub)
         try:
             self.client.chat_postEphemeral(
                 channel=channel, user=user, text=message.text, blocks=message.blocks

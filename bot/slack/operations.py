@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,7 +154,10 @@ class SlackOperations:
             result = self.services.backups.run(caller.actor, request.reason, on_progress)
         except AlreadyRunningError:
             raise
-        except BackupError as exc:
+        except Exception as exc:
+            if not isinstance(exc, BackupError):  # a bug: the message must not run for ever
+                self._finish(live, caller, self._crashed("Backup", caller))
+                return
             self._finish(
                 live,
                 caller,
@@ -193,7 +197,10 @@ class SlackOperations:
             report = self.services.restores.test(caller.actor, which, on_stage)
         except UsageError:
             raise
-        except BackupError as exc:
+        except Exception as exc:
+            if not isinstance(exc, BackupError):  # a bug: the message must not run for ever
+                self._finish(live, caller, self._crashed("Restore test", caller))
+                return
             self._finish(
                 live,
                 caller,
@@ -203,6 +210,15 @@ class SlackOperations:
             )
             return
         self._finish(live, caller, blocks.restore_result(report, caller.user_id))
+
+    @staticmethod
+    def _crashed(what: str, caller: Caller) -> Renderable:
+        """Log the exception being handled with an error id; return the message saying so."""
+        error_id = uuid.uuid4().hex[:8]
+        log.exception("%s for %s failed (error id %s)", what, caller.user_id, error_id)
+        return blocks.operation_failed(
+            what, "internal_error", "something went wrong", caller.user_id, error_id=error_id
+        )
 
     def _finish(self, live: LiveMessage, caller: Caller, message: Renderable) -> None:
         """Show the final state in the live message; if no channel message could ever be
@@ -246,25 +262,10 @@ class SlackOperations:
                 [f"Delete backup `{key.key}` ({found.size:,} bytes) from {', '.join(where)}"],
             )
         if request.action == "prune_apply":
-            from core.prune import approval_params
+            from core.prune import plan_for_approval
 
-            reports = self.services.pruner.prune(caller.actor, apply=False)
-            lines = []
-            for report in reports:
-                doomed = [k.key for k in report.plan.to_delete]
-                if report.plan.paused:
-                    lines.append(f"{report.location}: paused ({report.plan.paused})")
-                lines.append(
-                    f"{report.location}: delete {len(doomed)}, keep {len(report.plan.to_keep)}"
-                )
-                lines += [f"• delete `{k}`" for k in doomed]
-                lines += [
-                    f"• remove `{f}` (its dump is already gone)" for f in report.orphan_side_files
-                ]
-            if not any(r.plan.to_delete or r.orphan_side_files for r in reports):
-                raise UsageError("the retention plan deletes nothing: there is nothing to approve")
-            lines.append("Exactly these are deleted, or nothing if the plan has changed by then.")
-            return "prune_apply", approval_params(reports), lines
+            params, lines = plan_for_approval(self.services.pruner.prune(caller.actor, apply=False))
+            return "prune_apply", params, lines
         if request.action == "bucket_apply":
             from core.bucket_policy import approval_params as bucket_changes
 
@@ -292,14 +293,16 @@ class SlackOperations:
         self._check_restore_name(request.into, server)
         backup = self._complete_backup(request.key)
         self.services.restores.check_target_free(request.into, server)
+        assert backup.manifest is not None  # complete
         return (
             "restore",
-            {"key": backup.key.key, "into": request.into},
+            {"key": backup.key.key, "into": request.into, "sha256": backup.manifest.sha256},
             [
                 f"Create the new database `{request.into}` beside the source database "
                 f"`{server.dbname}`, on its server",
                 f"Restore backup `{backup.key.key}` into it (verified download, pg_restore), "
                 "then check it; the source database is not touched",
+                f"Exactly this backup's content: SHA-256 `{backup.manifest.sha256}`",
             ],
         )
 
@@ -354,6 +357,13 @@ class SlackOperations:
             succeeded = True
         except BackupError as exc:
             outcome, succeeded = f"{exc.code}: {self.services.scrub(exc.message)}", False
+        except Exception:  # a bug: the request must not stay "executing" for ever
+            error_id = uuid.uuid4().hex[:8]
+            log.exception("executing approval %s failed (error id %s)", approval_id, error_id)
+            outcome, succeeded = (
+                f"internal_error: something went wrong (error id {error_id})",
+                False,
+            )
         finished = self.services.approvals.finish(approval_id, succeeded=succeeded, outcome=outcome)
         self._show_decision(finished, final=True)
 
@@ -388,7 +398,12 @@ class SlackOperations:
             return "bucket policies applied"
         if approval.action == "restore":
             report = self.services.restores.restore(
-                actor, params["key"], params["into"], self.services.target, reason=approval.reason
+                actor,
+                params["key"],
+                params["into"],
+                self.services.target,
+                reason=approval.reason,
+                expected_sha256=params.get("sha256"),
             )
             verdict = "all checks passed" if report.passed else "some checks FAILED"
             return f"restored {report.key} into {report.database!r}: {verdict}"

@@ -76,9 +76,9 @@ class Reply:
 class AppServer:
     """Serve a WSGI app with waitress on 127.0.0.1 (a free port) until ``stop()``."""
 
-    def __init__(self, api: HttpApi, threads: int = 8) -> None:
+    def __init__(self, api: HttpApi, threads: int = 8, trusted_proxy: str | None = None) -> None:
         self.api = api
-        self._server = serve(api, "127.0.0.1", 0, threads=threads)
+        self._server = serve(api, "127.0.0.1", 0, threads=threads, trusted_proxy=trusted_proxy)
         # waitress notices close() at its next poll: poll often so tests stop quickly
         self._server.adj.asyncore_loop_timeout = 0.05
         self._thread = threading.Thread(target=self._run, name="waitress", daemon=True)
