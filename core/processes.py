@@ -118,10 +118,22 @@ def run(
     env: dict[str, str] | None = None,
     timeout: float = 60,
     cwd: str | Path | None = None,
+    as_user: tuple[int, int] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a short command to completion and return its result (never raises on exit status)."""
+    """Run a short command to completion and return its result (never raises on exit status).
+    ``as_user`` (uid, gid), for a root process: run it as that user and group alone."""
+    uid, gid = as_user if as_user is not None else (None, None)
     return subprocess.run(
-        list(argv), env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+        list(argv),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+        user=uid,
+        group=gid,
+        extra_groups=None if as_user is None else [],
     )
 
 

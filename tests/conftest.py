@@ -56,6 +56,9 @@ def _template_databases(pg_server: PgTarget) -> Iterator[None]:
     drop_templates(pg_server)
 
 
+_EMBEDDED_STARTED = pytest.StashKey[bool]()
+
+
 def _local_pg_missing() -> bool:
     return PG_URL.startswith("postgresql://postgres@127.0.0.1:5432/") and not postgres_answers()
 
@@ -70,6 +73,7 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[PgTarget]:
         return
     server = EmbeddedPostgres(port=None if embedded else 5432)
     server.start()
+    request.config.stash[_EMBEDDED_STARTED] = True
     try:
         yield PgTarget.from_url(server.url)
     finally:
@@ -79,9 +83,16 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[PgTarget]:
 @pytest.fixture(scope="session")
 def pg_bin_dir(request: pytest.FixtureRequest, pg_server: PgTarget) -> str | None:
     """PG_BIN_DIR for this run: the 18 client tools with --pg embedded18, --pg-client
-    embedded18 or an embedded local server, else None (the newest pg_dump on the machine)."""
+    embedded18 or an embedded server (the machine's client tools may be older), else None (the
+    newest pg_dump on the machine)."""
     options = (request.config.getoption("--pg"), request.config.getoption("--pg-client"))
-    if "embedded18" in options or pg_server.params.get("port") != "5432" or _embedded_local():
+    embedded = request.config.stash.get(_EMBEDDED_STARTED, False)
+    if (
+        "embedded18" in options
+        or embedded
+        or pg_server.params.get("port") != "5432"
+        or _embedded_local()
+    ):
         return str(embedded_bin_dir())
     return None
 

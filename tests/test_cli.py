@@ -26,6 +26,7 @@ def cli_env(
     s3_server: Any,
     bucket: str,
     blnk_db: PgTarget,
+    pg_bin_dir: str | None,
 ) -> dict[str, str]:
     env = {
         "BLNK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{blnk_db.dbname}",
@@ -37,6 +38,8 @@ def cli_env(
         "AUDIT_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
         "S3_MAX_ATTEMPTS": "2",
     }
+    if pg_bin_dir is not None:  # the test server is the embedded 18: its client tools
+        env["PG_BIN_DIR"] = pg_bin_dir
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

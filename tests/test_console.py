@@ -75,13 +75,15 @@ class Session:
 
 
 @pytest.fixture
-def session(tmp_path: Path, pg_server: PgTarget) -> Iterator[Session]:
+def session(tmp_path: Path, pg_server: PgTarget, pg_bin_dir: str | None) -> Iterator[Session]:
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "PYTHON": os.environ.get("PYTHON", "python3"),
         "BLNK_BACKUP_VENV": str(ROOT / ".venv"),
     }
+    if pg_bin_dir is not None:  # the test server is the embedded 18: its client tools
+        env["PG_BIN_DIR"] = pg_bin_dir
     before = set(databases_like(pg_server, "blnk_console_"))
     console = Session([str(ROOT / "scripts" / "run")], env)
     yield console

@@ -79,7 +79,7 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal(tmp_path: Path) -> Iterator[Terminal]:
+def terminal(tmp_path: Path, pg_bin_dir: str | None) -> Iterator[Terminal]:
     # Nothing configured: the console brings its own parts, as ./scripts/run does.
     env = {
         "PATH": os.environ["PATH"],
@@ -88,6 +88,8 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
         "PYTHON": os.environ.get("PYTHON", "python3"),
         "BLNK_BACKUP_VENV": str(ROOT / ".venv"),
     }
+    if pg_bin_dir is not None:  # the test server is the embedded 18: its client tools
+        env["PG_BIN_DIR"] = pg_bin_dir
     console = Terminal([str(ROOT / "scripts" / "run")], env)
     yield console
     if console.child.isalive():

@@ -28,7 +28,12 @@ def _recovery_recipe() -> list[str]:
 
 
 def test_the_readme_recovery_recipe_restores_a_backup_as_written(
-    services: Services, s3: Any, bucket: str, pg_server: PgTarget, tmp_path: Path
+    services: Services,
+    s3: Any,
+    bucket: str,
+    pg_server: PgTarget,
+    pg_bin_dir: str | None,
+    tmp_path: Path,
 ) -> None:
     manifest = services.backups.run(Actor("ops", "cli")).manifest
     lines = _recovery_recipe()
@@ -43,6 +48,8 @@ def test_the_readme_recovery_recipe_restores_a_backup_as_written(
         "PGPORT": pg_server.params.get("port", "5432"),
         "PGUSER": pg_server.params.get("user", "postgres"),
     }
+    if pg_bin_dir is not None:  # the client tools that match the test server come first
+        env["PATH"] = f"{pg_bin_dir}:{env['PATH']}"
     try:
         done = subprocess.run(
             ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True

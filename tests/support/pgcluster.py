@@ -9,6 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from bot.embedded import run_base, server_user
+from core.processes import run
 from tests.support.s3server import free_port
 
 
@@ -23,57 +25,55 @@ def _bin_dir() -> Path:
 
 
 class PasswordCluster:
+    """As root, the cluster runs as the postgres user (bot.embedded.server_user) in a directory
+    it can enter even when TMPDIR is private to root (bot.embedded.run_base)."""
+
     user = "ledger"
     password = "correct-horse-battery-staple"
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="blnk-pg-"))
+        self.owner = server_user()
+        self.dir = Path(tempfile.mkdtemp(prefix="blnk-pg-", dir=run_base(self.owner)))
+        if self.owner is not None:
+            os.chown(self.dir, self.owner.uid, self.owner.gid)
         self.bin = _bin_dir()
 
-    def _as_owner(self, argv: list[str]) -> list[str]:
-        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-            shutil.chown(self.dir, "postgres", "postgres")
-            return ["runuser", "-u", "postgres", "--", *argv]
-        return argv
+    def _run(self, argv: list[str], *, check: bool = True) -> None:
+        # initdb and postgres refuse to run as root: as root they run as self.owner.
+        done = run(argv, timeout=120, cwd=self.dir, as_user=self.owner.ids if self.owner else None)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{Path(argv[0]).name} failed: {done.stderr}")
 
     def start(self) -> None:
         pwfile = self.dir / "pw"
         pwfile.write_text(self.password + "\n")
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres", "postgres")
+        if self.owner is not None:
+            os.chown(pwfile, self.owner.uid, self.owner.gid)
         data = self.dir / "data"
-        subprocess.run(
-            self._as_owner(
-                [
-                    str(self.bin / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    self.user,
-                    "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}",
-                ]
-            ),
-            check=True,
-            capture_output=True,
+        self._run(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                self.user,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+            ]
         )
-        subprocess.run(
-            self._as_owner(
-                [
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-w",
-                    "-l",
-                    str(self.dir / "log"),
-                    "-o",
-                    f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}",
-                    "start",
-                ]
-            ),
-            check=True,
-            capture_output=True,
+        self._run(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(self.dir / "log"),
+                "-o",
+                f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}",
+                "start",
+            ]
         )
 
     def url(self, password: str | None = None) -> str:
@@ -82,11 +82,8 @@ class PasswordCluster:
         )
 
     def stop(self) -> None:
-        subprocess.run(
-            self._as_owner(
-                [str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"]
-            ),
+        self._run(
+            [str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
             check=False,
-            capture_output=True,
         )
         shutil.rmtree(self.dir, ignore_errors=True)
