@@ -24,7 +24,10 @@ from bot.http import HttpApi
 from bot.logs import configure as configure_logging
 from bot.slack.auth import STALE_LIMIT_SECONDS, Authorizer
 from bot.slack.jobs import JobRunner
+from core.actor import Actor
+from core.database import PgTarget
 from core.services import Services
+from tests.support.databases import audit_database
 from tests.support.fake_slack import FAKE_TOKEN, FakeSlack, block_texts
 from tests.support.faultproxy import FaultProxy
 from tests.support.slack_fixtures import SlackFactory
@@ -36,6 +39,7 @@ from tests.support.slack_requests import (
     STRANGER,
     AppServer,
     assert_quick_ack,
+    everything_shown,
     wait_message,
 )
 
@@ -451,3 +455,86 @@ def test_a_slow_store_never_holds_up_other_requests_behind_health_checks(
     finally:
         proxy.faults.delay = lambda _r: 0.0
         services.close()
+
+
+def test_no_slack_text_names_a_database_user_or_host_status_audit_and_home_included(
+    start_app: SlackFactory, fake: FakeSlack, pg_server: PgTarget
+) -> None:
+    # The restore-test server refuses its role: libpq's error names role, host and port, and
+    # it is kept in the audit log, where status, audit and App Home read it back.
+    port = pg_server.params.get("port", "5432")
+    app = start_app(
+        restore_test_database_url=f"postgresql://restore_admin:pw@127.0.0.1:{port}/postgres"
+    )
+    app.services.backups.run(Actor("seed", "cli"))
+    app.command("/blnk-restore-test", "latest")
+    wait_message(fake, "Restore test failed", timeout=60)
+    for text in ("status", "audit"):
+        app.command("/blnk-backups", text).wait_response()
+    _open_home(app, OPERATOR)
+    fake.wait_for(lambda: bool(_views(fake, OPERATOR)), 20)
+    shown = everything_shown(fake)
+    assert any("role" in text for text in shown)  # the failure is told ...
+    for text in shown:
+        assert "restore_admin" not in text and "127.0.0.1" not in text  # ... naming nobody
+
+
+def test_a_request_replayed_to_another_replica_is_refused_too(
+    start_app: SlackFactory, fake: FakeSlack, pg_server: PgTarget
+) -> None:
+    with audit_database(pg_server) as shared:
+        first = start_app(audit_database_url=shared)
+        second = start_app(audit_database_url=shared)
+        body = first.slack.command_body(
+            "/blnk-backups",
+            "help",
+            user_id=OPERATOR,
+            channel_id=CHANNEL,
+            response_url=fake.response_url("twice"),
+        )
+        form = "application/x-www-form-urlencoded"
+        headers = first.slack.headers(body)
+        assert first.slack.post(body, form, headers=headers, signed=False).status == 200
+        assert second.slack.post(body, form, headers=headers, signed=False).status == 401
+
+
+def test_outsiders_opening_app_home_never_wait_for_a_busy_job_queue(
+    start_app: SlackFactory, fake: FakeSlack, proxy: FaultProxy
+) -> None:
+    # No room at all in the job queue: a backup holds its only worker.
+    proxy.faults.delay = lambda r: 3.0 if "partNumber=" in r.path else 0.0
+    app = start_app(s3_endpoint_url=proxy.endpoint, jobs=JobRunner(workers=1, queued=0))
+    app.command("/blnk-backup", "the long one")
+    wait_message(fake, "Backup")
+    _open_home(app, STRANGER)
+    fake.wait_for(lambda: bool(_views(fake, STRANGER)), 10)  # answered all the same
+    assert "operators and approvers only" in _views(fake, STRANGER)[0]
+    _open_home(app, STRANGER)  # again at once: not answered (nor audited) every time
+    time.sleep(1)
+    assert len(_views(fake, STRANGER)) == 1
+    assert len([e for e in app.events("unauthorized") if e.actor == STRANGER]) == 1
+    proxy.faults.delay = lambda _r: 0.0
+    wait_message(fake, "Backup complete", timeout=120)
+
+
+def test_an_approved_bucket_apply_changes_only_what_its_request_listed(
+    start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str
+) -> None:
+    from bot.render.blocks import APPROVE_ACTION
+    from tests.support.slack_requests import buttons
+
+    app = start_app()
+    flags = dict.fromkeys(
+        ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True
+    )
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=flags)
+    app.command("/blnk-backups", "bucket apply")
+    message = wait_message(fake, "Approval needed")
+    assert "public access block" not in message.visible_text()  # fine when asked
+    s3.delete_public_access_block(Bucket=bucket)  # then someone turns it off
+    app.click(message, approve=True)
+    done = app.wait_status(buttons(message)[APPROVE_ACTION], "executed", "failed")
+    assert done.status == "executed", done.outcome
+    items = {i.name: i for i in app.services.bucket_policies.check()[0].items}
+    assert items["versioning"].ok  # approved: applied
+    assert not items["public access block"].ok  # never approved: left as it is
