@@ -57,25 +57,20 @@ from tests.support.stores import raw_s3  # noqa: E402
 
 GB = 1e9
 
-# Runs `blnk-backup` exactly as its console script does, and at exit writes the CPU its
-# children (pg_dump, the --version probes) used, so the parent can subtract it from wait4's.
-# BENCH_GC_FREEZE=1 (a --variant) measures a lever outside the engine: gc.freeze() once the
-# CLI's modules are imported and again at exit, so the cyclic GC stops walking the imported
-# modules' objects during the run and at interpreter shutdown.
+# Runs `blnk-backup` exactly as its console script does (bot.cli.run), and at exit writes the CPU
+# its children (pg_dump, the --version probes) used, so the parent can subtract it from wait4's.
 _PROGRAM = """
-import atexit, gc, json, os, resource, sys
-freeze = os.environ.get("BENCH_GC_FREEZE") == "1"
+import atexit, json, os, resource, sys
 def _report():
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(os.environ["BENCH_RUSAGE_OUT"], "w") as out:
         json.dump({"children_cpu": c.ru_utime + c.ru_stime}, out)
-    if freeze:
-        gc.freeze()
 atexit.register(_report)
-from bot.cli import main
-if freeze:
-    gc.freeze()
-sys.exit(main(sys.argv[1:]))
+try:
+    from bot.cli import run
+except ImportError:  # a tree from before bot.cli.run (--variant NAME@PATH)
+    from bot.cli import main as run
+sys.exit(run())
 """
 
 

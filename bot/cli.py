@@ -10,6 +10,7 @@ stdout; tracebacks only go to the log (``-v``).
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import json
 import logging
@@ -62,6 +63,7 @@ AUDIT_ACTIONS = (
     "orphaned_upload",
     "outbox_gave_up",
     "unauthorized",
+    "late_end",
 )
 
 
@@ -377,11 +379,28 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
     raise Terminated
 
 
+def run() -> int:
+    """The ``blnk-backup`` command: ``main`` with the cyclic garbage collector told that
+    everything imported so far lives for the whole run (``gc.freeze``), and again at the end
+    so that the interpreter's exit does not walk every object of boto3, SQLAlchemy and the rest:
+    a backup's client CPU is mostly start-up and shutdown (docs/benchmarks.md)."""
+    gc.freeze()
+    args = build_parser().parse_args()
+    configure_logging(level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return _main(args)
+    finally:
+        gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line, for a caller that has set up logging (``run`` does)."""
+    return _main(build_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
-    configure_logging(level=logging.DEBUG if args.verbose else logging.WARNING)
     if not args.verbose:
         logging.getLogger("botocore").setLevel(logging.ERROR)
     return run_with_error_boundary(lambda: _dispatch(args), as_json=bool(args.json))

@@ -361,10 +361,16 @@ class AuditLog:
             return free and not self.has_ended(run_id)
 
     def has_ended(self, run_id: str) -> bool:
-        """True if the run has an end event (succeeded, failed, abandoned, planned)."""
+        """True if the run has an end event (succeeded, failed, abandoned, planned) of its own
+        action: events a run records on the side share its run id (``orphan_cleanup``
+        ``failed``) without ending it."""
+        own_action = select(AuditEvent.action).where(
+            AuditEvent.run_id == run_id, AuditEvent.outcome == "started"
+        )
         query = (
             select(AuditEvent.id)
             .where(AuditEvent.run_id == run_id, col(AuditEvent.outcome).in_(ENDED))
+            .where(col(AuditEvent.action).in_(own_action.scalar_subquery()))
             .limit(1)
         )
         with Session(self.engine) as session:

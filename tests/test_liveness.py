@@ -189,3 +189,20 @@ def test_a_run_declared_dead_while_it_lived_records_its_real_end_apart(tmp_path:
         assert events[0].details_dict()["outcome"] == "succeeded"
     finally:
         audit.close()
+
+
+def test_an_event_recorded_beside_a_run_under_its_id_does_not_end_it(tmp_path: Path) -> None:
+    audit = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    try:
+        with audit.run("backup", ACTOR) as run:
+            # What a backup records on the side, under its own run id.
+            audit.record(action="orphan_cleanup", outcome="failed", actor=ACTOR, run_id=run.run_id)
+            assert not audit.has_ended(run.run_id)
+        outcomes = [(e.action, e.outcome) for e in audit.events(run_id=run.run_id)]
+        assert outcomes == [
+            ("backup", "succeeded"),
+            ("orphan_cleanup", "failed"),
+            ("backup", "started"),
+        ]
+    finally:
+        audit.close()

@@ -401,7 +401,10 @@ def test_a_restore_request_reads_the_name_like_a_shell_word_and_the_reason_as_ty
     app.command("/blnk-restore", f"latest into {typed}")
     message = wait_message(fake, "Approval needed")
     [pending] = app.services.approvals.pending()
-    assert pending.params == {"key": key, "into": into}  # `latest`, pinned to the newest
+    [backup] = app.services.catalog.list()
+    assert backup.manifest is not None
+    # `latest`, pinned to the newest backup, and to its content
+    assert pending.params == {"key": key, "into": into, "sha256": backup.manifest.sha256}
     assert pending.reason == reason
     assert into in visible(message)
 
