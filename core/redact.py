@@ -102,19 +102,21 @@ _PG_ENDPOINTS = (
     (re.compile(r'connection to server on socket "[^"]*"'), "connection to the server"),
     (re.compile(r'\b(user|role) "[^"]*"'), r'\1 "***"'),
     (re.compile(r"\bpostgres(?:ql)?://[^\s/]*"), "postgresql://***"),
-    (re.compile(r'\bhost "[^"]*"'), 'host "***"'),
+    (re.compile(r'\bhost(?: name)? "[^"]*"'), 'host "***"'),
 )
 
 
 class EndpointScrubber:
     """Removes database hosts, ports and user names from text for shared places: libpq's
-    phrasings (``connection to server at "db" (10.0.0.5), port 5432``, ``for user "x"``),
-    database URLs, and the configured hosts and users wherever they stand as words."""
+    phrasings (``connection to server at "db" (10.0.0.5), port 5432``, ``for user "x"``,
+    ``could not translate host name "db"``), database URLs, and the configured hosts that
+    cannot be mistaken for a word (``db.internal``, ``10.0.0.5``) wherever they stand. A host or
+    user that is a plain word (``postgres``) is only removed from those phrasings: elsewhere it
+    is as likely a database's name."""
 
-    def __init__(self, hosts: Iterable[str | None], users: Iterable[str | None]) -> None:
-        names = sorted({n for n in [*hosts, *users] if n and len(n) > 1}, key=len, reverse=True)
+    def __init__(self, hosts: Iterable[str | None]) -> None:
+        names = sorted({n for n in hosts if n and any(c in n for c in ".:")}, key=len, reverse=True)
         self._names = (
-            # whole words only: a user "blnk" is not the schema in "blnk.transactions"
             re.compile("|".join(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])" for n in names))
             if names
             else None

@@ -102,9 +102,7 @@ class Services:
             for url in (self.settings.database_url, self.settings.restore_test_database_url)
             if url is not None
         ]
-        return EndpointScrubber(
-            [t.params.get("host") for t in targets], [t.params.get("user") for t in targets]
-        )
+        return EndpointScrubber([t.params.get("host") for t in targets])
 
     @_built_once
     def store(self) -> S3Store:

@@ -532,8 +532,9 @@ def test_an_approved_bucket_apply_changes_only_what_its_request_listed(
     message = wait_message(fake, "Approval needed")
     assert "public access block" not in message.visible_text()  # fine when asked
     s3.delete_public_access_block(Bucket=bucket)  # then someone turns it off
+    approval_id = buttons(message)[APPROVE_ACTION]
     app.click(message, approve=True)
-    done = app.wait_status(buttons(message)[APPROVE_ACTION], "executed", "failed")
+    done = app.wait_status(approval_id, "executed", "failed")
     assert done.status == "executed", done.outcome
     items = {i.name: i for i in app.services.bucket_policies.check()[0].items}
     assert items["versioning"].ok  # approved: applied
