@@ -23,8 +23,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
+from core.auditdb import AuditUrl
 from core.liveness import lock_connection
 
 log = logging.getLogger("blnk_backup.leader")
@@ -35,7 +34,7 @@ JOB_LOCK_CLASS = 0x626C6A62  # "bljb": the first key of every job lock
 
 def shared_audit(audit_url: str) -> bool:
     """True when replicas can share this audit database (PostgreSQL) and must coordinate."""
-    return make_url(audit_url).get_backend_name() == "postgresql"
+    return AuditUrl.parse(audit_url).kind == "postgresql"
 
 
 class JobLock:
@@ -68,11 +67,16 @@ class JobLock:
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()  # closing the session releases its advisory lock
-            except Exception:
-                log.debug("closing a job lock connection failed", exc_info=True)
+        if conn is None:
+            return
+        try:
+            # Unlocked before the close returns: a closed session's locks go only when its
+            # server process has noticed, a moment later, and the next run may be quicker.
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (JOB_LOCK_CLASS, self.key))
+        except Exception:
+            log.debug("unlocking a job lock failed (closing its session frees it)", exc_info=True)
+        finally:
+            conn.close()
 
 
 class Leadership:

@@ -26,7 +26,6 @@ monthly restore test, each from its ``*_SCHEDULE`` cron expression in ``SCHEDULE
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -315,30 +314,8 @@ class Scheduler:
                     self._missed(job, skipped, coalesced=False)
 
     def _last_run(self, name: str) -> datetime | None:
-        """When a run of this job was last due (from any replica), or None. Searched per job
-        over the whole log: a monthly job's last run is far behind the frequent ones'."""
-        from sqlmodel import Session, col, select
-
-        from core.audit import AuditEvent
-
-        tag = json.dumps({"job": name})[1:-1]  # '"job": "backup"', as details are written
-        query = (
-            select(AuditEvent)
-            .where(AuditEvent.action == "scheduled_run", AuditEvent.outcome == "started")
-            .where(col(AuditEvent.details).contains(tag, autoescape=True))
-            .order_by(col(AuditEvent.id).desc())
-            .limit(20)
-        )
-        with Session(self.services.audit.engine) as session:
-            events = list(session.exec(query).all())
-        for event in events:
-            details = event.details_dict()
-            if details.get("job") == name and details.get("scheduled_for"):
-                try:
-                    return datetime.fromisoformat(str(details["scheduled_for"]))
-                except ValueError:
-                    continue
-        return None
+        """When a run of this job was last due (from any replica), or None."""
+        return self.services.audit.last_scheduled(name)
 
     def _missed(self, job: Job, when: datetime, *, coalesced: bool) -> None:
         self._record_missed(

@@ -1,4 +1,4 @@
-"""The append-only audit log (SQLModel; SQLite by default, any SQLAlchemy URL works).
+"""The append-only audit log (SQLite by default, or PostgreSQL shared by replicas).
 
 Every action lands here as events. A run — a backup, a restore test, a prune — is one
 ``with audit.run(action, actor) as run:`` block: a ``started`` event, then ``succeeded``,
@@ -10,6 +10,10 @@ dead the moment anyone can take that lock: the next run of its kind closes it wi
 and DELETE so a bug cannot either.
 
 Subscribers (``subscribe``) see every event after it is stored: that is where alerts hook in.
+
+Events are written and read with the database's own DB-API driver (core/auditdb.py); the
+service's other tables in the same database (approvals, outbox, seen requests) use SQLModel on
+``engine``, built when first asked.
 """
 
 from __future__ import annotations
@@ -22,19 +26,18 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-
-from sqlalchemy import event, func, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, or_, select
+from typing import TYPE_CHECKING, Any
 
 from core.actor import TRIGGERS, Actor
+from core.auditdb import AuditDatabase, AuditUrl
 from core.errors import ConfigError, describe_failure
 from core.liveness import RunLocks, run_locks_for
 from core.redact import first_line, truncate_cause
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("blnk_backup.audit")
 
@@ -48,16 +51,17 @@ ENDED = ("succeeded", "failed", "abandoned", "planned")
 REFUSALS = ("usage_error", "already_running", "approval_refused", "plan_changed")
 
 
-class AuditEvent(SQLModel, table=True):
-    __tablename__ = "audit_events"
+@dataclass
+class AuditEvent:
+    """One row of the audit log."""
 
-    id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(index=True)
-    run_id: str = Field(index=True)
-    action: str = Field(index=True)  # backup, restore_test, prune, orphan_aborted, ...
+    at: datetime
+    run_id: str
+    action: str  # backup, restore_test, prune, orphan_aborted, ...
     outcome: str  # started, succeeded, failed, planned, abandoned, recorded
     actor: str
     trigger: str
+    id: int | None = None
     reason: str | None = None
     key: str | None = None
     size: int | None = None
@@ -76,6 +80,41 @@ class AuditEvent(SQLModel, table=True):
         return body if isinstance(body, dict) else {}
 
 
+# The columns, in the order every query selects them ("trigger" and "key" are SQL words).
+_COLUMNS = [f.name for f in dataclass_fields(AuditEvent)]
+_SELECT = "SELECT " + ", ".join(f'"{c}"' for c in _COLUMNS) + " FROM audit_events"
+
+_TABLE_SQLITE = [
+    """CREATE TABLE IF NOT EXISTS audit_events (
+        id INTEGER NOT NULL PRIMARY KEY, at DATETIME NOT NULL, run_id VARCHAR NOT NULL,
+        action VARCHAR NOT NULL, outcome VARCHAR NOT NULL, actor VARCHAR NOT NULL,
+        "trigger" VARCHAR NOT NULL, reason VARCHAR, "key" VARCHAR, size INTEGER,
+        sha256 VARCHAR, duration_seconds FLOAT, error_code VARCHAR, error_cause VARCHAR,
+        details VARCHAR)""",
+    "CREATE INDEX IF NOT EXISTS ix_audit_events_at ON audit_events (at)",
+    "CREATE INDEX IF NOT EXISTS ix_audit_events_run_id ON audit_events (run_id)",
+    "CREATE INDEX IF NOT EXISTS ix_audit_events_action ON audit_events (action)",
+]
+_TABLE_POSTGRESQL = [
+    """CREATE TABLE IF NOT EXISTS audit_events (
+        id SERIAL PRIMARY KEY, at TIMESTAMP WITHOUT TIME ZONE NOT NULL,
+        run_id VARCHAR NOT NULL, action VARCHAR NOT NULL, outcome VARCHAR NOT NULL,
+        actor VARCHAR NOT NULL, "trigger" VARCHAR NOT NULL, reason VARCHAR, "key" VARCHAR,
+        size BIGINT, sha256 VARCHAR, duration_seconds FLOAT, error_code VARCHAR,
+        error_cause VARCHAR, details VARCHAR)""",
+    "CREATE INDEX IF NOT EXISTS ix_audit_events_at ON audit_events (at)",
+    "CREATE INDEX IF NOT EXISTS ix_audit_events_run_id ON audit_events (run_id)",
+    "CREATE INDEX IF NOT EXISTS ix_audit_events_action ON audit_events (action)",
+    # Earlier versions made size a 32-bit INTEGER: a dump past 2 GiB could not be recorded.
+    """DO $$ BEGIN
+         IF (SELECT data_type FROM information_schema.columns WHERE table_name = 'audit_events'
+             AND column_name = 'size' AND table_schema = current_schema()) = 'integer' THEN
+           ALTER TABLE audit_events ALTER COLUMN size TYPE BIGINT;
+         END IF;
+       END $$""",
+]
+
+
 _APPEND_ONLY_SQLITE = [
     """CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
@@ -89,52 +128,6 @@ _APPEND_ONLY_POSTGRESQL = [
     """CREATE OR REPLACE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE
        ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()""",
 ]
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
-def open_engine(url: str, variable: str = "AUDIT_DATABASE_URL") -> Engine:
-    """Given a SQLAlchemy URL, return an engine that is known to work (SQLite: WAL, busy
-    timeout, shareable between threads). Raise ConfigError naming ``variable`` if the URL is
-    malformed or the database cannot be opened; the URL itself is never echoed."""
-    try:
-        parsed = make_url(url)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        sqlite = parsed.get_backend_name() == "sqlite"
-        if sqlite:
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"check_same_thread": False}
-        elif parsed.get_backend_name() == "postgresql":
-            if parsed.drivername == "postgresql":
-                parsed = parsed.set(drivername="postgresql+psycopg")
-            # Every time here is UTC; columns are "timestamp without time zone", so the
-            # session must not convert them to some other local time.
-            kwargs["connect_args"] = {"options": "-c timezone=UTC"}
-        engine = create_engine(parsed, **kwargs)
-        if sqlite:
-            event.listen(engine, "connect", _sqlite_pragmas)
-        with engine.connect():
-            pass
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise ConfigError([f"{variable}: not a usable database URL ({first_line(exc)})"]) from None
-    except (SQLAlchemyError, OSError) as exc:
-        password = _password_of(url)
-        reason = truncate_cause(first_line(exc), [password])[:300]
-        raise ConfigError([f"{variable}: the database cannot be opened ({reason})"]) from None
-    return engine
-
-
-def _password_of(url: str) -> str | None:
-    try:
-        return make_url(url).password
-    except (ArgumentError, ValueError):
-        return None
 
 
 MAX_DETAILS = 64 * 1024  # bytes of JSON details one event keeps (the log is append-only)
@@ -156,32 +149,62 @@ _SETUP_LOCK_ID = 0x626C6E6B_73657475  # "blnksetu": table set-up, one process at
 
 
 class AuditLog:
-    """One engine per process; a short session per write. Safe to share between threads."""
+    """The audit log of one database. Safe to share between threads."""
 
     def __init__(self, url: str, *, secrets: list[str | None] | None = None) -> None:
-        self.engine: Engine = open_engine(url)
+        self.url = AuditUrl.parse(url)
+        self.db = AuditDatabase(self.url)
         self.run_locks: RunLocks = run_locks_for(url)
         self._secrets = [s for s in (secrets or []) if s]
         self._subscribers: list[Subscriber] = []
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         try:
-            guards = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRESQL}
-            self.create_tables([AuditEvent], guards.get(self.engine.dialect.name, []))
-        except SQLAlchemyError as exc:
-            self.engine.dispose()
+            self._set_up()
+        except Exception as exc:
+            self.db.close()
             reason = truncate_cause(first_line(exc), self._secrets)[:300]
             raise ConfigError(
                 [f"AUDIT_DATABASE_URL: the audit table cannot be set up ({reason})"]
             ) from None
-        self._lock = threading.Lock()
 
-    def create_tables(self, models: list[type[SQLModel]], statements: Sequence[str] = ()) -> None:
-        """Create tables (and run set-up statements) in the audit database, once, even when
-        several processes start at the same moment: on PostgreSQL under a transaction-level
-        advisory lock, so replicas take turns instead of failing on each other's CREATEs."""
+    def _set_up(self) -> None:
+        """Create the table, its indexes and the append-only guards, once, even when several
+        processes start at the same moment (PostgreSQL: under a transaction-level advisory
+        lock, so replicas take turns instead of failing on each other's CREATEs)."""
+        sqlite = self.db.kind == "sqlite"
+        statements = (
+            _TABLE_SQLITE + _APPEND_ONLY_SQLITE
+            if sqlite
+            else _TABLE_POSTGRESQL + _APPEND_ONLY_POSTGRESQL
+        )
+        with self.db.transaction() as conn:
+            if not sqlite:
+                self.db.run_in(conn, "SELECT pg_advisory_xact_lock(?)", [_SETUP_LOCK_ID])
+            for statement in statements:
+                self.db.run_in(conn, statement)
+
+    @property
+    def engine(self) -> Engine:
+        """A SQLAlchemy engine on the same database, for the service's SQLModel tables
+        (approvals, outbox, seen requests): built on first use, so that a command that only
+        audits never imports SQLAlchemy."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = _engine_for(self.url)
+            return self._engine
+
+    def create_tables(self, models: list[Any], statements: Sequence[str] = ()) -> None:
+        """Create SQLModel tables (and run set-up statements) in the audit database, once,
+        even when several processes start at the same moment: on PostgreSQL under a
+        transaction-level advisory lock, so replicas take turns."""
+        from sqlalchemy import text
+
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SETUP_LOCK_ID})
-            SQLModel.metadata.create_all(conn, tables=[m.__table__ for m in models])  # type: ignore[attr-defined]
+            for model in models:
+                model.__table__.create(conn, checkfirst=True)
             for statement in statements:
                 conn.execute(text(statement))
 
@@ -213,11 +236,13 @@ class AuditLog:
             details=_details_json(details),
             **fields,
         )
-        with self._lock, Session(self.engine) as session:
-            session.add(entry)
-            session.commit()
-            session.refresh(entry)
-            session.expunge(entry)
+        values = {c: getattr(entry, c) for c in _COLUMNS if c != "id"}
+        values["at"] = self.db.time_param(entry.at)
+        names = ", ".join(f'"{c}"' for c in values)
+        marks = ", ".join("?" for _ in values)
+        entry.id = self.db.insert(
+            f"INSERT INTO audit_events ({names}) VALUES ({marks})", list(values.values())
+        )
         for subscriber in list(self._subscribers):
             try:
                 subscriber(entry)
@@ -341,19 +366,16 @@ class AuditLog:
     def open_runs(self, action: str, before: datetime | None = None) -> list[AuditEvent]:
         """The ``started`` runs of ``action`` with no end (that started before ``before``, if
         given), oldest first. Some may be dead: ``close_abandoned`` tells."""
-        ended = select(AuditEvent.run_id).where(
-            AuditEvent.action == action, col(AuditEvent.outcome).in_(ENDED)
+        ended = ", ".join("?" for _ in ENDED)
+        statement = (
+            f"{_SELECT} WHERE action = ? AND outcome = 'started' AND run_id NOT IN "
+            f"(SELECT run_id FROM audit_events WHERE action = ? AND outcome IN ({ended}))"
         )
-        query = (
-            select(AuditEvent)
-            .where(AuditEvent.action == action, AuditEvent.outcome == "started")
-            .where(col(AuditEvent.run_id).not_in(ended))
-            .order_by(col(AuditEvent.id))
-        )
+        params: list[Any] = [action, action, *ENDED]
         if before is not None:
-            query = query.where(AuditEvent.at < before)
-        with Session(self.engine) as session:
-            return list(session.exec(query).all())
+            statement += " AND at < ?"
+            params.append(self.db.time_param(before))
+        return self._events(statement + " ORDER BY id", params)
 
     def is_dead(self, run_id: str) -> bool:
         """True if the run never ended and its lock is free: its process was killed."""
@@ -364,78 +386,116 @@ class AuditLog:
         """True if the run has an end event (succeeded, failed, abandoned, planned) of its own
         action: events a run records on the side share its run id (``orphan_cleanup``
         ``failed``) without ending it."""
-        own_action = select(AuditEvent.action).where(
-            AuditEvent.run_id == run_id, AuditEvent.outcome == "started"
+        ended = ", ".join("?" for _ in ENDED)
+        rows = self.db.query(
+            f"SELECT 1 FROM audit_events WHERE run_id = ? AND outcome IN ({ended}) AND action IN "
+            "(SELECT action FROM audit_events WHERE run_id = ? AND outcome = 'started') LIMIT 1",
+            [run_id, *ENDED, run_id],
         )
-        query = (
-            select(AuditEvent.id)
-            .where(AuditEvent.run_id == run_id, col(AuditEvent.outcome).in_(ENDED))
-            .where(col(AuditEvent.action).in_(own_action.scalar_subquery()))
-            .limit(1)
-        )
-        with Session(self.engine) as session:
-            return session.exec(query).first() is not None
+        return bool(rows)
 
     def events(
         self, *, limit: int = 50, action: str | None = None, run_id: str | None = None
     ) -> list[AuditEvent]:
         """Return the newest events first."""
-        query = select(AuditEvent)
+        where, params = [], []
         if action:
-            query = query.where(AuditEvent.action == action)
+            where.append("action = ?")
+            params.append(action)
         if run_id:
-            query = query.where(AuditEvent.run_id == run_id)
-        query = query.order_by(col(AuditEvent.id).desc()).limit(limit)
-        with Session(self.engine) as session:
-            return list(session.exec(query).all())
+            where.append("run_id = ?")
+            params.append(run_id)
+        statement = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        return self._events(f"{statement} ORDER BY id DESC LIMIT ?", [*params, limit])
 
     def last(self, action: str, outcomes: tuple[str, ...]) -> AuditEvent | None:
         """Return the newest event of ``action`` with one of ``outcomes``, or None."""
-        query = (
-            select(AuditEvent)
-            .where(AuditEvent.action == action, col(AuditEvent.outcome).in_(outcomes))
-            .order_by(col(AuditEvent.id).desc())
-            .limit(1)
+        marks = ", ".join("?" for _ in outcomes)
+        found = self._events(
+            f"{_SELECT} WHERE action = ? AND outcome IN ({marks}) ORDER BY id DESC LIMIT 1",
+            [action, *outcomes],
         )
-        with Session(self.engine) as session:
-            return session.exec(query).first()
+        return found[0] if found else None
 
     def last_restore_test(self) -> AuditEvent | None:
         """The newest restore test that ran (passed or failed), skipping refusals: a mistyped
         key or a second test while one runs must not turn a passed test into "failed"."""
-        query = (
-            select(AuditEvent)
-            .where(AuditEvent.action == "restore_test")
-            .where(col(AuditEvent.outcome).in_(("succeeded", "failed")))
-            .where(
-                or_(
-                    col(AuditEvent.error_code).is_(None),
-                    col(AuditEvent.error_code).not_in(REFUSALS),
-                )
-            )
-            .order_by(col(AuditEvent.id).desc())
-            .limit(1)
+        marks = ", ".join("?" for _ in REFUSALS)
+        found = self._events(
+            f"{_SELECT} WHERE action = 'restore_test' AND outcome IN ('succeeded', 'failed') "
+            f"AND (error_code IS NULL OR error_code NOT IN ({marks})) ORDER BY id DESC LIMIT 1",
+            list(REFUSALS),
         )
-        with Session(self.engine) as session:
-            return session.exec(query).first()
+        return found[0] if found else None
+
+    def last_scheduled(self, job: str) -> datetime | None:
+        """When a scheduled run of ``job`` was last due (from any replica), or None. Searched
+        over the whole log: a monthly job's last run is far behind the frequent ones'."""
+        tag = json.dumps({"job": job})[1:-1]  # '"job": "backup"', as details are written
+        found = self._events(
+            f"{_SELECT} WHERE action = 'scheduled_run' AND outcome = 'started' "
+            "AND details LIKE ? ESCAPE '!' ORDER BY id DESC LIMIT 20",
+            ["%" + tag.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"],
+        )
+        for event in found:
+            details = event.details_dict()
+            if details.get("job") == job and details.get("scheduled_for"):
+                try:
+                    return datetime.fromisoformat(str(details["scheduled_for"]))
+                except ValueError:
+                    continue
+        return None
 
     def failure_counts(self, action: str) -> dict[str, int]:
         """Return how many runs of ``action`` failed, by error code, over the whole log."""
-        query = (
-            select(AuditEvent.error_code, func.count())
-            .where(AuditEvent.action == action, AuditEvent.outcome == "failed")
-            .group_by(AuditEvent.error_code)
+        rows = self.db.query(
+            "SELECT error_code, count(*) FROM audit_events WHERE action = ? AND outcome = "
+            "'failed' GROUP BY error_code",
+            [action],
         )
-        with Session(self.engine) as session:
-            return {str(code or "unknown"): int(n) for code, n in session.exec(query).all()}
+        return {str(code or "unknown"): int(n) for code, n in rows}
 
     def ping(self) -> None:
         """Raise if the audit database cannot be reached (a readiness check)."""
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        self.db.query("SELECT 1")
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.close()
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    def _events(self, statement: str, params: list[Any]) -> list[AuditEvent]:
+        events = []
+        for row in self.db.query(statement, params):
+            values = dict(zip(_COLUMNS, row, strict=True))
+            values["at"] = self.db.time_value(values["at"])
+            events.append(AuditEvent(**values))
+        return events
+
+
+def _engine_for(url: AuditUrl) -> Engine:
+    """A SQLAlchemy engine on the audit database (SQLite: WAL, busy timeout, shared by
+    threads; PostgreSQL: psycopg, UTC sessions)."""
+    from sqlalchemy import create_engine, event
+
+    if url.kind == "sqlite":
+        engine = create_engine(
+            url.sqlalchemy, pool_pre_ping=True, connect_args={"check_same_thread": False}
+        )
+
+        def pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+        event.listen(engine, "connect", pragmas)
+        return engine
+    return create_engine(
+        url.sqlalchemy, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"}
+    )
 
 
 @dataclass

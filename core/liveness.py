@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy.engine import make_url
+from core.auditdb import AuditUrl
 
 log = logging.getLogger("blnk_backup.liveness")
 
@@ -54,14 +54,13 @@ class RunLocks(Protocol):
 
 def run_locks_for(audit_url: str) -> RunLocks:
     """The run locks that go with an audit database URL."""
-    parsed = make_url(audit_url)
-    if parsed.get_backend_name() == "postgresql":
+    parsed = AuditUrl.parse(audit_url)
+    if parsed.kind == "postgresql":
         return PgRunLocks(audit_url)
-    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if database and database != ":memory:":
+    if parsed.path is not None:
         # The real path: two processes naming one file through different paths (a symlink,
         # a relative path) must find the same locks.
-        path = Path(database).expanduser().resolve()
+        path = parsed.path.resolve()
         return FileRunLocks(path.with_name(path.name + ".runs"))
     # An in-memory or unknown database: one process sees it, so a private directory serves.
     return FileRunLocks(Path(tempfile.mkdtemp(prefix="blnk-backup-runs-")))
@@ -73,9 +72,8 @@ def lock_connection(audit_url: str, application_name: str) -> Any:
     within about 25 s (TCP keepalives), not after the kernel default of two hours."""
     import psycopg
 
-    url = make_url(audit_url).set(drivername="postgresql")
     conn = psycopg.connect(
-        url.render_as_string(hide_password=False),
+        AuditUrl.parse(audit_url).conninfo,
         autocommit=True,
         application_name=application_name,
         connect_timeout=10,

@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
+from bot.render import json as render_json
 from core.audit import Actor
 from core.errors import ConfigError
 from core.services import Services
@@ -100,7 +101,9 @@ def test_a_replica_kept_by_another_provider_uses_its_own_credentials(
         assert record["status"] == "verified" and record["method"] == "streamed copy"
         listed = replica_s3.list_objects_v2(Bucket="blnk-replica")["Contents"]
         assert {o["Key"] for o in listed} >= {manifest.key, manifest.key + ".manifest.json"}
-        recorded = json.dumps([e.model_dump(mode="json") for e in services.audit.events(limit=500)])
+        recorded = json.dumps(
+            [render_json.audit_event(e) for e in services.audit.events(limit=500)]
+        )
         assert REPLICA_SECRET not in recorded
         services.close()
 

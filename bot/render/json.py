@@ -6,6 +6,7 @@ JSON escapes control characters itself, so stored text (reasons, causes) is safe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -103,7 +104,8 @@ def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None)
 def audit_event(event: AuditEvent) -> dict[str, Any]:
     """An audit event, its ``details`` as the JSON value they hold (stored as text; an
     unparsable value is given as the text it is)."""
-    body = event.model_dump(mode="json")
+    body = dataclasses.asdict(event)
+    body["at"] = event.at.isoformat()
     if isinstance(body.get("details"), str):
         with contextlib.suppress(ValueError):
             body["details"] = json.loads(body["details"])
