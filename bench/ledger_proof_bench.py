@@ -2,7 +2,8 @@
 
 On a Blnk 0.15 ledger of --transactions transactions (generated as blnk_proof_bench_<n>,
 dropped at the end unless --keep), against one S3 server process:
-  (a) the ledger proof alone (core.ledger_proof.prove_ledger), per part: I1+I2, I3, the chain
+  (a) the ledger proof alone (core.restore.ledger_proof.prove_ledger), per part: I1+I2, I3,
+      the chain
   (b) a backup without and with BACKUP_CONTENT_DIGEST (alternating, --repeat times each): the
       wall time, and the time the snapshot statistics took, which run alongside pg_dump
   (c) a restore test of the digest backup: total, and the checks stage (comparisons, content

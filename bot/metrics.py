@@ -24,12 +24,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core.audit import REFUSALS
+from core.errors import REFUSALS
 from core.services import Services
 
 NextRuns = Callable[[], dict[str, datetime]]
 
-# Refusals (core.audit.REFUSALS) are neither restore-test results nor failed backups: the person
+# Refusals (core.errors.REFUSALS) are neither restore-test results nor failed backups: the person
 # who asked sees the refusal in their reply (bot/slack/alerts.py ``_PERSONAL`` leaves them out
 # of alerts the same way). A refused *scheduled* restore test still shows: its
 # ``scheduled_run`` fails and is alerted, and blnk_restore_test_last_timestamp_seconds keeps
@@ -39,7 +39,7 @@ NextRuns = Callable[[], dict[str, datetime]]
 # itself is broken (S3 refused the credentials, the bucket is gone), and a restore test that
 # could not read the backups has not proved them restorable: it counts as failed, and a backup
 # that could not start for it as a failure. (A restore test without RESTORE_TEST_DATABASE_URL
-# is refused before its run is recorded, core/restore.py: that never reaches these figures.)
+# is refused before its run is recorded, core/restore/service.py: that never reaches these figures.)
 
 
 class EngineCollector(Collector):

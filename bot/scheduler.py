@@ -4,7 +4,7 @@ monthly restore test, each from its ``*_SCHEDULE`` cron expression in ``SCHEDULE
 
 - Never two runs of a job at once: ``max_instances=1`` and ``coalesce`` in APScheduler, a guard
   per job here (a late catch-up run and an on-time one, or two direct ``fire`` calls), a job
-  lock that every replica sees (``bot.leader.JobLock``: leadership can move while a run goes
+  lock that every replica sees (``core.leadership.JobLock``: leadership can move while a run goes
   on), and a backup also holds its database lock. A run skipped because the previous one
   still runs is recorded (and alerted) as ``schedule_missed``, never dropped silently.
 - Every scheduled run is audited with the ``schedule`` trigger: a ``scheduled_run`` event
@@ -36,15 +36,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.leader import JobLock
-from core.actor import Actor
-from core.errors import BackupError
+from core.leadership import JobLock
 from core.schedule import cron_trigger, fire_times_between
+from core.scheduled import SCHEDULER, ScheduledJobs
 from core.services import Services
 
 log = logging.getLogger("blnk_backup.scheduler")
 
-ACTOR = Actor("scheduler", "schedule")
+ACTOR = SCHEDULER
 DEFAULT_GRACE = timedelta(minutes=120)
 ON_TIME = timedelta(seconds=60)  # an APScheduler run later than this says it was late
 REPORTED_MISSES = 3  # misses recorded (and alerted) per job at start-up, the newest ones
@@ -100,7 +99,7 @@ def configured_jobs(services: Services) -> list[Job]:
 
 
 class Scheduler:
-    """Runs the configured jobs while this process is the leader (see bot/leader.py)."""
+    """Runs the configured jobs while this process is the leader (see core/leadership.py)."""
 
     def __init__(
         self,
@@ -120,12 +119,7 @@ class Scheduler:
         self._catch_up: tuple[threading.Thread, threading.Event] | None = None
         self._lock = threading.Lock()
         self._busy: dict[str, threading.Lock] = {job.name: threading.Lock() for job in self.jobs}
-        self.runners: dict[str, Callable[[str | None], str]] = {
-            "backup": self._backup,
-            "retention": self._retention,
-            "freshness_check": self._freshness_check,
-            "restore_test": self._restore_test,
-        }
+        self.scheduled = ScheduledJobs(services, self.replica)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -239,9 +233,7 @@ class Scheduler:
         """Close the runs of this job that started and never ended and whose run lock is free
         (their process was killed)."""
         try:
-            closed = self.services.audit.close_abandoned(
-                "scheduled_run", ACTOR, scope={"job": name}
-            )
+            closed = self.scheduled.close_dead(name)
         except Exception:
             log.exception("closing dead %s runs failed", name)
             return
@@ -251,23 +243,7 @@ class Scheduler:
     def _run(self, name: str, due: datetime, late: bool) -> None:
         late_by = round((self.clock() - due).total_seconds()) if late else 0
         note = f"run late: due {self._when(due)}, {_minutes(late_by)} late" if late else None
-        details = {
-            "job": name,
-            "scheduled_for": due.isoformat(),
-            "late_by_seconds": late_by,
-            "replica": self.replica,
-        }
-        try:
-            with self.services.audit.run(
-                "scheduled_run", ACTOR, reason=note, details=details
-            ) as run:
-                run.note(details=details)  # a failed run's closing event names its job too
-                outcome = self.runners[name](note)
-                run.note(details=details | {"outcome": outcome})
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise
-            log.warning("scheduled %s failed: %s", name, exc)
+        self.scheduled.run(name, due, late_by=late_by, note=note)
 
     def _catch_up_in_background(self, stopped: threading.Event) -> None:
         """The catch-up thread: a failure is logged, not a traceback on stderr."""
@@ -315,7 +291,7 @@ class Scheduler:
 
     def _last_run(self, name: str) -> datetime | None:
         """When a run of this job was last due (from any replica), or None."""
-        return self.services.audit.last_scheduled(name)
+        return self.scheduled.last_due(name)
 
     def _missed(self, job: Job, when: datetime, *, coalesced: bool) -> None:
         self._record_missed(
@@ -351,49 +327,9 @@ class Scheduler:
 
     def _record_missed(self, name: str, when: datetime, *, code: str, cause: str) -> None:
         try:
-            self.services.audit.record(
-                action="schedule_missed",
-                outcome="recorded",
-                actor=ACTOR,
-                error_code=code,
-                error_cause=cause,
-                details={"job": name, "scheduled_for": when.isoformat(), "replica": self.replica},
-            )
+            self.scheduled.missed(name, when, code=code, cause=cause)
         except Exception:
             log.exception("recording a skipped %s run failed", name)
 
     def _when(self, when: datetime) -> str:
         return f"{when.astimezone(ZoneInfo(self.timezone)):%Y-%m-%d %H:%M} {self.timezone}"
-
-    # --- the jobs -----------------------------------------------------------------------------
-    def _backup(self, note: str | None) -> str:
-        reason = f"scheduled backup ({note})" if note else "scheduled backup"
-        result = self.services.backups.run(ACTOR, reason=reason)
-        return f"backup {result.key}"
-
-    def _retention(self, _note: str | None) -> str:
-        reports = self.services.pruner.prune(ACTOR, apply=True)
-        errors = [e for r in reports for e in r.errors]
-        if errors:
-            raise BackupError("; ".join(errors))
-        return f"deleted {sum(len(r.deleted) for r in reports)} backup(s)"
-
-    def _freshness_check(self, _note: str | None) -> str:
-        with self.services.audit.run("freshness_check", ACTOR) as run:
-            status = self.services.catalog.status()
-            run.note(
-                details={
-                    "complete": status.complete_count,
-                    "newest": status.newest.key.key if status.newest else None,
-                    "breaches": status.breaches,
-                }
-            )
-            if status.breaches:
-                run.end("failed", error_code="breach", error_cause="; ".join(status.breaches))
-        return "healthy" if status.healthy else "; ".join(status.breaches)
-
-    def _restore_test(self, _note: str | None) -> str:
-        report = self.services.restores.test(ACTOR, "latest")
-        if not report.passed:
-            raise BackupError(f"restore test of {report.key} failed its checks")
-        return f"restore test of {report.key} passed"

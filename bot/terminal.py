@@ -40,7 +40,7 @@ Clock = Callable[[], float]
 PHASES = {
     "preflight": "checking the database, the bucket and the tools",
     "dumping": "dumping and uploading",
-    "verifying": "verifying size and SHA-256 against the bucket",
+    "verifying": "verifying size and checksum against the bucket",
     "replicating": "copying to the second region",
     "writing_manifest": "writing the manifest",
     "downloading": "downloading and checking SHA-256",

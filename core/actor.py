@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from core.errors import UsageError
 from core.redact import check_plain_text
 
-TRIGGERS = ("cli", "slack", "schedule", "api")
+TRIGGERS = ("cli", "slack", "schedule", "api", "console")
 MAX_ACTOR_LENGTH = 100
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import CursorResult
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from core.audit import Actor, AuditLog
-from core.errors import BackupError, UsageError
+from core.errors import ApprovalRefused, UsageError
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 
 log = logging.getLogger("blnk_backup.approvals")
@@ -99,12 +99,6 @@ class Approval:
 def _aware(when: datetime) -> datetime:
     """SQLite gives datetimes back without their zone; every time here is UTC."""
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-class ApprovalError(BackupError):
-    """A decision that cannot be made: own request, already decided, expired, unknown."""
-
-    code = "approval_refused"
 
 
 Clock = Callable[[], datetime]
@@ -194,11 +188,11 @@ class ApprovalBook:
     def decide(self, request_id: str, decider: Actor, *, approve: bool) -> Approval:
         """Approve or deny a pending request, atomically; return it as decided.
 
-        Raise ApprovalError if the decider asked for it themselves, if it is unknown, expired
+        Raise ApprovalRefused if the decider asked for it themselves, if it is unknown, expired
         or already decided (the message says by whom). Every outcome is audited."""
         current = self.get(request_id)
         if current is None:
-            raise ApprovalError("this approval request does not exist")
+            raise ApprovalRefused("this approval request does not exist")
         if decider.name == current.requested_by:
             self._refused(current, decider, "the requester cannot decide their own request")
         now = self.clock()
@@ -316,11 +310,11 @@ class ApprovalBook:
             actor=decider,
             run_id=approval.id,
             key=approval.params.get("key"),
-            error_code=ApprovalError.code,
+            error_code=ApprovalRefused.code,
             error_cause=why,
             details={"request": approval.action, "status": approval.status},
         )
-        raise ApprovalError(why)
+        raise ApprovalRefused(why)
 
 
 def _changed(session: Session, statement: Update) -> int:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.actor import TRIGGERS, Actor
 from core.auditdb import AuditDatabase, AuditUrl
-from core.errors import ConfigError, describe_failure
+from core.errors import REFUSALS, ConfigError, NotPermitted, describe_failure
 from core.liveness import RunLocks, run_locks_for
 from core.redact import first_line, truncate_cause
 
@@ -48,7 +48,6 @@ ENDED = ("succeeded", "failed", "abandoned", "planned")
 # kind already going, a decision the approval book refused, an approved plan that no longer
 # holds. They say nothing about the backups, so they are neither a restore-test result nor a
 # failed backup.
-REFUSALS = ("usage_error", "already_running", "approval_refused", "plan_changed")
 
 
 @dataclass
@@ -362,6 +361,18 @@ class AuditLog:
                 )
             closed.append(run)
         return closed
+
+    def unauthorized(self, actor: Actor, attempted: str, why: str) -> None:
+        """Record that ``actor`` was refused ``attempted`` (a command, a decision, App Home)
+        because they may not: ``why`` says which list they are missing from."""
+        self.record(
+            action="unauthorized",
+            outcome="recorded",
+            actor=actor,
+            error_code=NotPermitted.code,
+            error_cause=why,
+            details={"attempted": attempted},
+        )
 
     def open_runs(self, action: str, before: datetime | None = None) -> list[AuditEvent]:
         """The ``started`` runs of ``action`` with no end (that started before ``before``, if

@@ -36,22 +36,22 @@ from core.database import PgTarget
 from core.dumpstream import DumpStream
 from core.errors import (
     AlreadyRunningError,
-    BackupError,
     BackupInterrupted,
     ConfigError,
+    EngineError,
     LocalCopyError,
     StorageError,
     VerificationError,
 )
 from core.keys import BackupKey
 from core.manifest import COMPLETE_STATUS, Manifest
-from core.multipart import CompletedUpload, MiB, MultipartUpload
 from core.redact import MAX_REASON_LENGTH, check_plain_text
+from core.store.multipart import CompletedUpload, MiB, MultipartUpload
 
 if TYPE_CHECKING:  # the heavy adapters are built on another thread while pg_dump starts
     from core.audit import AuditLog, AuditRun
-    from core.replication import ReplicaRecord
-    from core.s3store import S3Store
+    from core.store.replication import ReplicaRecord
+    from core.store.s3 import S3Store
 
 log = logging.getLogger("blnk_backup.backup")
 
@@ -281,7 +281,7 @@ class BackupService:
         for store in [self.store] + ([self.replica] if self.replica is not None else []):
             try:
                 uploads = store.incomplete_uploads()
-            except BackupError as exc:
+            except EngineError as exc:
                 problems.append(
                     {
                         "key": "",
@@ -295,7 +295,7 @@ class BackupService:
                     continue  # not from before this run
                 try:
                     store.abort_upload(upload.key, upload.upload_id)
-                except BackupError as exc:
+                except EngineError as exc:
                     problems.append(
                         {
                             "key": upload.key,
@@ -448,7 +448,7 @@ class _BackupRun:
         if replica is not None and all(r.status == "verified" for r in replicas):
             try:  # the replica becomes a complete, listable backup of its own
                 replica.put_manifest(manifest)
-            except BackupError as exc:
+            except EngineError as exc:
                 self._replication_failed(f"writing the replica's manifest failed: {exc.cause}")
         self.emit("done", completed.size)
         return manifest
@@ -475,14 +475,20 @@ class _BackupRun:
 
     def _replicate(self, completed: CompletedUpload, sha256: str) -> list[ReplicaRecord]:
         """Copy the verified dump to the second region; a failure is recorded, not raised."""
-        from core.replication import Replicator
+        from core.store.replication import Replicator
 
         replica = self.s.replica
         if replica is None:
             return []
         assert self.key is not None
         self.emit("replicating", completed.size)
-        same = self.settings.s3_replica_endpoint_url in (None, self.settings.s3_endpoint_url)
+        # A server-side copy runs with the replica's credentials reading the primary bucket:
+        # only when both are on one endpoint under the same credentials (a replica in another
+        # account has its own, which usually may not read the primary: streamed instead).
+        same = (
+            self.settings.s3_replica_endpoint_url in (None, self.settings.s3_endpoint_url)
+            and self.settings.s3_replica_access_key_id is None
+        )
         record = Replicator(
             self.store,
             replica,
@@ -568,14 +574,14 @@ class _BackupRun:
             if self.replicated and replica is not None:
                 try:  # a copy of a backup that failed afterwards must not linger there either
                     replica.delete(self.key.key)
-                except BackupError as exc:
+                except EngineError as exc:
                     log.error("could not remove the replica of %s: %s", self.key, exc)
             try:
                 if self.completed:
                     self.store.delete(self.key.key)
                 else:
                     self.upload.abort()
-            except BackupError as exc:
+            except EngineError as exc:
                 log.error("could not clean up %s: %s", self.key, exc)
                 # Part of this backup's one failure (and its one alert), and recorded on its
                 # own for the record: the next backup removes it.

@@ -30,6 +30,12 @@ class GeneratedDatabase:
     transactions: int
     size_bytes: int
     seconds: float
+    server: PgTarget | None = None  # where it was made
+
+    def drop(self) -> None:
+        """Drop it (a demo database, at the end of the demo)."""
+        if self.server is not None:
+            drop_database(self.server, self.name)
 
 
 def _script(name: str) -> str:
@@ -157,5 +163,5 @@ def generate(
     with target.connect(autocommit=True) as conn:
         row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     return GeneratedDatabase(
-        name, transactions, int(row[0]) if row else 0, time.monotonic() - began
+        name, transactions, int(row[0]) if row else 0, time.monotonic() - began, server
     )

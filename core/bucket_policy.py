@@ -25,7 +25,7 @@ from core.audit import Actor, AuditLog
 from core.config import Settings
 from core.errors import PlanChangedError, StorageError
 from core.redact import MAX_REASON_LENGTH, check_plain_text
-from core.s3store import S3Store
+from core.store.s3 import S3Store
 
 RULE_PREFIX = "blnk-backup-"
 ARCHIVE_CLASS = "GLACIER_IR"

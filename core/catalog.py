@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.audit import AuditLog
-from core.errors import BackupError, StorageError
+from core.audit import Actor, AuditLog
+from core.errors import ConfigError, EngineError, StorageError, UsageError
 from core.keys import BackupKey
 from core.manifest import Manifest
-from core.s3store import S3Store, StoredBackup
+from core.store.s3 import S3Store, StoredBackup
 
 log = logging.getLogger("blnk_backup.catalog")
 
@@ -27,6 +27,45 @@ log = logging.getLogger("blnk_backup.catalog")
 # this close after the record's time is the same test.
 SAME_TEST = timedelta(minutes=1)
 FIRST_READING_WAIT = 2.0  # seconds a caller waits for the very first reading of the bucket
+
+
+LATEST = "latest"  # names the newest complete backup wherever a key is asked for
+
+
+def newest_complete(backups: Sequence[StoredBackup]) -> StoredBackup | None:
+    """The newest complete backup of a listing (oldest first, as S3 lists keys), or None."""
+    complete = [b for b in backups if b.complete]
+    return complete[-1] if complete else None
+
+
+def refuse_newest(key: BackupKey, backups: Sequence[StoredBackup]) -> None:
+    """Raise UsageError if ``key`` is the newest complete backup: it is never deleted, by hand
+    or by an approved plan (retention keeps it by its own rule, core/retention.py)."""
+    newest = newest_complete(backups)
+    if newest is not None and newest.key == key:
+        raise UsageError(f"{key} is the newest complete backup: it is never deleted")
+
+
+def resolve(
+    store: S3Store, which: str, *, purpose: str = "restore"
+) -> tuple[StoredBackup, list[StoredBackup] | None]:
+    """The complete backup ``which`` names — a key, or LATEST (any case) for the newest complete
+    one — and the bucket's listing when it was read to find it. Raise UsageError saying why
+    there is none: no complete backup yet, a key that is not one, absent, or incomplete (no
+    manifest, an unreadable or mismatched one)."""
+    if which.lower() == LATEST:
+        listed = store.list_backups()
+        newest = newest_complete(listed)
+        if newest is None:
+            raise UsageError(f"there is no complete backup to {purpose} yet")
+        return newest, listed
+    key = BackupKey.parse_or_raise(which, store.prefix)
+    found = store.backup(key)
+    if found is None:
+        raise UsageError(f"{key} does not exist in {store.location}")
+    if not found.complete or found.manifest is None:
+        raise UsageError(f"{key} is not a complete backup: {found.problem}")
+    return found, None
 
 
 @dataclass(frozen=True)
@@ -80,7 +119,7 @@ class _Reading:
     at: float  # time.monotonic() when read
     backups: Sequence[StoredBackup] | None
     status: FreshnessStatus | None
-    error: BackupError | None
+    error: EngineError | None
 
 
 class BackupCatalog:
@@ -125,7 +164,7 @@ class BackupCatalog:
         try:
             backups = self.store.list_backups()
             fresh = _Reading(time.monotonic(), backups, self._status(backups), None)
-        except BackupError as exc:
+        except EngineError as exc:
             fresh = _Reading(time.monotonic(), None, None, exc)
         except BaseException:
             with self._changed:
@@ -182,6 +221,24 @@ class BackupCatalog:
             "backup_deleted": event.key not in listed,
             "from_audit_log": True,
         }
+
+    def check_freshness(self, actor: Actor) -> FreshnessStatus:
+        """The freshness check: read the bucket now and judge it, audited as a
+        ``freshness_check`` run that fails (and so alerts) on any breach."""
+        if self.audit is None:
+            raise ConfigError(["AUDIT_DATABASE_URL: the freshness check records its result"])
+        with self.audit.run("freshness_check", actor) as run:
+            status = self.status()
+            run.note(
+                details={
+                    "complete": status.complete_count,
+                    "newest": status.newest.key.key if status.newest else None,
+                    "breaches": status.breaches,
+                }
+            )
+            if status.breaches:
+                run.end("failed", error_code="breach", error_cause="; ".join(status.breaches))
+        return status
 
     def status(self, max_age: float = 0) -> FreshnessStatus:
         """Return the freshness status: newest complete backup, its age, the last restore

@@ -31,6 +31,10 @@ _PIPE_SIZE = 1 << 20
 _DEFAULT_PIPE_SIZE = 64 << 10  # Linux's, where the size cannot be read
 
 
+# What a child process that could not run or finish in time raises (a timeout, ...).
+SubprocessError = subprocess.SubprocessError
+
+
 class StreamingProcess:
     """A child whose stdout is read as a byte stream while its stderr tail is collected."""
 

@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.audit import Actor, AuditLog, AuditRun
+from core.catalog import refuse_newest
 from core.config import Settings
 from core.errors import PlanChangedError, StorageError, UsageError
 from core.keys import BackupKey
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 from core.retention import Decision, RetentionPlan, RetentionPolicy, plan
-from core.s3store import S3Store
+from core.store.s3 import S3Store
 
 log = logging.getLogger("blnk_backup.prune")
 
@@ -294,9 +295,7 @@ class PruneService:
             primary = self.stores[0]
             key = BackupKey.parse_or_raise(which, primary.prefix)
             run.note(key=key.key)
-            complete = [b.key for b in primary.list_backups() if b.complete]
-            if complete and complete[-1] == key:
-                raise UsageError(f"{key} is the newest complete backup: it is never deleted")
+            refuse_newest(key, primary.list_backups())
             deleted: list[str] = []
             found = False
             for store in self.stores:

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from core.backup import BackupService
     from core.bucket_policy import BucketPolicyService
     from core.catalog import BackupCatalog
+    from core.operations import RiskyOperations
     from core.prune import PruneService
     from core.redact import EndpointScrubber
-    from core.restore import RestoreService
-    from core.s3store import S3Store
+    from core.restore.service import RestoreService
+    from core.store.s3 import S3Store
 
 T = TypeVar("T")
 log = logging.getLogger("blnk_backup.services")
@@ -106,13 +107,13 @@ class Services:
 
     @_built_once
     def store(self) -> S3Store:
-        from core.s3store import S3Store
+        from core.store.s3 import S3Store
 
         return S3Store.from_settings(self.settings)
 
     @_built_once
     def replica(self) -> S3Store | None:
-        from core.s3store import S3Store
+        from core.store.s3 import S3Store
 
         return S3Store.replica_from_settings(self.settings)
 
@@ -136,7 +137,7 @@ class Services:
 
     @_built_once
     def restores(self) -> RestoreService:
-        from core.restore import RestoreService
+        from core.restore.service import RestoreService
 
         self.settings.require("s3_bucket")
         source = self.target if self.settings.database_url is not None else None
@@ -174,6 +175,13 @@ class Services:
             restore_test_max_age_days=self.settings.restore_test_max_age_days,
             audit=self.audit,
         )
+
+    @_built_once
+    def risky(self) -> RiskyOperations:
+        """The operations behind an approval: planned, then executed as approved."""
+        from core.operations import RiskyOperations
+
+        return RiskyOperations(self)
 
     def stop_backup(self, why: str, wait_seconds: float, grace_seconds: float = 0.0) -> bool:
         """Let the backup running in this process, if any, end within ``grace_seconds``; then

@@ -20,8 +20,8 @@ import pytest
 from core.audit import Actor
 from core.database import PgTarget, create_database, drop_database
 from core.dbstats import ledger_totals, object_counts
-from core.multipart import crc32_b64
 from core.services import Services
+from core.store.multipart import crc32_b64
 from tests.support.faultproxy import FaultProxy, Request
 from tests.support.helpers import bucket_keys, incomplete_uploads, make_database
 

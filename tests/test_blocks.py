@@ -33,8 +33,8 @@ from core.catalog import BackupEntry, FreshnessStatus
 from core.keys import BackupKey
 from core.manifest import Manifest, SnapshotStats
 from core.prune import PruneReport
-from core.restore import RestoreReport
-from core.restore_checks import Check
+from core.restore.check import Check
+from core.restore.service import RestoreReport
 from core.retention import RetentionPolicy, plan
 from tests.support.fake_slack import block_texts, slack_would_reject
 

@@ -5,6 +5,7 @@ shows control characters instead of obeying them."""
 
 from __future__ import annotations
 
+import getpass
 import io
 import os
 import re
@@ -131,7 +132,9 @@ def test_a_scripted_session_backs_up_restore_tests_and_deletes_with_a_second_use
     session.expect(r"you are now U2")
     session.send("/approve")
     outcome = session.expect(r"Outcome:.*deleted")
-    assert any("approved by @U2" in line for line in outcome)
+    # Audited as the console: the person at the terminal acting as U2, not a Slack user U2.
+    me = getpass.getuser()
+    assert any(f"approved by {me} as U2" in line for line in outcome), "\n".join(outcome)
 
     session.send("/blnk-backups list")
     session.expect(r"Backups, newest first")

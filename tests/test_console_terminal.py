@@ -136,7 +136,7 @@ def test_on_an_80_column_terminal_progress_leaves_no_stale_line_and_nothing_is_e
     assert [p.split("  ")[0] for p in phases[:4]] == [
         "✓ checking the database, the bucket and the tools",
         "✓ dumping and uploading",
-        "✓ verifying size and SHA-256 against the bucket",
+        "✓ verifying size and checksum against the bucket",
         "✓ writing the manifest",
     ], shown
     assert sum("100 %" in line for line in lines) == 1 and "100 %" in phases[1], shown

@@ -22,7 +22,7 @@ from bot.cli import main
 from core.audit import Actor
 from core.database import PgTarget, databases_like, drop_database
 from core.errors import ConfigError, LocalCopyError
-from core.restore import SCRATCH_PREFIX
+from core.restore.service import SCRATCH_PREFIX
 from core.services import Services
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import bucket_keys, incomplete_uploads, settings_env

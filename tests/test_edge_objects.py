@@ -28,7 +28,7 @@ from core.dbstats import (
     table_digests,
 )
 from core.processes import find_tool, tool_version
-from core.restore_checks import amcheck, btree_indexes_to_check
+from core.restore.checks import amcheck, btree_indexes_to_check
 from core.services import Services
 from tests.support.databases import make_database
 

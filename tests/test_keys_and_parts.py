@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from core.errors import UsageError
 from core.keys import BackupKey
-from core.multipart import (
+from core.store.multipart import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MiB,

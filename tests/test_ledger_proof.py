@@ -27,10 +27,10 @@ from bot.render import text as render_text
 from core.audit import Actor
 from core.database import PgTarget, create_database, drop_database
 from core.dbstats import LARGE_OBJECTS_KEY, ledger_anchor
-from core.ledger_proof import LedgerProof, prove_ledger
 from core.manifest import LedgerAnchor, ManifestError, parse_manifest
-from core.restore import RestoreReport
-from core.restore_checks import Check
+from core.restore.check import Check
+from core.restore.ledger_proof import LedgerProof, prove_ledger
+from core.restore.service import RestoreReport
 from core.services import Services
 from tests.support.databases import make_database
 from tests.support.seeding import manifest_for

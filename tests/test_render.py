@@ -16,8 +16,8 @@ from core.errors import ConfigError, DumpError
 from core.keys import BackupKey
 from core.manifest import SnapshotStats
 from core.prune import PruneReport
-from core.restore import RestoreReport
-from core.restore_checks import Check
+from core.restore.check import Check
+from core.restore.service import RestoreReport
 from core.retention import Decision, RetentionPlan
 from tests.support.seeding import manifest_for
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from bot.leader import JobLock, Leadership
 from bot.scheduler import Scheduler
 from bot.slack.alerts import alert_for
 from core.approvals import ApprovalBook
 from core.audit import AuditEvent, AuditLog
 from core.config import Settings
 from core.database import PgTarget
+from core.leadership import JobLock, Leadership
 from core.outbox import Outbox
 from core.services import Services
 from tests.support.bot_process import BOT, Replica, wait_until
@@ -493,7 +493,7 @@ def hangs(_note):
     time.sleep(600)
     return "never"
 
-scheduler.runners["freshness_check"] = hangs
+scheduler.scheduled.jobs["freshness_check"] = hangs
 scheduler.fire("freshness_check")
 """
 

@@ -153,8 +153,8 @@ def test_large_objects_are_copied_part_by_part_with_the_primarys_layout(
     make_settings: Any, s3: Any, bucket: str, pg_server: Any
 ) -> None:
     from core.database import drop_database
-    from core.replication import Replicator
-    from core.s3store import S3Store
+    from core.store.replication import Replicator
+    from core.store.s3 import S3Store
     from tests.support.helpers import make_database
 
     name = make_database(pg_server, 20_000)

@@ -32,7 +32,7 @@ from core.database import (
 from core.dbstats import ledger_totals, object_counts, row_counts
 from core.errors import ConfigError, RestoreCheckError, UsageError
 from core.processes import find_tool
-from core.restore import (
+from core.restore.service import (
     INCOMPLETE_RESTORE,
     SCRATCH_PREFIX,
     RestoreService,

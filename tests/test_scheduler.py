@@ -254,7 +254,7 @@ def test_a_monthly_jobs_last_run_is_found_behind_hundreds_of_frequent_runs(
         ran.append(note)
         return "ok"
 
-    scheduler.runners["restore_test"] = restore_test
+    scheduler.scheduled.jobs["restore_test"] = restore_test
     scheduler.catch_up()  # down over the 1st at 05:00: the monthly restore test runs late
     assert ran == ["run late: due 2025-07-01 05:00 UTC, 30 min late"]
 
@@ -300,7 +300,7 @@ def test_a_catch_up_stopped_before_it_fires_never_runs_the_missed_job(
         ran.append(note)
         return "ran"
 
-    scheduler.runners["freshness_check"] = check
+    scheduler.scheduled.jobs["freshness_check"] = check
     scheduler.fire("freshness_check", scheduled_for=at("2025-06-02T00:00"))
     clock.now = at("2025-06-02T06:45:00")  # the 06:00 run was missed: a catch-up would run it
     scheduler.start()
@@ -337,7 +337,7 @@ def test_a_catch_up_stopped_during_a_late_run_lets_it_finish_and_starts_no_other
         ran.append("freshness_check")
         return "ran"
 
-    scheduler.runners |= {"retention": slow_retention, "freshness_check": check}
+    scheduler.scheduled.jobs |= {"retention": slow_retention, "freshness_check": check}
     scheduler.start()
     assert started.wait(10)  # the catch-up is inside the late retention run
     _stop_while(scheduler, release)
@@ -422,7 +422,7 @@ def test_the_running_scheduler_skips_a_run_while_the_previous_one_still_runs_and
         release.wait(30)
         return "slow"
 
-    scheduler.runners["freshness_check"] = slow
+    scheduler.scheduled.jobs["freshness_check"] = slow
     scheduler.start()
     try:
         assert started.wait(10)

@@ -25,7 +25,7 @@ from core.database import (
     drop_database,
 )
 from core.keys import BackupKey
-from core.restore import INCOMPLETE_RESTORE
+from core.restore.service import INCOMPLETE_RESTORE
 from tests.support.fake_slack import FakeMessage, FakeSlack, block_texts
 from tests.support.slack_fixtures import SlackFactory
 from tests.support.slack_requests import (

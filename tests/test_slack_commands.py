@@ -23,7 +23,7 @@ from bot.render.blocks import refusal
 from bot.render.slack_limits import validate_message
 from core.actor import Actor
 from core.database import PgTarget, database_exists
-from core.restore import SCRATCH_PREFIX
+from core.restore.service import SCRATCH_PREFIX
 from tests.support.fake_slack import FakeSlack, block_texts
 from tests.support.faultproxy import FaultProxy
 from tests.support.slack_fixtures import SlackFactory
@@ -321,7 +321,7 @@ def test_a_long_phase_keeps_its_elapsed_time_counting_with_no_new_event(
 def test_a_backup_that_breaks_on_something_unexpected_ends_its_message_as_failed(
     start_app: SlackFactory, fake: FakeSlack, proxy: FaultProxy
 ) -> None:
-    # Not a BackupError: the audit log's table is gone when the run's end is recorded.
+    # Not a EngineError: the audit log's table is gone when the run's end is recorded.
     proxy.faults.delay = lambda r: 1.5 if "partNumber=" in r.path else 0.0
     app = start_app(s3_endpoint_url=proxy.endpoint)
     app.command("/blnk-backup", "the last one")

@@ -114,7 +114,7 @@ def test_plain_progress_prints_short_lines_without_escape_codes_and_the_total_at
         "… dumping and uploading k.dump",
         "  2,000,000 bytes so far (~50 % of the previous backup)",
         "  3,500,000 bytes uploaded in all (100 %)",
-        "… verifying size and SHA-256 against the bucket",
+        "… verifying size and checksum against the bucket",
     ]
     assert "\x1b" not in out.getvalue()
 

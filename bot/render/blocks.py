@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from core.catalog import BackupEntry, FreshnessStatus
     from core.manifest import Manifest
     from core.prune import PruneReport
-    from core.restore import RestoreReport
+    from core.restore.service import RestoreReport
 
 __all__ = [
     "Message",
@@ -95,7 +95,7 @@ DENY_ACTION = "approval_deny"
 APPROVAL_BLOCK_PREFIX = "approval:"  # block_id of the buttons: approval:<id>
 MAX_FALLBACK = 3000  # our own fallback texts stay short: they are notifications
 _USER_ID = re.compile(r"[UW][A-Z0-9]{1,30}")
-_TRIGGER_NAMES = {"cli": "CLI", "api": "HTTP API", "slack": "Slack"}
+_TRIGGER_NAMES = {"cli": "CLI", "api": "HTTP API", "slack": "Slack", "console": "console"}
 
 
 @dataclass
@@ -681,24 +681,10 @@ def policies(results: list[StorePolicies], applied: bool) -> Message:
 
 
 # --- small replies --------------------------------------------------------------------------------
-_HELP = [
-    ("/blnk-backup [reason]", "back up the ledger database now; one message follows it to the end"),
-    ("/blnk-backups list", "the newest complete backups"),
-    ("/blnk-backups status", "freshness, the last restore test and the next scheduled runs"),
-    ("/blnk-backups prune", "the retention plan, as a dry run (deletes nothing)"),
-    ("/blnk-backups prune apply", "delete what the retention plan marks *delete* (approval)"),
-    ("/blnk-backups delete KEY", "delete one backup, never the newest (approval)"),
-    ("/blnk-backups bucket check", "compare the bucket's settings with the recommended ones"),
-    ("/blnk-backups bucket apply", "apply the recommended bucket settings (approval)"),
-    ("/blnk-backups audit", "the newest audit events"),
-    ("/blnk-backups help", "this message"),
-    ("/blnk-restore-test [KEY|latest]", "restore a backup into a scratch database and check it"),
-    ("/blnk-restore KEY|latest into NEWDB", "restore into a new database (approval; quote names)"),
-]
-
-
 def help_message() -> Message:
-    lines = [f"`{command}` — {what}" for command, what in _HELP]
+    from bot.slack.commands import SPECS
+
+    lines = [f"`{s.synopsis}` — {s.does}" + (" (approval)" if s.risky else "") for s in SPECS]
     blocks = [
         _header("Blnk backup commands"),
         _section("\n".join(lines)),
@@ -707,7 +693,7 @@ def help_message() -> Message:
             "happens. Keys look like `blnk_backup_YYYYMMDD_HHMMSS.dump`."
         ),
     ]
-    return _message("Blnk backup commands: " + ", ".join(c for c, _ in _HELP), blocks)
+    return _message("Blnk backup commands: " + ", ".join(s.synopsis for s in SPECS), blocks)
 
 
 def usage(message: str) -> Message:

@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from core.errors import BackupError, ConfigError
+from core.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
     from core.audit import AuditEvent
@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from core.catalog import BackupEntry, FreshnessStatus
     from core.manifest import Manifest
     from core.prune import PruneReport
-    from core.restore import RestoreReport
+    from core.restore.service import RestoreReport
 
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when else None
 
 
-def error(exc: BackupError) -> dict[str, Any]:
+def error(exc: EngineError) -> dict[str, Any]:
     """The error object of a failed command or request: a code and a message."""
     body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
     if isinstance(exc, ConfigError):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.cells import cell_len, set_cell_size
 
 from core.database import PgTarget
+from core.errors import EXIT_USAGE, EngineError
 from core.redact import neutralise
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from core.catalog import BackupEntry, FreshnessStatus
     from core.manifest import Manifest
     from core.prune import PruneReport
-    from core.restore import RestoreReport
+    from core.restore.service import RestoreReport
 
 
 def _safe(value: Any) -> str:
@@ -314,3 +315,11 @@ def policies(results: list[StorePolicies], applied: bool) -> str:
     if not applied and not all(r.ok for r in results):
         lines.append("run `blnk-backup bucket apply --yes` to apply what is missing")
     return "\n".join(lines)
+
+
+def error_line(exc: EngineError) -> str:
+    """How a command's error reads on stderr: a usage or configuration problem as the
+    person's to fix (``error: …``), anything else with its code."""
+    if exc.exit_status == EXIT_USAGE:
+        return f"error: {exc}"
+    return f"✗ {exc.code}: {exc}"

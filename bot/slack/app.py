@@ -1,6 +1,7 @@
-"""The Slack app: ``create_app(settings, services)`` builds the Bolt app with its listeners,
-registered per kind (bot/slack/listeners/{commands,actions,events}), and the parts they share:
-the job executor, the messenger with its outbox, the authorizer and the alerts.
+"""The Slack app: ``build_slack(settings, services)`` builds the Bolt app with its listeners,
+registered per kind (bot/slack/listeners/{commands,actions,events}), and the parts they share
+(bot/slack/parts.py: the job executor, the messenger with its outbox, the authorizer, the
+alerts).
 
 Signature checks stay on (HTTP mode). A global error handler gives a person a short message
 with an error id and the log the traceback; requests nobody handles go there too.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import App, BoltResponse
@@ -30,38 +30,12 @@ from bot.slack.auth import Authorizer
 from bot.slack.jobs import JobRunner
 from bot.slack.messenger import Messenger
 from bot.slack.operations import NextRuns, SlackOperations
+from bot.slack.parts import SlackBot
 from core.config import Settings
 from core.outbox import Outbox
 from core.services import Services
 
 log = logging.getLogger("blnk_backup.slack")
-
-
-@dataclass
-class SlackBot:
-    """The Bolt app and what its listeners share."""
-
-    app: App
-    client: WebClient
-    ops: SlackOperations
-    jobs: JobRunner
-    messenger: Messenger
-    alerts: Alerts | None
-    # admitting callers who are not named outright (group lookups, refusals): off Bolt's threads
-    admission: JobRunner
-    lookups: WebClient  # quick, impatient: for what a person waits on
-
-    def housekeeping(self) -> None:
-        """What the service does every half minute: deliver the outbox, expire overdue
-        approval requests (their messages lose the buttons)."""
-        self.messenger.flush_outbox()
-        self.ops.expire_overdue()
-
-    def close(self) -> None:
-        self.admission.shutdown(wait=True)
-        self.jobs.shutdown(wait=True)
-        if self.alerts is not None:
-            self.alerts.close()
 
 
 def web_client(
@@ -156,11 +130,6 @@ def _static_token(token: str | None) -> Any:
         )
 
     return authorize
-
-
-def create_app(settings: Settings, services: Services, **options: Any) -> App:
-    """Build the Bolt app (see build_slack for the parts around it)."""
-    return build_slack(settings, services, **options).app
 
 
 def _register_error_handler(app: App) -> None:

@@ -14,6 +14,8 @@ import shlex
 from dataclasses import dataclass
 
 from core.errors import UsageError
+from core.operations import BUCKET_APPLY, DELETE, PRUNE_APPLY, RISKY_ACTIONS
+from core.operations import RESTORE as RESTORE_ACTION
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 
 BACKUP, BACKUPS, RESTORE_TEST, RESTORE = (
@@ -24,22 +26,101 @@ BACKUP, BACKUPS, RESTORE_TEST, RESTORE = (
 )
 COMMANDS = (BACKUP, BACKUPS, RESTORE_TEST, RESTORE)
 
-USAGE = {
-    BACKUP: "`/blnk-backup [reason]`, e.g. `/blnk-backup before migration 42`",
-    BACKUPS: (
-        "`/blnk-backups list | status | prune | prune apply [reason] | delete KEY [reason] | "
-        "bucket check | bucket apply [reason] | audit | help`"
+
+@dataclass(frozen=True)
+class Spec:
+    """One thing a person can ask for: the slash command, the words after it, what it takes,
+    the ``action`` it parses to, and what it does (the help line). The help message, the
+    usage lines, the console's help and its Tab completion are all drawn from SPECS."""
+
+    command: str
+    words: str  # the subcommand's words ("prune apply"), "" for none
+    takes: str  # its arguments as written in help ("KEY [reason]"), "" for none
+    action: str
+    does: str
+
+    @property
+    def risky(self) -> bool:
+        """It changes something: a second person approves it first."""
+        return self.action in RISKY_ACTIONS
+
+    @property
+    def synopsis(self) -> str:
+        """``/blnk-backups delete KEY [reason]``"""
+        return " ".join(part for part in (self.command, self.words, self.takes) if part)
+
+
+SPECS = (
+    Spec(
+        BACKUP,
+        "",
+        "[reason]",
+        "backup",
+        "back up the ledger database now; one message follows it to the end",
     ),
-    RESTORE_TEST: "`/blnk-restore-test [KEY | latest]`",
+    Spec(BACKUPS, "list", "", "list", "the newest complete backups"),
+    Spec(
+        BACKUPS,
+        "status",
+        "",
+        "status",
+        "freshness, the last restore test and the next scheduled runs",
+    ),
+    Spec(BACKUPS, "prune", "", "prune", "the retention plan, as a dry run (deletes nothing)"),
+    Spec(
+        BACKUPS,
+        "prune apply",
+        "[reason]",
+        PRUNE_APPLY,
+        "delete what the retention plan marks delete",
+    ),
+    Spec(BACKUPS, "delete", "KEY [reason]", DELETE, "delete one backup, never the newest"),
+    Spec(
+        BACKUPS,
+        "bucket check",
+        "",
+        "bucket_check",
+        "compare the bucket's settings with the recommended ones",
+    ),
+    Spec(
+        BACKUPS, "bucket apply", "[reason]", BUCKET_APPLY, "apply the recommended bucket settings"
+    ),
+    Spec(BACKUPS, "audit", "", "audit", "the newest audit events"),
+    Spec(BACKUPS, "help", "", "help", "this message"),
+    Spec(
+        RESTORE_TEST,
+        "",
+        "[KEY | latest]",
+        "restore_test",
+        "restore a backup into a scratch database and check it",
+    ),
+    Spec(
+        RESTORE,
+        "",
+        "KEY|latest into NEWDB [reason]",
+        RESTORE_ACTION,
+        "restore into a new database beside the source",
+    ),
+)
+_BY_WORDS = {tuple(s.words.split()): s for s in SPECS if s.command == BACKUPS}
+_BY_WORDS[()] = _BY_WORDS[("help",)]
+_EXAMPLES = {
+    BACKUP: ", e.g. `/blnk-backup before migration 42`",
     RESTORE: (
-        "`/blnk-restore KEY|latest into NEWDB [reason]`, e.g. "
-        "`/blnk-restore latest into blnk_restored incident 1234`; quote a name with spaces "
-        'or quotes in it as in a shell: `into "blnk restored"`'
+        ", e.g. `/blnk-restore latest into blnk_restored incident 1234`; quote a name with "
+        'spaces or quotes in it as in a shell: `into "blnk restored"`'
     ),
 }
 
-# What each request does, and whether it changes something (then it needs an approval).
-RISKY = {"prune_apply", "delete", "bucket_apply", "restore"}
+
+def _usage(command: str) -> str:
+    specs = [s for s in SPECS if s.command == command]
+    if command == BACKUPS:
+        return f"`{BACKUPS} " + " | ".join(f"{s.words} {s.takes}".strip() for s in specs) + "`"
+    return " or ".join(f"`{s.synopsis}`" for s in specs) + _EXAMPLES.get(command, "")
+
+
+USAGE = {command: _usage(command) for command in COMMANDS}
 
 LATEST = "latest"
 # Some Slack clients turn the quotes a person types into typographic ones: they quote too.
@@ -61,7 +142,8 @@ class Request:
 
     @property
     def risky(self) -> bool:
-        return self.action in RISKY
+        """It changes something: a second person approves it first."""
+        return self.action in RISKY_ACTIONS
 
 
 def parse(command: str, text: str) -> Request:
@@ -95,27 +177,18 @@ def _parse_restore(text: str) -> Request:
 
 def _parse_backups(text: str) -> Request:
     lowered = [w.lower() for w in text.split()]  # the subcommands: plain words, never quoted
-    simple = {
-        (): "help",
-        ("help",): "help",
-        ("list",): "list",
-        ("status",): "status",
-        ("prune",): "prune",
-        ("prune", "apply"): "prune_apply",
-        ("bucket", "check"): "bucket_check",
-        ("bucket", "apply"): "bucket_apply",
-        ("audit",): "audit",
-    }
-    if tuple(lowered) in simple:
-        return Request(simple[tuple(lowered)])
-    # The risky ones (they become approval requests) may say why, for the approver.
-    if len(lowered) > 2 and tuple(lowered[:2]) in {("prune", "apply"), ("bucket", "apply")}:
+    spec = _BY_WORDS.get(tuple(lowered))
+    if spec is not None and not spec.takes.startswith("KEY"):
+        return Request(spec.action)
+    # What takes a reason (the risky ones: it is shown to the approver) may say why.
+    spec = _BY_WORDS.get(tuple(lowered[:2]))
+    if len(lowered) > 2 and spec is not None and spec.takes == "[reason]":
         _subcommand, rest = _words(text, 2, BACKUPS)
-        return Request(simple[tuple(lowered[:2])], reason=_reason(rest))
+        return Request(spec.action, reason=_reason(rest))
     if lowered[:1] == ["delete"]:
         words, rest = _words(text, 2, BACKUPS)
         if len(words) == 2:
-            return Request("delete", key=words[1], reason=_reason(rest))
+            return Request(DELETE, key=words[1], reason=_reason(rest))
     raise UsageError(f"usage: {USAGE[BACKUPS]}")
 
 

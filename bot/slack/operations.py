@@ -11,23 +11,24 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot.render import blocks
 from bot.slack.auth import Authorizer
-from bot.slack.commands import LATEST, Request
+from bot.slack.commands import Request
 from bot.slack.messenger import Messenger, Renderable
 from bot.slack.progress import LiveMessage
 from core.actor import Actor
-from core.approvals import Approval, ApprovalError
+from core.approvals import Approval
 from core.backup import BackupProgress
-from core.database import PgTarget
-from core.errors import AlreadyRunningError, BackupError, PreflightError, UsageError
-from core.keys import BackupKey
+from core.errors import (
+    AlreadyRunningError,
+    ApprovalRefused,
+    EngineError,
+    PreflightError,
+    UsageError,
+)
 from core.services import Services
-
-if TYPE_CHECKING:
-    from core.s3store import StoredBackup
 
 log = logging.getLogger("blnk_backup.slack.operations")
 
@@ -44,10 +45,15 @@ class Caller:
     user_id: str
     channel_id: str
     respond: Respond
+    as_actor: Actor | None = None  # who the audit log names, when not this Slack user
 
     @property
     def actor(self) -> Actor:
-        return Actor(self.user_id, "slack")
+        return self.as_actor or slack_actor(self.user_id)
+
+
+def slack_actor(user_id: str) -> Actor:
+    return Actor(user_id, "slack")
 
 
 class SlackOperations:
@@ -59,12 +65,14 @@ class SlackOperations:
         *,
         progress_interval: float = 3.0,
         next_runs: NextRuns | None = None,
+        actor_for: Callable[[str], Actor] = slack_actor,
     ) -> None:
         self.services = services
         self.messenger = messenger
         self.authorizer = authorizer
         self.progress_interval = progress_interval
         self.next_runs = next_runs or (lambda: {})
+        self.actor_for = actor_for  # the audit log's actor for a user ID (the console's own)
 
     # --- commands -----------------------------------------------------------------------------
     def admit(self, caller: Caller, what: str, *, approver: bool = False) -> bool:
@@ -96,18 +104,8 @@ class SlackOperations:
             caller.respond(blocks.refusal(self.services.scrub(exc.message)))
 
     def _refuse(self, caller: Caller, what: str, why: str) -> None:
-        self._record_refusal(caller.user_id, what, why)
+        self.services.audit.unauthorized(caller.actor, what, why)
         caller.respond(blocks.refusal(why))
-
-    def _record_refusal(self, user_id: str, what: str, why: str) -> None:
-        self.services.audit.record(
-            action="unauthorized",
-            outcome="recorded",
-            actor=Actor(user_id, "slack"),
-            error_code="not_authorized",
-            error_cause=why,
-            details={"attempted": what},
-        )
 
     def _run_help(self, _request: Request, caller: Caller) -> None:
         caller.respond(blocks.help_message())
@@ -155,7 +153,7 @@ class SlackOperations:
         except AlreadyRunningError:
             raise
         except Exception as exc:
-            if not isinstance(exc, BackupError):  # a bug: the message must not run for ever
+            if not isinstance(exc, EngineError):  # a bug: the message must not run for ever
                 self._finish(live, caller, self._crashed("Backup", caller))
                 return
             self._finish(
@@ -198,7 +196,7 @@ class SlackOperations:
         except UsageError:
             raise
         except Exception as exc:
-            if not isinstance(exc, BackupError):  # a bug: the message must not run for ever
+            if not isinstance(exc, EngineError):  # a bug: the message must not run for ever
                 self._finish(live, caller, self._crashed("Restore test", caller))
                 return
             self._finish(
@@ -230,9 +228,11 @@ class SlackOperations:
     # --- approvals ----------------------------------------------------------------------------
     def _request_approval(self, request: Request, caller: Caller) -> None:
         """Work out exactly what would happen, record the request, post it for approvers."""
-        action, params, summary = self._plan(request, caller)
+        plan = self.services.risky.plan(
+            request.action, caller.actor, key=request.key, into=request.into
+        )
         approval = self.services.approvals.request(
-            action, caller.actor, params, summary, reason=request.reason
+            plan.action, caller.actor, plan.params, plan.summary, reason=request.reason
         )
         posted = self.messenger.post(
             caller.channel_id, blocks.approval_request(approval, datetime.now(UTC))
@@ -244,90 +244,6 @@ class SlackOperations:
             approval.id, {"channel": posted.channel, "ts": posted.ts}
         )
 
-    def _plan(self, request: Request, caller: Caller) -> tuple[str, dict[str, Any], list[str]]:
-        store = self.services.store
-        if request.action == "delete":
-            assert request.key is not None
-            key = BackupKey.parse_or_raise(request.key, store.prefix)
-            found = store.backup(key)
-            if found is None:
-                raise UsageError(f"{key} does not exist in {store.location}")
-            complete = [b.key for b in store.list_backups() if b.complete]
-            if complete and complete[-1] == key:
-                raise UsageError(f"{key} is the newest complete backup: it is never deleted")
-            where = [s.location for s in self.services.stores]
-            return (
-                "delete",
-                {"key": key.key},
-                [f"Delete backup `{key.key}` ({found.size:,} bytes) from {', '.join(where)}"],
-            )
-        if request.action == "prune_apply":
-            from core.prune import plan_for_approval
-
-            params, lines = plan_for_approval(self.services.pruner.prune(caller.actor, apply=False))
-            return "prune_apply", params, lines
-        if request.action == "bucket_apply":
-            from core.bucket_policy import approval_params as bucket_changes
-
-            results = self.services.bucket_policies.check()
-            lines = [
-                f"{r.location}: set {item.name} to {item.recommended} (now {item.current})"
-                for r in results
-                for item in r.items
-                if not item.ok and not item.unsupported
-            ]
-            if not lines:
-                raise UsageError("every bucket already has the recommended settings")
-            lines.append("Exactly these are changed, or nothing if a bucket has changed by then.")
-            return "bucket_apply", bucket_changes(results), lines
-        if request.action == "restore":
-            return self._plan_restore(request)
-        raise UsageError(f"{request.action} needs no approval")
-
-    def _plan_restore(self, request: Request) -> tuple[str, dict[str, Any], list[str]]:
-        """Refuse now, before anyone is asked to approve, what the restore would refuse after
-        the approval (a name in use, the source database, ...); pin ``latest`` to a key, so
-        the approver approves one backup. The restore checks all of it again when it runs."""
-        assert request.key is not None and request.into is not None
-        server = self.services.target  # where the Slack bot restores: Blnk's server
-        self._check_restore_name(request.into, server)
-        backup = self._complete_backup(request.key)
-        self.services.restores.check_target_free(request.into, server)
-        assert backup.manifest is not None  # complete
-        return (
-            "restore",
-            {"key": backup.key.key, "into": request.into, "sha256": backup.manifest.sha256},
-            [
-                f"Create the new database `{request.into}` beside the source database "
-                f"`{server.dbname}`, on its server",
-                f"Restore backup `{backup.key.key}` into it (verified download, pg_restore), "
-                "then check it; the source database is not touched",
-                f"Exactly this backup's content: SHA-256 `{backup.manifest.sha256}`",
-            ],
-        )
-
-    def _complete_backup(self, which: str) -> StoredBackup:
-        """The complete backup ``which`` names: a key, or LATEST for the newest complete one
-        (as ``blnk-backup restore latest`` picks it). Raise UsageError saying why there is
-        none."""
-        store = self.services.store
-        if which == LATEST:
-            complete = [b for b in store.list_backups() if b.complete]
-            if not complete:
-                raise UsageError("there is no complete backup to restore yet")
-            return complete[-1]
-        key = BackupKey.parse_or_raise(which, store.prefix)
-        found = store.backup(key)
-        if found is None or not found.complete:
-            why = "does not exist" if found is None else f"is not complete ({found.problem})"
-            raise UsageError(f"{key} {why}")
-        return found
-
-    def _check_restore_name(self, into: str, server: PgTarget) -> None:
-        """Refuse a name the restore never creates (core's own rules), without asking the
-        server."""
-        self.services.restores.check_target(into, server)
-
     def decide(self, approval_id: str, caller: Caller, approve: bool) -> None:
         """A button click: check the approver, decide once, update the message, execute."""
         if self.admit(caller, "approve" if approve else "deny", approver=True):
@@ -337,7 +253,7 @@ class SlackOperations:
         """Decide once for an admitted approver, update the message, execute."""
         try:
             approval = self.services.approvals.decide(approval_id, caller.actor, approve=approve)
-        except ApprovalError as exc:
+        except ApprovalRefused as exc:
             caller.respond(blocks.refusal(exc.message))
             expired = self.services.approvals.get(approval_id)
             if expired is not None and expired.status == "expired":
@@ -355,7 +271,7 @@ class SlackOperations:
         try:
             outcome = self._execute(approval)
             succeeded = True
-        except BackupError as exc:
+        except EngineError as exc:
             outcome, succeeded = f"{exc.code}: {self.services.scrub(exc.message)}", False
         except Exception:  # a bug: the request must not stay "executing" for ever
             error_id = uuid.uuid4().hex[:8]
@@ -368,46 +284,8 @@ class SlackOperations:
         self._show_decision(finished, final=True)
 
     def _execute(self, approval: Approval) -> str:
-        actor = Actor(approval.requested_by, "slack")
-        params = approval.params
-        if approval.action == "delete":
-            deleted = self.services.pruner.delete_one(actor, params["key"])
-            return f"deleted {params['key']} from {len(deleted)} store(s)"
-        if approval.action == "prune_apply":
-            reports = self.services.pruner.apply_approved(actor, params, approval.reason)
-            errors = [e for r in reports for e in r.errors]
-            if errors:
-                raise BackupError("; ".join(errors))
-            return f"deleted {sum(len(r.deleted) for r in reports)} backup(s)"
-        if approval.action == "bucket_apply":
-            results = self.services.bucket_policies.apply(actor, approval.reason, approved=params)
-            approved = {
-                (location, item.get("name"))
-                for location, items in params["stores"].items()
-                for item in items
-            }
-            left = [
-                f"{r.location}: {i.name} is still {i.current}"
-                for r in results
-                for i in r.items
-                if (r.location, i.name) in approved and not i.ok and not i.unsupported
-            ]
-            errors = [e for r in results for e in r.errors] + left
-            if errors:
-                raise BackupError("; ".join(errors))
-            return "bucket policies applied"
-        if approval.action == "restore":
-            report = self.services.restores.restore(
-                actor,
-                params["key"],
-                params["into"],
-                self.services.target,
-                reason=approval.reason,
-                expected_sha256=params.get("sha256"),
-            )
-            verdict = "all checks passed" if report.passed else "some checks FAILED"
-            return f"restored {report.key} into {report.database!r}: {verdict}"
-        raise BackupError(f"unknown approved action {approval.action!r}")
+        actor = Actor(approval.requested_by, approval.requested_via)
+        return self.services.risky.execute(approval.action, actor, approval.params, approval.reason)
 
     def expire_overdue(self) -> int:
         """Expire the requests past their deadline (audited in core) and take their buttons
@@ -433,7 +311,7 @@ class SlackOperations:
         allowed = self.authorizer.may_operate(user_id)
         if allowed.allowed:
             return None
-        self._record_refusal(user_id, "home", allowed.why)
+        self.services.audit.unauthorized(self.actor_for(user_id), "home", allowed.why)
         return blocks.home_refused(allowed.why)
 
     def home(self, user_id: str) -> dict[str, Any]:
@@ -448,7 +326,7 @@ class SlackOperations:
             state = self.services.catalog.status(max_age=HOME_CACHE_SECONDS)
             backups = self.services.catalog.list(limit=10, max_age=HOME_CACHE_SECONDS)
             error = None
-        except BackupError as exc:
+        except EngineError as exc:
             state, backups, error = None, [], self.services.scrub(exc.message)
         self.expire_overdue()
         pending = self.services.approvals.pending()

@@ -38,8 +38,9 @@ from slack_sdk.signature import SignatureVerifier
 from bot.http import HttpApi, serve
 from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
 from bot.render.slack_limits import validate_message, validate_view
-from bot.slack.app import SlackBot, build_slack
+from bot.slack.app import build_slack
 from bot.slack.jobs import JobRunner
+from bot.slack.parts import SlackBot
 from core.approvals import Approval
 from core.audit import AuditEvent
 from core.config import Settings

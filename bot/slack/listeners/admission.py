@@ -20,7 +20,7 @@ from bot.slack.messenger import Renderable, public
 from bot.slack.operations import Caller
 
 if TYPE_CHECKING:
-    from bot.slack.app import SlackBot
+    from bot.slack.parts import SlackBot
 
 log = logging.getLogger("blnk_backup.slack.admission")
 

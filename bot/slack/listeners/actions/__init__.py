@@ -13,7 +13,7 @@ from bot.slack.listeners.admission import admit_and_queue, ephemeral
 from bot.slack.operations import Caller
 
 if TYPE_CHECKING:
-    from bot.slack.app import SlackBot
+    from bot.slack.parts import SlackBot
 
 
 def register(app: App, bot: SlackBot) -> None:

@@ -18,7 +18,7 @@ from bot.slack.operations import Caller
 from core.errors import UsageError
 
 if TYPE_CHECKING:
-    from bot.slack.app import SlackBot
+    from bot.slack.parts import SlackBot
 
 log = logging.getLogger("blnk_backup.slack.commands")
 

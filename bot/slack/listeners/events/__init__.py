@@ -17,7 +17,7 @@ from bot.slack.jobs import JobsFull
 from bot.slack.messenger import scrub_texts
 
 if TYPE_CHECKING:
-    from bot.slack.app import SlackBot
+    from bot.slack.parts import SlackBot
 
 log = logging.getLogger("blnk_backup.slack.events")
 

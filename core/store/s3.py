@@ -1,7 +1,7 @@
 """The S3 adapter, and the only module (with s3errors.py) that knows boto3: one bucket and
 prefix holding backups — client configuration, the reads verification trusts, complete
 listings with validated manifests, multipart parts, server-side copies, bucket configuration,
-deletes and aborts. botocore errors are translated by core/s3errors.py at this boundary.
+deletes and aborts. botocore errors are translated by core/store/errors.py at this boundary.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from core.config import Settings
 from core.errors import ConfigError, StorageError
 from core.keys import MANIFEST_SUFFIX, RESTORE_TEST_SUFFIX, BackupKey
 from core.manifest import Manifest, ManifestError, completeness_problem, parse_manifest
-from core.multipart import FULL_OBJECT, MiB, MultipartUpload, UploadedPart
-from core.s3errors import s3_errors
+from core.store.errors import s3_errors
+from core.store.multipart import FULL_OBJECT, MiB, MultipartUpload, UploadedPart
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -484,7 +484,7 @@ class S3Store:
         concurrency: int,
         on_part: Callable[[int, int], None] | None = None,
     ) -> MultipartUpload:
-        """Begin a streaming multipart upload of key (see core/multipart.py)."""
+        """Begin a streaming multipart upload of key (see core/store/multipart.py)."""
         upload_id, full_object = self.begin_upload(key)
         return MultipartUpload(
             self, key, upload_id, first_part_size, concurrency, on_part, full_object=full_object

@@ -7,7 +7,7 @@ combined from the parts' CRC32s (no second pass over the bytes), which the store
 and which does not depend on the part layout. The whole-stream SHA-256 for the manifest is the
 pump's (core/dumpstream.py), not this module's.
 
-It knows nothing of boto3: parts go to a ``PartStore`` (core/s3store.py's S3Store).
+It knows nothing of boto3: parts go to a ``PartStore`` (core/store/s3.py's S3Store).
 
 Memory stays bounded: the writer blocks when every worker is busy (back-pressure into pg_dump),
 and parts above IN_MEMORY_PART_LIMIT spill to a temporary file. Part sizes grow so that a stream

@@ -3,7 +3,7 @@
 A restore test downloads a backup (checking its SHA-256 against the manifest before anything
 else), restores it with ``pg_restore -j N`` into a scratch database on the server of
 ``RESTORE_TEST_DATABASE_URL``, compares what it finds with what the manifest recorded in the
-dump's snapshot, proves the Blnk ledger inside it (core/ledger_proof.py: balances add up, the
+dump's snapshot, proves the Blnk ledger inside it (ledger_proof.py: balances add up, the
 hash chain holds link by link, its head is the manifest's chain anchor and the anchors of the
 older backups still in the bucket lie on it), runs ``amcheck`` on the B-tree indexes, and
 always drops the scratch database.
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core.audit import ENDED, Actor, AuditLog, AuditRun
+from core.catalog import resolve
 from core.config import Settings
 from core.database import (
     RESTORE_INTO_LOCK_ID,
@@ -48,7 +49,7 @@ from core.database import (
 )
 from core.errors import (
     AlreadyRunningError,
-    BackupError,
+    EngineError,
     PlanChangedError,
     RestoreCheckError,
     UsageError,
@@ -57,8 +58,9 @@ from core.keys import BackupKey
 from core.manifest import LedgerAnchor, Manifest
 from core.processes import find_tool, run_tool, tool_version
 from core.redact import MAX_REASON_LENGTH, check_plain_text
-from core.restore_checks import Check, run_restore_checks
-from core.s3store import S3Store, StoredBackup
+from core.restore.check import Check
+from core.restore.checks import run_restore_checks
+from core.store.s3 import S3Store, StoredBackup
 
 log = logging.getLogger("blnk_backup.restore")
 
@@ -260,23 +262,9 @@ class RestoreService:
     # --- steps --------------------------------------------------------------------------------
     def _resolve(self, which: str) -> tuple[BackupKey, Manifest, list[StoredBackup] | None]:
         """Return the key and validated manifest of a complete backup, and the bucket's
-        listing if it was read to find it. Raise UsageError naming why a key is not one
-        (absent, no manifest, unreadable or mismatched manifest)."""
-        listed: list[StoredBackup] | None = None
-        if which == "latest":
-            listed = self.store.list_backups()
-            complete = [b for b in listed if b.complete]
-            if not complete:
-                raise UsageError("there is no complete backup to restore")
-            chosen = complete[-1]
-        else:
-            key = BackupKey.parse_or_raise(which, self.store.prefix)
-            found = self.store.backup(key)
-            if found is None:
-                raise UsageError(f"{key} does not exist in {self.store.location}")
-            chosen = found
-        if not chosen.complete or chosen.manifest is None:
-            raise UsageError(f"{chosen.key} is not a complete backup: {chosen.problem}")
+        listing if it was read to find it (catalog.resolve says why a key is not one)."""
+        chosen, listed = resolve(self.store, which)
+        assert chosen.manifest is not None  # complete
         return chosen.key, chosen.manifest, listed
 
     def _older_anchors(
@@ -287,7 +275,7 @@ class RestoreService:
         the bucket could not be listed (a note, not a failure)."""
         try:
             backups = listed if listed is not None else self.store.list_backups()
-        except BackupError as exc:
+        except EngineError as exc:
             return [], [f"chain anchors of older backups: the bucket could not be listed ({exc})"]
         older = [
             (b.key.key, b.manifest.stats.ledger_anchor)
@@ -610,7 +598,7 @@ class RestoreService:
                     "finished_at": datetime.now(UTC).isoformat(),
                 },
             )
-        except BackupError:
+        except EngineError:
             log.exception("could not record the failed restore test next to %s", key)
 
 

@@ -1,8 +1,8 @@
 """The checks a restored database must pass, each reported with expected vs found: row counts
 and ledger aggregates against the manifest (taken in the dump's snapshot), object counts against
 the source at backup time, the content digests when the manifest has them, the ledger proof
-(core/ledger_proof.py: Blnk's invariants, the hash chain and the chain anchors), and amcheck on
-every B-tree index that has storage, where the extension is available.
+(core/restore/ledger_proof.py: Blnk's invariants, the hash chain and the chain anchors), and
+amcheck on every B-tree index that has storage, where the extension is available.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.database import PgTarget
 from core.dbstats import (
@@ -24,19 +24,8 @@ from core.dbstats import (
     user_schema_condition,
 )
 from core.manifest import LedgerAnchor, Manifest
-
-if TYPE_CHECKING:
-    from core.ledger_proof import LedgerProof
-
-
-@dataclass(frozen=True)
-class Check:
-    """One comparison, reported separately with what was expected and what was found."""
-
-    name: str
-    passed: bool
-    expected: str
-    found: str
+from core.restore.check import Check
+from core.restore.ledger_proof import LedgerProof, prove_ledger
 
 
 @dataclass(frozen=True)
@@ -80,8 +69,6 @@ def _prove_on(
     older_anchors: Sequence[tuple[str, LedgerAnchor]],
     notes: Sequence[str],
 ) -> LedgerProof:
-    from core.ledger_proof import prove_ledger  # it builds on Check, defined here
-
     with target.connect(autocommit=True) as conn:
         return prove_ledger(conn, anchor, older_anchors, notes=notes)
 

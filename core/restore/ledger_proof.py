@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from core.manifest import LedgerAnchor
-from core.restore_checks import Check
+from core.restore.check import Check
 
 GENESIS_HASH = "0" * 64  # Blnk's model.ChainGenesisHash
 MAX_NAMED = 3  # offending balances or transactions named in a check's "found"

@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import BackupError, StorageError, VerificationError
-from core.multipart import MAX_PARTS, part_size
-from core.s3store import S3Store
+from core.errors import EngineError, StorageError, VerificationError
+from core.store.multipart import MAX_PARTS, part_size
+from core.store.s3 import S3Store
 
 log = logging.getLogger("blnk_backup.replication")
 
@@ -71,7 +71,7 @@ class Replicator:
         self, key: str, size: int, sha256: str, store_checksum: str | None, first_part_size: int
     ) -> ReplicaRecord:
         """Copy key to the replica and verify it; return the record (never raises a
-        BackupError: a failure is a record with status "failed")."""
+        EngineError: a failure is a record with status "failed")."""
         began = time.monotonic()
         if self.same_endpoint and size <= self.single_copy_limit:
             method = "server-side copy"
@@ -86,7 +86,7 @@ class Replicator:
                 checksum = self._multipart_copy(key, size, sha256, store_checksum, first_part_size)
             else:
                 checksum = self._streamed_copy(key, size, sha256, first_part_size)
-        except BackupError as exc:
+        except EngineError as exc:
             log.error("replication of %s to %s failed: %s", key, self.replica.location, exc)
             self._remove_partial(key)
             return ReplicaRecord(
@@ -213,5 +213,5 @@ class Replicator:
     def _remove_partial(self, key: str) -> None:
         try:
             self.replica.delete(key)
-        except BackupError as exc:  # the store may be down; its lifecycle rule is the backstop
+        except EngineError as exc:  # the store may be down; its lifecycle rule is the backstop
             log.warning("could not remove the partial replica of %s: %s", key, exc)

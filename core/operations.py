@@ -1,0 +1,182 @@
+"""Risky operations: each is planned into one ``ApprovalPlan`` (what will happen, exactly, for
+the approver to read) and, once a second person approved it, executed as exactly that plan or
+not at all.
+
+Front ends (Slack, the console) only choose the operation and its arguments, show the plan and
+record the request (core/approvals.py); everything about what an operation may do lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.catalog import refuse_newest, resolve
+from core.errors import EngineError, UsageError
+from core.keys import BackupKey
+
+if TYPE_CHECKING:
+    from core.actor import Actor
+    from core.services import Services
+
+# The operations that need a second person's approval: the action an approval records.
+DELETE, PRUNE_APPLY, BUCKET_APPLY, RESTORE = "delete", "prune_apply", "bucket_apply", "restore"
+RISKY_ACTIONS = (DELETE, PRUNE_APPLY, BUCKET_APPLY, RESTORE)
+
+
+@dataclass(frozen=True)
+class ApprovalPlan:
+    """What an approval is asked for: the action, the exact parameters its execution is bound
+    to, and the lines the approver reads."""
+
+    action: str
+    params: dict[str, Any]
+    summary: list[str]
+
+
+class RiskyOperations:
+    """Plans and executes the operations in RISKY_ACTIONS on one ``Services``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._planners: dict[str, Callable[[Actor, str | None, str | None], ApprovalPlan]] = {
+            DELETE: lambda _actor, key, _into: self._plan_delete(_required(key, "a key")),
+            PRUNE_APPLY: lambda actor, _key, _into: self._plan_prune(actor),
+            BUCKET_APPLY: lambda _actor, _key, _into: self._plan_bucket_apply(),
+            RESTORE: lambda _actor, key, into: self._plan_restore(
+                _required(key, "a key"), _required(into, "a new database's name")
+            ),
+        }
+        self._executors: dict[str, Callable[[Actor, dict[str, Any], str | None], str]] = {
+            DELETE: self._delete,
+            PRUNE_APPLY: self._prune,
+            BUCKET_APPLY: self._bucket_apply,
+            RESTORE: self._restore,
+        }
+
+    # --- planning -------------------------------------------------------------------------------
+    def plan(
+        self, action: str, actor: Actor, *, key: str | None = None, into: str | None = None
+    ) -> ApprovalPlan:
+        """Work out exactly what ``action`` would do now. Raise UsageError (or another refusal)
+        for what it would refuse after the approval anyway: nobody is asked to approve it."""
+        planner = self._planners.get(action)
+        if planner is None:
+            raise UsageError(f"{action} needs no approval")
+        return planner(actor, key, into)
+
+    def _plan_delete(self, which: str) -> ApprovalPlan:
+        store = self.services.store
+        key = BackupKey.parse_or_raise(which, store.prefix)
+        found = store.backup(key)
+        if found is None:
+            raise UsageError(f"{key} does not exist in {store.location}")
+        refuse_newest(key, store.list_backups())
+        where = ", ".join(s.location for s in self.services.stores)
+        return ApprovalPlan(
+            DELETE,
+            {"key": key.key},
+            [f"Delete backup `{key.key}` ({found.size:,} bytes) from {where}"],
+        )
+
+    def _plan_prune(self, actor: Actor) -> ApprovalPlan:
+        from core.prune import plan_for_approval
+
+        params, lines = plan_for_approval(self.services.pruner.prune(actor, apply=False))
+        return ApprovalPlan(PRUNE_APPLY, params, lines)
+
+    def _plan_bucket_apply(self) -> ApprovalPlan:
+        from core.bucket_policy import approval_params
+
+        results = self.services.bucket_policies.check()
+        lines = [
+            f"{r.location}: set {item.name} to {item.recommended} (now {item.current})"
+            for r in results
+            for item in r.items
+            if not item.ok and not item.unsupported
+        ]
+        if not lines:
+            raise UsageError("every bucket already has the recommended settings")
+        lines.append("Exactly these are changed, or nothing if a bucket has changed by then.")
+        return ApprovalPlan(BUCKET_APPLY, approval_params(results), lines)
+
+    def _plan_restore(self, which: str, into: str) -> ApprovalPlan:
+        """Refuse now what the restore would refuse after the approval (a name in use, the
+        source database, ...); pin ``latest`` to a key and the key to its SHA-256, so the
+        approver approves one backup's content. The restore checks it all again when it
+        runs."""
+        server = self.services.target  # restores land beside the source, on its server
+        restores = self.services.restores
+        restores.check_target(into, server)  # core's naming rules, without asking the server
+        backup, _listing = resolve(self.services.store, which)
+        restores.check_target_free(into, server)
+        assert backup.manifest is not None  # resolve returns complete backups only
+        return ApprovalPlan(
+            RESTORE,
+            {"key": backup.key.key, "into": into, "sha256": backup.manifest.sha256},
+            [
+                f"Create the new database `{into}` beside the source database "
+                f"`{server.dbname}`, on its server",
+                f"Restore backup `{backup.key.key}` into it (verified download, pg_restore), "
+                "then check it; the source database is not touched",
+                f"Exactly this backup's content: SHA-256 `{backup.manifest.sha256}`",
+            ],
+        )
+
+    # --- execution ------------------------------------------------------------------------------
+    def execute(self, action: str, actor: Actor, params: dict[str, Any], reason: str | None) -> str:
+        """Do exactly what was approved (``params`` as planned) for ``actor``, who asked for it;
+        return one line saying what was done. Raise a EngineError when it failed or when the
+        world changed so that the plan is no longer safe (PlanChangedError: nothing done)."""
+        executor = self._executors.get(action)
+        if executor is None:
+            raise EngineError(f"unknown approved action {action!r}")
+        return executor(actor, params, reason)
+
+    def _delete(self, actor: Actor, params: dict[str, Any], _reason: str | None) -> str:
+        deleted = self.services.pruner.delete_one(actor, params["key"])
+        return f"deleted {params['key']} from {len(deleted)} store(s)"
+
+    def _prune(self, actor: Actor, params: dict[str, Any], reason: str | None) -> str:
+        reports = self.services.pruner.apply_approved(actor, params, reason)
+        errors = [e for r in reports for e in r.errors]
+        if errors:
+            raise EngineError("; ".join(errors))
+        return f"deleted {sum(len(r.deleted) for r in reports)} backup(s)"
+
+    def _bucket_apply(self, actor: Actor, params: dict[str, Any], reason: str | None) -> str:
+        results = self.services.bucket_policies.apply(actor, reason, approved=params)
+        approved = {
+            (location, item.get("name"))
+            for location, items in params["stores"].items()
+            for item in items
+        }
+        left = [
+            f"{r.location}: {i.name} is still {i.current}"
+            for r in results
+            for i in r.items
+            if (r.location, i.name) in approved and not i.ok and not i.unsupported
+        ]
+        errors = [e for r in results for e in r.errors] + left
+        if errors:
+            raise EngineError("; ".join(errors))
+        return "bucket policies applied"
+
+    def _restore(self, actor: Actor, params: dict[str, Any], reason: str | None) -> str:
+        report = self.services.restores.restore(
+            actor,
+            params["key"],
+            params["into"],
+            self.services.target,
+            reason=reason,
+            expected_sha256=params.get("sha256"),
+        )
+        verdict = "all checks passed" if report.passed else "some checks FAILED"
+        return f"restored {report.key} into {report.database!r}: {verdict}"
+
+
+def _required(value: str | None, what: str) -> str:
+    if not value:
+        raise UsageError(f"{what} is needed")
+    return value
