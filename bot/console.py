@@ -693,7 +693,7 @@ class Console:
         """The backups' keys, newest first (for completion; empty if the bucket cannot be
         read)."""
         try:
-            return [b.key.key for b in reversed(self.services.store.list_backups())]
+            return [b.key.key for b in reversed(self.services.store.listing.backups())]
         except EngineError:
             return []
 

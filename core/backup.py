@@ -378,7 +378,7 @@ class _BackupRun:
     def execute(self) -> Manifest:
         self.emit("preflight")
         self.store.check_bucket()
-        previous = self.store.inventory(read_manifests=False).backups
+        previous = self.store.listing.inventory(read_manifests=False).backups
         self.expected_bytes = previous[-1].size if previous else None
         try:
             return self._upload_verify_and_record()
@@ -443,11 +443,11 @@ class _BackupRun:
             first_part_size=self.settings.backup_part_size_mib * MiB,
         )
         self.emit("writing_manifest", completed.size)
-        self.store.put_manifest(manifest)
+        self.store.listing.put_manifest(manifest)
         replica = self.s.replica
         if replica is not None and all(r.status == "verified" for r in replicas):
             try:  # the replica becomes a complete, listable backup of its own
-                replica.put_manifest(manifest)
+                replica.listing.put_manifest(manifest)
             except EngineError as exc:
                 self._replication_failed(f"writing the replica's manifest failed: {exc.cause}")
         self.emit("done", completed.size)

@@ -19,7 +19,8 @@ from core.audit import Actor, AuditLog
 from core.errors import ConfigError, EngineError, StorageError, UsageError
 from core.keys import BackupKey
 from core.manifest import Manifest
-from core.store.s3 import S3Store, StoredBackup
+from core.store.listing import StoredBackup
+from core.store.s3 import S3Store
 
 log = logging.getLogger("blnk_backup.catalog")
 
@@ -54,13 +55,13 @@ def resolve(
     there is none: no complete backup yet, a key that is not one, absent, or incomplete (no
     manifest, an unreadable or mismatched one)."""
     if which.lower() == LATEST:
-        listed = store.list_backups()
+        listed = store.listing.backups()
         newest = newest_complete(listed)
         if newest is None:
             raise UsageError(f"there is no complete backup to {purpose} yet")
         return newest, listed
     key = BackupKey.parse_or_raise(which, store.prefix)
-    found = store.backup(key)
+    found = store.listing.find(key)
     if found is None:
         raise UsageError(f"{key} does not exist in {store.location}")
     if not found.complete or found.manifest is None:
@@ -162,7 +163,7 @@ class BackupCatalog:
                 return self._reading
             self._refreshing = True
         try:
-            backups = self.store.list_backups()
+            backups = self.store.listing.backups()
             fresh = _Reading(time.monotonic(), backups, self._status(backups), None)
         except EngineError as exc:
             fresh = _Reading(time.monotonic(), None, None, exc)
@@ -178,7 +179,7 @@ class BackupCatalog:
 
     def _backups(self, max_age: float) -> Sequence[StoredBackup]:
         if max_age <= 0:
-            return self.store.list_backups()
+            return self.store.listing.backups()
         reading = self._read(max_age)
         if reading.error is not None:
             raise reading.error
@@ -245,7 +246,7 @@ class BackupCatalog:
         test and any breaches (no backups, stale, last restore test failed or too old) —
         checked now, or up to ``max_age`` seconds ago (``checked_at`` says when)."""
         if max_age <= 0:
-            return self._status(self.store.list_backups())
+            return self._status(self.store.listing.backups())
         reading = self._read(max_age)
         if reading.error is not None:
             raise reading.error

@@ -69,10 +69,10 @@ class RiskyOperations:
     def _plan_delete(self, which: str) -> ApprovalPlan:
         store = self.services.store
         key = BackupKey.parse_or_raise(which, store.prefix)
-        found = store.backup(key)
+        found = store.listing.find(key)
         if found is None:
             raise UsageError(f"{key} does not exist in {store.location}")
-        refuse_newest(key, store.list_backups())
+        refuse_newest(key, store.listing.backups())
         where = ", ".join(s.location for s in self.services.stores)
         return ApprovalPlan(
             DELETE,

@@ -173,7 +173,7 @@ class PruneService:
         """List and plan ``store`` now; return its report, the approved keys, and why each
         approved key is no longer one the plan deletes (empty when all still are)."""
         try:
-            inventory = store.inventory()
+            inventory = store.listing.inventory()
         except StorageError as exc:
             raise PlanChangedError(
                 f"{store.location} could not be listed ({exc}): nothing was deleted"
@@ -246,7 +246,7 @@ class PruneService:
         self, store: S3Store, policy: RetentionPolicy, now: datetime, apply: bool
     ) -> PruneReport:
         try:
-            inventory = store.inventory()
+            inventory = store.listing.inventory()
         except StorageError as exc:
             paused = plan([], policy, now, listing_complete=False)
             return PruneReport(store.location, paused, apply, errors=[f"listing failed: {exc}"])
@@ -295,7 +295,7 @@ class PruneService:
             primary = self.stores[0]
             key = BackupKey.parse_or_raise(which, primary.prefix)
             run.note(key=key.key)
-            refuse_newest(key, primary.list_backups())
+            refuse_newest(key, primary.listing.backups())
             deleted: list[str] = []
             found = False
             for store in self.stores:

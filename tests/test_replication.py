@@ -48,7 +48,7 @@ def test_same_endpoint_replica_is_a_verified_server_side_copy_with_its_own_manif
     body = s3.get_object(Bucket=replica, Key=manifest.key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == manifest.sha256
     assert services.replica is not None
-    assert [b.complete for b in services.replica.list_backups()] == [True]
+    assert [b.complete for b in services.replica.listing.backups()] == [True]
     services.close()
 
 

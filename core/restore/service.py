@@ -60,7 +60,8 @@ from core.processes import find_tool, run_tool, tool_version
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 from core.restore.check import Check
 from core.restore.checks import run_restore_checks
-from core.store.s3 import S3Store, StoredBackup
+from core.store.listing import StoredBackup
+from core.store.s3 import S3Store
 
 log = logging.getLogger("blnk_backup.restore")
 
@@ -274,7 +275,7 @@ class RestoreService:
         still in the bucket, oldest first, as (key, anchor); and why none could be read, if
         the bucket could not be listed (a note, not a failure)."""
         try:
-            backups = listed if listed is not None else self.store.list_backups()
+            backups = listed if listed is not None else self.store.listing.backups()
         except EngineError as exc:
             return [], [f"chain anchors of older backups: the bucket could not be listed ({exc})"]
         older = [

@@ -1,16 +1,15 @@
-"""The S3 adapter, and the only module (with s3errors.py) that knows boto3: one bucket and
-prefix holding backups — client configuration, the reads verification trusts, complete
-listings with validated manifests, multipart parts, server-side copies, bucket configuration,
-deletes and aborts. botocore errors are translated by core/store/errors.py at this boundary.
+"""The S3 transport: one bucket and prefix — client configuration, the reads verification
+trusts, complete listings, multipart parts, server-side copies, bucket configuration, deletes
+and aborts. What the objects mean (dumps, manifests, which backups are complete) is the
+catalog's, core/store/listing.py, as barman keeps its backup catalog apart from its
+CloudInterface. botocore errors are translated by core/store/errors.py at this boundary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Literal, cast
@@ -21,9 +20,9 @@ from pydantic import SecretStr
 
 from core.config import Settings
 from core.errors import ConfigError, StorageError
-from core.keys import MANIFEST_SUFFIX, RESTORE_TEST_SUFFIX, BackupKey
-from core.manifest import Manifest, ManifestError, completeness_problem, parse_manifest
+from core.keys import BackupKey
 from core.store.errors import s3_errors
+from core.store.listing import BackupListing
 from core.store.multipart import FULL_OBJECT, MiB, MultipartUpload, UploadedPart
 
 if TYPE_CHECKING:
@@ -34,10 +33,7 @@ else:
 _READ_BLOCK = MiB
 # S3_CHECKSUM modes sent as S3 additional checksums (x-amz-checksum-*), with the algorithm's name.
 ADDITIONAL_CHECKSUMS = {"crc32": "CRC32", "sha256": "SHA256"}
-_MANIFEST_READERS = 8
-_MANIFEST_CACHE_LIMIT = 4096
 _ABSENT = {"404", "NoSuchKey", "NotFound"}
-NO_MANIFEST = "no manifest: the backup did not finish (or is still running)"
 
 # Bucket configuration kinds, each a (get, put) pair of S3 operations and the argument name.
 BUCKET_SETTINGS: dict[str, tuple[str, str, str]] = {
@@ -123,30 +119,13 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
-class StoredBackup:
-    """A dump found in the bucket. It is ``complete`` only if its manifest exists, parses and
-    matches it; otherwise ``problem`` says why not."""
+class ListedObject:
+    """One object as a listing shows it."""
 
-    key: BackupKey
+    key: str
     size: int
     last_modified: datetime
-    manifest: Manifest | None = None
-    problem: str | None = NO_MANIFEST
-    restore_tested_at: datetime | None = None  # when its restore-test record was written
-
-    @property
-    def complete(self) -> bool:
-        return self.manifest is not None and self.problem is None
-
-
-@dataclass(frozen=True)
-class Inventory:
-    backups: list[StoredBackup]  # oldest first
-    orphan_side_files: list[str]  # manifests and records whose dump is gone
-
-    @property
-    def complete(self) -> list[StoredBackup]:
-        return [b for b in self.backups if b.complete]
+    etag: str
 
 
 @dataclass(frozen=True)
@@ -177,9 +156,8 @@ class S3Store:
         self.sse = sse
         self.kms_key_id = kms_key_id
         self.checksum = checksum
-        # Manifests never change once written: parsed ones are cached by (key, ETag).
-        self._manifests: dict[tuple[str, str], Manifest | ManifestError] = {}
-        self._cache_lock = threading.Lock()
+        # The backups this bucket holds (dumps, manifests, records): the catalog side.
+        self.listing = BackupListing(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -262,7 +240,7 @@ class S3Store:
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
-    def _read_small(self, key: str) -> bytes | None:
+    def read_small(self, key: str) -> bytes | None:
         """Return the bytes of a small object (manifest, record), or None if it is absent."""
         try:
             with s3_errors(f"reading {key}"):
@@ -273,121 +251,16 @@ class S3Store:
             raise
         return body
 
-    def get_manifest(self, key: BackupKey) -> Manifest | None:
-        """Return the manifest of a backup, or None if it has none. Raise ManifestError if it
-        exists but is not a valid manifest."""
-        raw = self._read_small(key.manifest_key)
-        return parse_manifest(raw) if raw is not None else None
-
-    def backup(self, key: BackupKey) -> StoredBackup | None:
-        """Return one backup as listing would show it (complete or why not), or None if no
-        dump exists at key."""
-        info = self.head(key.key)
-        if info is None:
-            return None
-        modified = info.last_modified or key.started_at
-        try:
-            manifest = self.get_manifest(key)
-        except ManifestError as exc:
-            return StoredBackup(key, info.size, modified, None, f"unreadable {exc}")
-        if manifest is None:
-            return StoredBackup(key, info.size, modified)
-        problem = completeness_problem(manifest, key.key, info.size)
-        return StoredBackup(key, info.size, modified, manifest, problem)
-
-    def list_backups(self) -> list[StoredBackup]:
-        """Return every dump matching the naming pattern, oldest first, each with its
-        validated manifest or the reason it is incomplete.
-
-        The listing is complete or this raises StorageError: callers that delete rely on it.
-        """
-        return self.inventory().backups
-
-    def inventory(self, *, read_manifests: bool = True) -> Inventory:
-        """List the prefix once: the dumps (with manifests read and validated, unless
-        ``read_manifests`` is False) and the side files (manifests, restore-test records) whose
-        dump is gone — what an interrupted prune leaves. Complete or StorageError."""
-        dumps: dict[str, tuple[int, datetime]] = {}
-        manifests: dict[str, str] = {}  # dump key -> manifest ETag
-        restore_tests: dict[str, datetime] = {}
+    def list_objects(self, start: str) -> Iterator[ListedObject]:
+        """Every object whose key starts with ``start`` (after the prefix), in key order, page
+        by page; raise StorageError if the listing cannot be completed."""
         with s3_errors("listing backups", self.bucket):
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "blnk_backup_"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + start):
                 for obj in page.get("Contents", []):
-                    key = obj["Key"]
-                    if key.endswith(MANIFEST_SUFFIX):
-                        manifests[key.removesuffix(MANIFEST_SUFFIX)] = obj.get("ETag", "")
-                    elif key.endswith(RESTORE_TEST_SUFFIX):
-                        restore_tests[key.removesuffix(RESTORE_TEST_SUFFIX)] = obj["LastModified"]
-                    elif BackupKey.parse(key, self.prefix):
-                        dumps[key] = (obj["Size"], obj["LastModified"])
-        parsed = self._read_manifests(
-            {k: manifests[k] for k in dumps if k in manifests} if read_manifests else {}
-        )
-        found = []
-        for key, (size, modified) in dumps.items():
-            backup_key = BackupKey.parse(key, self.prefix)
-            assert backup_key is not None
-            manifest: Manifest | None = None
-            problem: str | None = NO_MANIFEST
-            outcome = parsed.get(key)
-            if key in manifests and not read_manifests:
-                problem = "manifest not read"
-            elif isinstance(outcome, ManifestError):
-                problem = f"unreadable {outcome}"
-            elif outcome is not None:
-                manifest, problem = outcome, completeness_problem(outcome, key, size)
-            found.append(
-                StoredBackup(backup_key, size, modified, manifest, problem, restore_tests.get(key))
-            )
-        orphans = sorted(
-            [
-                k + MANIFEST_SUFFIX
-                for k in set(manifests) - set(dumps)
-                if BackupKey.parse(k, self.prefix)
-            ]
-            + [
-                k + RESTORE_TEST_SUFFIX
-                for k in set(restore_tests) - set(dumps)
-                if BackupKey.parse(k, self.prefix)
-            ]
-        )
-        return Inventory(sorted(found, key=lambda b: b.key), orphans)
-
-    def _read_manifests(self, wanted: dict[str, str]) -> dict[str, Manifest | ManifestError | None]:
-        """Given dump keys and their manifests' ETags, return each parsed manifest (or why it
-        is unreadable), reading the ones not cached yet a few at a time."""
-        results: dict[str, Manifest | ManifestError | None] = {}
-        missing = []
-        with self._cache_lock:
-            for key, etag in wanted.items():
-                cached = self._manifests.get((key, etag)) if etag else None
-                if cached is not None:
-                    results[key] = cached
-                else:
-                    missing.append(key)
-
-        def read(key: str) -> Manifest | ManifestError | None:
-            raw = self._read_small(key + MANIFEST_SUFFIX)
-            if raw is None:
-                return None  # deleted between the listing and now
-            try:
-                return parse_manifest(raw)
-            except ManifestError as exc:
-                return exc
-
-        if missing:
-            with ThreadPoolExecutor(min(_MANIFEST_READERS, len(missing))) as pool:
-                for key, outcome in zip(missing, pool.map(read, missing), strict=True):
-                    results[key] = outcome
-            with self._cache_lock:
-                if len(self._manifests) > _MANIFEST_CACHE_LIMIT:
-                    self._manifests.clear()
-                for key in missing:
-                    outcome = results[key]
-                    if outcome is not None and wanted[key]:
-                        self._manifests[(key, wanted[key])] = outcome
-        return results
+                    yield ListedObject(
+                        obj["Key"], obj["Size"], obj["LastModified"], obj.get("ETag", "")
+                    )
 
     def download(
         self, key: str, destination: IO[bytes], on_bytes: Callable[[int], None] | None = None
@@ -415,7 +288,7 @@ class S3Store:
 
     def get_json(self, key: str) -> Any | None:
         """Return the parsed JSON at key, or None if it does not exist or is not JSON."""
-        raw = self._read_small(key)
+        raw = self.read_small(key)
         if raw is None:
             return None
         try:
@@ -571,17 +444,6 @@ class S3Store:
                 Key=key,
                 CopySource={"Bucket": source.bucket, "Key": key},
                 **args,
-            )
-
-    def put_manifest(self, manifest: Manifest) -> None:
-        key = manifest.key + MANIFEST_SUFFIX
-        with s3_errors(f"writing the manifest {key}", self.bucket):
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=manifest.to_json(),
-                ContentType="application/json",
-                **self.write_args(),
             )
 
     def delete(self, key: str) -> None:
