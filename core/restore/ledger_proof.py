@@ -573,11 +573,52 @@ def _seq(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
+@dataclass(frozen=True)
+class _ChainScan:
+    """What one pass over the transactions found: how many, how many chained, the range of
+    chain_seq, the rows whose hash does not recompute (counted, the first few named), the
+    broken links (likewise) and what seq 1 links to."""
+
+    total: int
+    chained: int
+    first_seq: int | None
+    max_seq: int | None
+    bad_hashes: int
+    named_hashes: list[str]
+    bad_links: int
+    named_links: list[str]
+    first_prev: str | None
+
+
 def _verify_chain(conn: psycopg.Connection[Any], shape: BlnkShape) -> _Chain:
+    """Blnk's hash chain, link by link: its genesis link, its links, every hash recomputed,
+    its length and its head against ``blnk.chain_state``."""
     state = conn.execute(
         """SELECT last_seq, rtrim(head_hash), rtrim(genesis_hash) FROM blnk.chain_state
            WHERE chain_key = 'global'"""
     ).fetchone()
+    scan = _scan_chain(conn, shape)
+    if state is None:
+        missing = Check(
+            "chain head",
+            False,
+            "blnk.chain_state row 'global'",
+            "blnk.chain_state has no 'global' row",
+        )
+        return _Chain([missing], [], scan.total, None, None, None)
+    last_seq, head_hash, genesis_hash = int(state[0]), str(state[1]), str(state[2])
+    checks = [
+        _genesis_check(scan, genesis_hash),
+        *_link_and_hash_checks(scan),
+        _length_check(scan, last_seq),
+        _head_check(conn, scan, last_seq, head_hash, genesis_hash),
+    ]
+    return _Chain(
+        checks, _chain_notes(scan, last_seq), scan.total, last_seq, head_hash, genesis_hash
+    )
+
+
+def _scan_chain(conn: psycopg.Connection[Any], shape: BlnkShape) -> _ChainScan:
     # One scan recomputes every hash: no ordering needed (each row is hashed from its own
     # stored chain_prev_hash), so PostgreSQL can spread it over parallel workers.
     recomputed = chain_hash_sql(shape)
@@ -621,81 +662,97 @@ def _verify_chain(conn: psycopg.Connection[Any], shape: BlnkShape) -> _Chain:
     ).fetchone()
     assert links_row is not None
     bad_links, named_links, first_prev = links_row
-    unchained = int(total) - int(chained)
-    info: list[str] = []
-    checks: list[Check] = []
-    if state is None:
-        checks.append(
-            Check(
-                "chain head",
-                False,
-                "blnk.chain_state row 'global'",
-                "blnk.chain_state has no 'global' row",
-            )
-        )
-        return _Chain(checks, info, int(total), None, None, None)
-    last_seq, head_hash, genesis_hash = int(state[0]), str(state[1]), str(state[2])
+    return _ChainScan(
+        int(total),
+        int(chained),
+        first_seq,
+        max_seq,
+        int(bad_hashes),
+        named_hashes,
+        int(bad_links),
+        list(named_links or []),
+        first_prev,
+    )
+
+
+def _chain_notes(scan: _ChainScan, last_seq: int) -> list[str]:
+    """What the proof does not cover, said as information, not failures."""
+    info = []
+    unchained = scan.total - scan.chained
     if unchained:
         info.append(
             f"{unchained:,} transaction(s) not chained yet (Blnk's chainer seals them about "
             "30 s after they are written): not covered by the chain"
         )
-    if chained == 0 and last_seq == 0:
+    if scan.chained == 0 and last_seq == 0:
         info.append(
             "the hash chain is empty: BLNK_TRANSACTION_HASHCHAIN_ENABLED is off or the chainer "
             "has not run yet"
         )
+    return info
 
-    # The genesis link: seq 1 links to Blnk's genesis hash.
-    if chained == 0:
+
+def _genesis_check(scan: _ChainScan, genesis_hash: str) -> Check:
+    """The genesis link: seq 1 links to Blnk's genesis hash."""
+    if scan.chained == 0:
         genesis_ok = genesis_hash == GENESIS_HASH
         genesis_found = f"no transaction chained; genesis {genesis_hash}"
     else:
-        genesis_ok = first_seq == 1 and first_prev == genesis_hash == GENESIS_HASH
+        genesis_ok = scan.first_seq == 1 and scan.first_prev == genesis_hash == GENESIS_HASH
         genesis_found = (
-            f"the chain starts at seq {first_seq}"
-            if first_seq != 1
-            else f"seq 1 links to {first_prev}; genesis_hash {genesis_hash}"
+            f"the chain starts at seq {scan.first_seq}"
+            if scan.first_seq != 1
+            else f"seq 1 links to {scan.first_prev}; genesis_hash {genesis_hash}"
         )
-    checks.append(
-        Check(
-            "chain genesis link",
-            genesis_ok,
-            f"seq 1 links to genesis {GENESIS_HASH}",
-            genesis_found,
-        )
+    return Check(
+        "chain genesis link", genesis_ok, f"seq 1 links to genesis {GENESIS_HASH}", genesis_found
     )
-    links = max(int(chained) - 1, 0)
-    checks.append(
+
+
+def _link_and_hash_checks(scan: _ChainScan) -> list[Check]:
+    links = max(scan.chained - 1, 0)
+    return [
         Check(
             "chain links",
-            bad_links == 0,
+            scan.bad_links == 0,
             "each chain_prev_hash = the chain_hash one seq before",
             f"all {links:,} links hold"
-            if bad_links == 0
-            else f"{bad_links:,} broken: {_named(named_links, bad_links)}",
-        )
-    )
-    checks.append(
+            if scan.bad_links == 0
+            else f"{scan.bad_links:,} broken: {_named(scan.named_links, scan.bad_links)}",
+        ),
         Check(
             "chain hashes",
-            bad_hashes == 0,
+            scan.bad_hashes == 0,
             "each chain_hash = SHA-256 of its previous hash and sealed fields",
-            f"all {chained:,} recompute"
-            if bad_hashes == 0
-            else f"{bad_hashes:,} do not recompute: {_named(named_hashes, bad_hashes)}",
-        )
+            f"all {scan.chained:,} recompute"
+            if scan.bad_hashes == 0
+            else f"{scan.bad_hashes:,} do not recompute: "
+            f"{_named(scan.named_hashes, scan.bad_hashes)}",
+        ),
+    ]
+
+
+def _length_check(scan: _ChainScan, last_seq: int) -> Check:
+    length_ok = scan.chained == (scan.max_seq or 0) == last_seq and (
+        scan.chained == 0 or scan.first_seq == 1
     )
-    length_ok = int(chained) == (max_seq or 0) == last_seq and (chained == 0 or first_seq == 1)
-    checks.append(
-        Check(
-            "chain length",
-            length_ok,
-            f"count = max(chain_seq) = last_seq = {last_seq:,}",
-            f"count {chained:,}, min {_seq(first_seq)}, max {_seq(max_seq)}, last_seq {last_seq:,}",
-        )
+    return Check(
+        "chain length",
+        length_ok,
+        f"count = max(chain_seq) = last_seq = {last_seq:,}",
+        f"count {scan.chained:,}, min {_seq(scan.first_seq)}, max {_seq(scan.max_seq)}, "
+        f"last_seq {last_seq:,}",
     )
-    # The head: the hash at last_seq is head_hash, also when the tail is missing.
+
+
+def _head_check(
+    conn: psycopg.Connection[Any],
+    scan: _ChainScan,
+    last_seq: int,
+    head_hash: str,
+    genesis_hash: str,
+) -> Check:
+    """The head: the hash at last_seq is head_hash, also when the tail is missing."""
     if last_seq == 0:
         head_ok = head_hash == genesis_hash
         head_found = f"last_seq 0, head_hash {head_hash}"
@@ -709,19 +766,13 @@ def _verify_chain(conn: psycopg.Connection[Any], shape: BlnkShape) -> _Chain:
         ]
         head_ok = at_head == [head_hash]
         head_found = (
-            f"no transaction at seq {last_seq:,} (the chain ends at seq {_seq(max_seq)})"
+            f"no transaction at seq {last_seq:,} (the chain ends at seq {_seq(scan.max_seq)})"
             if not at_head
             else f"seq {last_seq:,} hash {', '.join(at_head)}"
         )
-    checks.append(
-        Check(
-            "chain head",
-            head_ok,
-            f"seq {last_seq:,} hash = head_hash {head_hash}",
-            head_found,
-        )
+    return Check(
+        "chain head", head_ok, f"seq {last_seq:,} hash = head_hash {head_hash}", head_found
     )
-    return _Chain(checks, info, int(total), last_seq, head_hash, genesis_hash)
 
 
 def _check_anchors(
