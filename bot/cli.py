@@ -10,6 +10,7 @@ stdout; tracebacks only go to the log (``-v``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import getpass
 import json
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from difflib import get_close_matches
+from pathlib import Path
 from typing import Any, Protocol
 
 from bot.logs import configure as configure_logging
@@ -132,12 +134,61 @@ def cmd_list(services: Services, args: argparse.Namespace) -> int:
 def cmd_status(services: Services, args: argparse.Namespace) -> int:
     status = services.catalog.status()
     runs = _next_runs(services)
+    window = services.pitr.window() if services.settings.wal_archive else None
+    lag = window.lag_seconds() if window is not None else None
+    max_lag = services.settings.wal_max_lag_seconds
+    stale_wal = window is not None and (lag is None or lag > max_lag)
+
+    def as_json() -> dict[str, Any]:
+        body = render_json.status(status, runs)
+        if window is not None:
+            body["recoverable_window"] = window.as_dict()
+            body["recovery_point_lag_seconds"] = round(lag, 3) if lag is not None else None
+        return body
+
+    def as_text() -> str:
+        text = render_text.status(status, runs)
+        if window is not None:
+            text += "\n" + render_text.recoverable_window(window, lag, max_lag)
+        return text
+
+    _show(args, as_json, as_text)
+    return EXIT_OK if status.healthy and not stale_wal else EXIT_FAILED
+
+
+def cmd_wal_stream(services: Services, args: argparse.Namespace) -> int:
+    """Stream WAL into the bucket until SIGTERM or Ctrl-C (the receiver runs in the
+    foreground; the service runs the same one in a thread)."""
+    receiver = services.wal_receiver()
+    stop = threading.Event()
+    _err(
+        f"streaming WAL from {receiver.source.display} (slot {receiver.slot}) into "
+        f"{services.store.location}wal/; Ctrl-C or SIGTERM stops"
+    )
+    try:
+        receiver.run(stop)
+    except (KeyboardInterrupt, Terminated):
+        stop.set()
+        receiver.ship(final=True)
+    state = receiver.state
+    _err(f"stopped: {state.shipped_segments:,} segments shipped ({state.shipped_bytes:,} bytes)")
+    return EXIT_OK
+
+
+def cmd_base_backup(services: Services, args: argparse.Namespace) -> int:
+    backup = services.base_backups.run(_actor(args), reason=args.reason)
+    where = f"s3://{services.store.bucket}/{backup.key}"
     _show(
         args,
-        lambda: render_json.status(status, runs),
-        lambda: render_text.status(status, runs),
+        lambda: dataclasses.asdict(backup),
+        lambda: (
+            f"✓ base backup {where}"
+            f"\n  {backup.size:,} bytes, SHA-256 {backup.sha256}\n"
+            f"  WAL {backup.start_lsn} .. {backup.end_lsn} on timeline {backup.timeline}; "
+            f"recoverable from {backup.finished_at}"
+        ),
     )
-    return EXIT_OK if status.healthy else EXIT_FAILED
+    return EXIT_OK
 
 
 def _next_runs(services: Services) -> dict[str, datetime]:
@@ -160,6 +211,12 @@ def cmd_restore_test(services: Services, args: argparse.Namespace) -> int:
 
 def cmd_restore(services: Services, args: argparse.Namespace) -> int:
     actor = _actor(args)
+    if args.at is not None:
+        return _restore_to_time(services, args, actor)
+    if args.cluster is not None:
+        raise UsageError("--cluster goes with --at (a point-in-time recovery)")
+    if args.into is None:
+        raise UsageError("restore needs --into NEWDB")
     if not args.yes:
         raise UsageError(
             f"restoring creates database {args.into!r} from {args.key}; add --yes to go ahead"
@@ -184,6 +241,39 @@ def cmd_restore(services: Services, args: argparse.Namespace) -> int:
         ),
     )
     return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def _restore_to_time(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    if args.key.lower() != "latest":
+        raise UsageError("a point-in-time recovery starts from the base backups: use latest --at")
+    if (args.into is None) == (args.cluster is None):
+        raise UsageError("--at needs exactly one of --into NEWDB or --cluster DIR")
+    target = _parse_time(args.at)
+    if not args.yes:
+        what = f"database {args.into!r}" if args.into else f"a cluster in {args.cluster}"
+        raise UsageError(f"recovering to {args.at} creates {what}; add --yes to go ahead")
+    server = PgTarget.from_url(args.server_url) if args.server_url else services.target
+    result = services.pitr.recover(
+        actor,
+        target,
+        into=args.into,
+        server=server if args.into else None,
+        cluster=Path(args.cluster) if args.cluster else None,
+        reason=args.reason,
+    )
+    _show(args, result.summary, lambda: render_text.recovery(result))
+    return EXIT_OK if result.passed else EXIT_FAILED
+
+
+def _parse_time(text: str) -> datetime:
+    """An RFC 3339 time ("2026-12-02 14:02:59Z", "…+01:00"); a zone is required."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r} is not a time (write 2026-12-02 14:02:59Z)") from None
+    if when.tzinfo is None:
+        raise UsageError(f"{text!r} has no time zone (write 2026-12-02 14:02:59Z)")
+    return when
 
 
 def cmd_prune(services: Services, args: argparse.Namespace) -> int:
@@ -300,11 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = command("restore", "restore a backup into a NEW database, verified and checked")
     restore.add_argument("key", help="KEY or latest")
-    restore.add_argument("--into", required=True, metavar="NEWDB", help="database to create")
+    restore.add_argument("--into", metavar="NEWDB", help="database to create")
+    restore.add_argument(
+        "--at", metavar="TIME", help='recover to this time (RFC 3339, "2026-12-02 14:02:59Z")'
+    )
+    restore.add_argument(
+        "--cluster", metavar="DIR", help="with --at: leave the recovered cluster in DIR"
+    )
     restore.add_argument("--server-url", help="server to create it on (default: Blnk's)")
     restore.add_argument("--yes", action="store_true", help="confirm: this creates a database")
     restore.add_argument("--reason", help="why (audited)")
     restore.set_defaults(handler=cmd_restore)
+
+    wal_stream = command("wal-stream", "stream WAL into the bucket until SIGTERM (WAL_ARCHIVE)")
+    wal_stream.set_defaults(handler=cmd_wal_stream)
+
+    base_backup = command("base-backup", "take a base backup for point-in-time recovery now")
+    base_backup.add_argument("--reason", help="why (audited)")
+    base_backup.set_defaults(handler=cmd_base_backup)
 
     prune = command("prune", "apply the retention policy (a dry run unless --apply)")
     prune.add_argument("--apply", action="store_true", help="really delete what the plan says")

@@ -82,8 +82,12 @@ class AuditDatabase:
         self.url = url
         self.kind = url.kind
         self._local = threading.local()
-        self._open: list[Any] = []  # every connection opened, to close them all at the end
+        # Every connection opened, each with the lock its thread holds while using it: close()
+        # takes that lock first, never closing a connection under a query of another thread
+        # (sqlite3 may crash the process when it is).
+        self._open: list[tuple[Any, threading.Lock]] = []
         self._opening = threading.Lock()
+        self._closed = False
         self._memory = f"file:blnk-audit-{uuid.uuid4().hex}?mode=memory&cache=shared"
         self._keeper: Any = None  # an in-memory database lives while a connection is open
         if url.kind == "sqlite" and url.path is not None:
@@ -129,21 +133,26 @@ class AuditDatabase:
             self.url.conninfo, autocommit=True, connect_timeout=10, options="-c timezone=UTC"
         )
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
+    def _connection(self) -> tuple[Any, threading.Lock]:
+        held = getattr(self._local, "held", None)
+        if held is None:
             with self._opening:
-                self._open.append(conn)
-        return conn
+                if self._closed:
+                    raise ConfigError(["AUDIT_DATABASE_URL: the audit log is closed"])
+                held = (self._connect(), threading.Lock())
+                self._open.append(held)
+            self._local.held = held
+        return held
 
     def _forget(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken
-                conn.close()
+        held = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None:
+            with self._opening:
+                if held in self._open:
+                    self._open.remove(held)
+            with held[1], contextlib.suppress(Exception):  # already broken
+                held[0].close()
 
     def _sql(self, statement: str) -> str:
         return statement if self.kind == "sqlite" else statement.replace("?", "%s")
@@ -153,10 +162,11 @@ class AuditDatabase:
         """Run one statement and return its rows (a lost PostgreSQL connection is opened
         again once)."""
         for attempt in (1, 2):
-            conn = self._connection()
+            conn, in_use = self._connection()
             try:
-                cursor = conn.execute(self._sql(statement), tuple(params))
-                return list(cursor.fetchall()) if cursor.description else []
+                with in_use:
+                    cursor = conn.execute(self._sql(statement), tuple(params))
+                    return list(cursor.fetchall()) if cursor.description else []
             except Exception as exc:
                 if attempt == 2 or not self._lost(exc):
                     raise
@@ -166,8 +176,9 @@ class AuditDatabase:
     def insert(self, statement: str, params: Sequence[Any]) -> int:
         """Run an INSERT and return the new row's id."""
         if self.kind == "sqlite":
-            conn = self._connection()
-            return int(conn.execute(statement, tuple(params)).lastrowid)
+            conn, in_use = self._connection()
+            with in_use:
+                return int(conn.execute(statement, tuple(params)).lastrowid)
         [(new_id,)] = self.query(statement + " RETURNING id", params)
         return int(new_id)
 
@@ -199,9 +210,8 @@ class AuditDatabase:
             return False
         import psycopg
 
-        return isinstance(exc, psycopg.OperationalError) or bool(
-            getattr(self._local, "conn", None) and self._local.conn.closed
-        )
+        held = getattr(self._local, "held", None)
+        return isinstance(exc, psycopg.OperationalError) or bool(held and held[0].closed)
 
     # --- values -------------------------------------------------------------------------------
     def time_param(self, when: datetime) -> Any:
@@ -215,13 +225,21 @@ class AuditDatabase:
         when = raw if isinstance(raw, datetime) else datetime.fromisoformat(str(raw))
         return when if when.tzinfo else when.replace(tzinfo=UTC)
 
-    def close(self) -> None:
+    def close(self, wait: float = 10.0) -> None:
+        """Close every connection, each once no thread is using it (waiting up to ``wait``
+        seconds for each; one still busy then is left to its thread and the process's end).
+        Using the log after this raises ConfigError."""
         with self._opening:
+            self._closed = True
             opened, self._open = self._open, []
-        for conn in opened:
-            with contextlib.suppress(Exception):  # closed already
-                conn.close()
-        self._local = threading.local()
+        for conn, in_use in opened:
+            if not in_use.acquire(timeout=wait):
+                continue
+            try:
+                with contextlib.suppress(Exception):  # closed already
+                    conn.close()
+            finally:
+                in_use.release()
         if self._keeper is not None:
             self._keeper.close()
             self._keeper = None

@@ -48,9 +48,15 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def state_dir() -> Path:
+    """Where the program keeps its state by default ($XDG_STATE_HOME/blnk-backup)."""
+    return (
+        Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "blnk-backup"
+    )
+
+
 def _default_audit_url() -> str:
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return f"sqlite:///{state / 'blnk-backup' / 'audit.sqlite3'}"
+    return f"sqlite:///{state_dir() / 'audit.sqlite3'}"
 
 
 MIN_API_KEY_LENGTH = 16  # anyone who reaches the port may guess: a key must be a real secret
@@ -71,6 +77,27 @@ class Settings(BaseSettings):
         None, validation_alias=_env("RESTORE_TEST_DATABASE_URL")
     )
     pg_bin_dir: str | None = Field(None, validation_alias=_env("PG_BIN_DIR"))
+    # --- continuous protection: WAL streamed off the database host -------------------------
+    wal_archive: bool = Field(False, validation_alias=_env("WAL_ARCHIVE"))
+    # The replication connection (a role with REPLICATION): BLNK_DATABASE_URL's host and
+    # credentials unless set.
+    replication_database_url: SecretStr | None = Field(
+        None, validation_alias=_env("REPLICATION_DATABASE_URL")
+    )
+    wal_slot_name: str = Field(
+        "blnk_backup", pattern=r"^[a-z0-9_]{1,63}$", validation_alias=_env("WAL_SLOT_NAME")
+    )
+    # Where the receiver writes WAL before it is in the bucket (the segment being written, and
+    # finished ones not shipped yet).
+    wal_spool_dir: str | None = Field(None, validation_alias=_env("WAL_SPOOL_DIR"))
+    # The segment being written is shipped this often when WAL advanced: the recovery point in
+    # the store is at most this old (plus the upload).
+    wal_ship_partial_seconds: float = Field(
+        10.0, ge=1, le=3600, validation_alias=_env("WAL_SHIP_PARTIAL_SECONDS")
+    )
+    wal_max_lag_seconds: float = Field(
+        60.0, ge=1, le=86400, validation_alias=_env("WAL_MAX_LAG_SECONDS")
+    )
     restore_jobs: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1),
         ge=1,
@@ -161,6 +188,8 @@ class Settings(BaseSettings):
     retention_schedule: str = Field("0 4 * * 0", validation_alias=_env("RETENTION_SCHEDULE"))
     monitor_schedule: str = Field("0 */6 * * *", validation_alias=_env("MONITOR_SCHEDULE"))
     restore_test_schedule: str = Field("0 5 1 * *", validation_alias=_env("RESTORE_TEST_SCHEDULE"))
+    # Base backups for point-in-time recovery (with WAL_ARCHIVE=true): daily by default.
+    base_backup_schedule: str = Field("0 2 * * *", validation_alias=_env("BASE_BACKUP_SCHEDULE"))
     schedule_timezone: str = Field("UTC", validation_alias=_env("SCHEDULE_TIMEZONE"))
     # A run missed while the service was down still runs, late, within this many minutes.
     schedule_grace_minutes: int = Field(
@@ -195,6 +224,8 @@ class Settings(BaseSettings):
         "database_url",
         "restore_test_database_url",
         "pg_bin_dir",
+        "replication_database_url",
+        "wal_spool_dir",
         "aws_access_key_id",
         "aws_secret_access_key",
         "s3_bucket",
@@ -220,7 +251,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("database_url", "restore_test_database_url")
+    @field_validator("database_url", "restore_test_database_url", "replication_database_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None:
@@ -294,7 +325,11 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "backup_schedule", "retention_schedule", "monitor_schedule", "restore_test_schedule"
+        "backup_schedule",
+        "retention_schedule",
+        "monitor_schedule",
+        "restore_test_schedule",
+        "base_backup_schedule",
     )
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -360,6 +395,7 @@ class Settings(BaseSettings):
 _ENV_NAMES: dict[str, str] = {
     "database_url": "BLNK_DATABASE_URL (or BLNK_DATA_SOURCE_DNS)",
     "restore_test_database_url": "RESTORE_TEST_DATABASE_URL",
+    "replication_database_url": "REPLICATION_DATABASE_URL",
     "s3_bucket": "S3_BACKUP_BUCKET (or BLNK_S3_BUCKET_NAME)",
     "blnk_api_key": "BLNK_API_KEY",
     "s3_replica_bucket": "S3_REPLICA_BUCKET",

@@ -8,10 +8,12 @@ last lines of stderr are kept, with known secrets masked, for the error a person
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -24,6 +26,7 @@ from core.errors import PreflightError
 from core.redact import mask
 
 _STDERR_TAIL_LINES = 20
+_PR_SET_PDEATHSIG = 1
 _MAX_STDERR_LINES = 10_000
 _F_SETPIPE_SZ = 1031  # Linux: grow the pipe so pg_dump is not woken every 64 KiB.
 _F_GETPIPE_SZ = 1032
@@ -35,11 +38,26 @@ _DEFAULT_PIPE_SIZE = 64 << 10  # Linux's, where the size cannot be read
 SubprocessError = subprocess.SubprocessError
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: be sent SIGTERM when the parent dies (Linux), so a long-lived
+    child (pg_receivewal holding a replication slot) never outlives a killed bot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the caller's clean-up has to do
+        pass
+
+
 class StreamingProcess:
     """A child whose stdout is read as a byte stream while its stderr tail is collected."""
 
     def __init__(
-        self, argv: Sequence[str], env: dict[str, str], secrets: Iterable[str | None] = ()
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        secrets: Iterable[str | None] = (),
+        *,
+        die_with_parent: bool = False,
     ) -> None:
         self.name = Path(argv[0]).name
         self._secrets = [s for s in secrets if s]
@@ -51,6 +69,7 @@ class StreamingProcess:
             stderr=subprocess.PIPE,
             env=env,
             bufsize=0,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._stdout_fd = self._proc.stdout.fileno()
@@ -88,6 +107,21 @@ class StreamingProcess:
         returncode = self._proc.wait(timeout)
         self._stderr_thread.join(timeout=5)
         return returncode
+
+    def poll(self) -> int | None:
+        """The child's exit status, or None while it runs."""
+        return self._proc.poll()
+
+    def interrupt(self, timeout: float = 10) -> int | None:
+        """Ask the child to finish (SIGINT: pg_receivewal flushes and exits) and wait up to
+        ``timeout`` seconds; kill it if it has not. Return its exit status."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self._proc.poll()
 
     def kill(self) -> None:
         """Kill the child if it still runs (idempotent)."""

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from core.redact import EndpointScrubber
     from core.restore.service import RestoreService
     from core.store.s3 import S3Store
+    from core.wal.basebackup import BaseBackupService
+    from core.wal.receiver import WalReceiver
+    from core.wal.recovery import PointInTimeRecovery
 
 T = TypeVar("T")
 log = logging.getLogger("blnk_backup.services")
@@ -182,6 +185,61 @@ class Services:
         from core.operations import RiskyOperations
 
         return RiskyOperations(self)
+
+    # --- continuous protection (WAL_ARCHIVE) ---------------------------------------------------
+    @property
+    def replication_source(self) -> PgTarget:
+        """The replication connection: REPLICATION_DATABASE_URL, else BLNK_DATABASE_URL."""
+        url = self.settings.replication_database_url
+        return PgTarget.from_url(url.get_secret_value()) if url is not None else self.target
+
+    @_built_once
+    def base_backups(self) -> BaseBackupService:
+        from core.wal.basebackup import BaseBackupService
+
+        self.settings.require("database_url", "s3_bucket")
+        return BaseBackupService(
+            self.replication_source,
+            self.store,
+            self.audit,
+            bin_dir=self.settings.pg_bin_dir,
+            concurrency=self.settings.backup_upload_concurrency,
+        )
+
+    def wal_receiver(self) -> WalReceiver:
+        """A receiver for ``blnk-backup wal-stream`` or the service (one per process)."""
+        from pathlib import Path
+
+        from core.wal.archive import WalArchive
+        from core.wal.receiver import WalReceiver
+
+        self.settings.require("database_url", "s3_bucket")
+        spool = self.settings.wal_spool_dir or str(
+            Path(self.settings.audit_database_url.removeprefix("sqlite:///")).parent / "wal-spool"
+            if self.settings.audit_database_url.startswith("sqlite:///")
+            else Path.home() / ".local" / "state" / "blnk-backup" / "wal-spool"
+        )
+        return WalReceiver(
+            self.replication_source,
+            WalArchive(self.store),
+            Path(spool) / self.settings.wal_slot_name,
+            slot=self.settings.wal_slot_name,
+            bin_dir=self.settings.pg_bin_dir,
+            ship_partial_every=self.settings.wal_ship_partial_seconds,
+        )
+
+    @_built_once
+    def pitr(self) -> PointInTimeRecovery:
+        from core.wal.recovery import PointInTimeRecovery, server_bin_dir
+
+        self.settings.require("database_url", "s3_bucket")
+        return PointInTimeRecovery(
+            self.store,
+            self.audit,
+            self.target,
+            bin_dir_for=lambda major: server_bin_dir(major, self.settings.pg_bin_dir),
+            restore_file=self.restores.restore_file,
+        )
 
     def stop_backup(self, why: str, wait_seconds: float, grace_seconds: float = 0.0) -> bool:
         """Let the backup running in this process, if any, end within ``grace_seconds``; then

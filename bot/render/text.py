@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from core.manifest import Manifest
     from core.prune import PruneReport
     from core.restore.service import RestoreReport
+    from core.wal.recovery import RecoverableWindow, RecoveryResult
 
 
 def _safe(value: Any) -> str:
@@ -323,3 +324,38 @@ def error_line(exc: EngineError) -> str:
     if exc.exit_status == EXIT_USAGE:
         return f"error: {exc}"
     return f"✗ {exc.code}: {exc}"
+
+
+def recoverable_window(window: RecoverableWindow, lag: float | None, max_lag: float) -> str:
+    """The point-in-time recovery lines of ``status``."""
+    if window.earliest is None or window.latest is None:
+        return "Point-in-time recovery: nothing recoverable yet (no base backup with its WAL)"
+    state = "" if lag is not None and lag <= max_lag else f"  ✗ older than {max_lag:,.0f} s"
+    return (
+        f"Point-in-time recovery: {_when(window.earliest)} .. {_when(window.latest)}\n"
+        f"  recovery point {lag or 0:,.1f} s behind now{state}; "
+        f"{window.base_backups:,} base backup(s), the last {_when(window.last_base_backup)}"
+    )
+
+
+def recovery(result: RecoveryResult) -> str:
+    """A point-in-time recovery's result."""
+    lines = [
+        f"{'✓' if result.passed else '✗'} recovered to {_when(result.target)} from "
+        f"{result.base} in {result.seconds:,.1f} s",
+        f"  stopped {result.stopped}; last transaction at "
+        f"{_when(result.last_transaction_at)}; LSN {result.lsn or '?'}; "
+        f"timeline {result.timeline}",
+    ]
+    if result.proof is not None:
+        lines.append(f"  {result.proof.headline()}")
+    if result.database:
+        lines.append(f"  the Blnk database is in the new database {result.database!r}")
+    if result.cluster:
+        lines.append(f"  the recovered cluster is in {result.cluster} (stopped)")
+    lines += [f"  note: {n}" for n in result.notes]
+    return neutralise("\n".join(lines))
+
+
+def _when(when: datetime | None) -> str:
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if when else "unknown"

@@ -249,6 +249,23 @@ class RestoreService:
             self._record_report(run, report)
         return report
 
+    def restore_file(self, dump: Path, server: PgTarget, into: str, origin: str) -> list[str]:
+        """Restore a local custom-format dump (a point-in-time recovery's copy of the Blnk
+        database) into the new database ``into`` on ``server``, keeping owners and privileges;
+        marked incomplete while pg_restore runs, then commented with ``origin``. Return the
+        notes (a parallel restore that had to run again serially). Raise UsageError for a
+        name the restore never creates or one that exists."""
+        self.check_target(into, server)
+        if database_exists(server, into):
+            raise UsageError(f"database {into!r} already exists; choose a new name")
+        notes: list[str] = []
+        pg_restore = find_tool("pg_restore", self.settings.pg_bin_dir)
+        self._restore_into(
+            pg_restore, dump, server, into, False, notes, f"{INCOMPLETE_RESTORE}{origin}"
+        )
+        comment_on_database(server, into, f"blnk-backup: {origin}")
+        return notes
+
     def check_target(self, into: str, server: PgTarget) -> None:
         """Raise UsageError if ``restore`` would never create ``into`` on ``server``: not a
         valid name, the source database, or a restore test's scratch name (restore tests drop

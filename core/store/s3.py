@@ -7,8 +7,10 @@ CloudInterface. botocore errors are translated by core/store/errors.py at this b
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +21,7 @@ from botocore.config import Config
 from pydantic import SecretStr
 
 from core.config import Settings
-from core.errors import ConfigError, StorageError
+from core.errors import ConfigError, StorageError, VerificationError
 from core.keys import BackupKey
 from core.store.errors import s3_errors
 from core.store.listing import BackupListing
@@ -305,6 +307,33 @@ class S3Store:
                 ContentType="application/json",
                 **self.write_args(),
             )
+
+    def put_verified(self, key: str, body: bytes) -> ObjectInfo:
+        """PUT a small object held in memory (a WAL segment) with its checksum, which the store
+        checks on receipt, then read back its size and checksum; raise VerificationError if
+        the store holds anything else."""
+        args = self.write_args()
+        crc = base64.b64encode((zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "big")).decode()
+        sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        if self.checksum == "crc32":
+            args["ChecksumCRC32"] = crc
+        elif self.checksum == "sha256":
+            args["ChecksumSHA256"] = sha
+        else:
+            args["ContentMD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324
+        with s3_errors(f"writing {key}", self.bucket):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **args)
+        info = self.head(key)
+        if info is None or info.size != len(body):
+            raise VerificationError(
+                f"{key}: the store holds {'nothing' if info is None else info.size} "
+                f"instead of {len(body):,} bytes"
+            )
+        expected = {"crc32": (info.checksum_crc32, crc), "sha256": (info.checksum_sha256, sha)}
+        found, wanted = expected.get(self.checksum, (None, None))
+        if found is not None and found != wanted:
+            raise VerificationError(f"{key}: the store's {self.checksum} is not the bytes' one")
+        return info
 
     def incomplete_uploads(self) -> list[IncompleteUpload]:
         """Return the store's in-progress multipart uploads of backup keys under the prefix

@@ -45,7 +45,9 @@ class PasswordCluster:
         if check and done.returncode != 0:
             raise RuntimeError(f"{Path(argv[0]).name} failed: {done.stderr}")
 
-    def start(self) -> None:
+    def start(self, conf: dict[str, str] | None = None, hba: list[str] | None = None) -> None:
+        """initdb and start; ``conf`` goes into postgresql.conf, ``hba`` lines on top of
+        pg_hba.conf, before the first start."""
         pwfile = self.dir / "pw"
         pwfile.write_text(self.password + "\n")
         if self.owner is not None:
@@ -62,6 +64,12 @@ class PasswordCluster:
                 f"--pwfile={pwfile}",
             ]
         )
+        if conf:
+            with (data / "postgresql.conf").open("a") as out:
+                out.writelines(f"{name} = '{value}'\n" for name, value in conf.items())
+        if hba:
+            path = data / "pg_hba.conf"
+            path.write_text("\n".join(hba) + "\n" + path.read_text())
         self._run(
             [
                 str(self.bin / "pg_ctl"),
@@ -76,9 +84,10 @@ class PasswordCluster:
             ]
         )
 
-    def url(self, password: str | None = None) -> str:
+    def url(self, password: str | None = None, dbname: str = "postgres", user: str = "") -> str:
         return (
-            f"postgresql://{self.user}:{password or self.password}@127.0.0.1:{self.port}/postgres"
+            f"postgresql://{user or self.user}:{password or self.password}@127.0.0.1:"
+            f"{self.port}/{dbname}"
         )
 
     def stop(self) -> None:

@@ -1,0 +1,86 @@
+"""The WAL archive in the bucket: ``wal/`` beside the dumps, one object per segment (verified
+like a dump: size and checksum read back), the segment being written as ``NAME.partial``
+(replaced as it grows), and each timeline's ``.history`` file. Stock tools recover from it: an
+``aws s3 cp`` of ``wal/NAME`` is what ``restore_command`` needs (docs/operations.md)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from core.store.s3 import S3Store
+from core.wal.names import PARTIAL_SUFFIX, WAL_DIR, Segment, is_history, wal_key
+
+log = logging.getLogger("blnk_backup.wal")
+
+
+@dataclass(frozen=True)
+class ArchivedWal:
+    """What the bucket holds of WAL: complete segments (oldest first), the newest partial
+    segment, history files, and when the newest object was written."""
+
+    segments: list[Segment]
+    partial: Segment | None
+    histories: list[str]
+    newest_written: datetime | None
+
+    def has(self, segment: Segment) -> bool:
+        """True if the store holds ``segment``, finished or as the newest partial."""
+        return segment in set(self.segments) or segment == self.partial
+
+    def gaps(self, start: Segment) -> list[Segment]:
+        """The segments missing from ``start`` to the newest one of its timeline."""
+        mine = sorted(s for s in self.segments if s.timeline == start.timeline and s >= start)
+        if not mine:
+            return []
+        have = {s.number for s in mine}
+        return [
+            Segment(start.timeline, n)
+            for n in range(start.number, mine[-1].number)
+            if n not in have
+        ]
+
+
+class WalArchive:
+    """The WAL objects of one store."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
+
+    def ship(self, path: Path) -> int:
+        """Put one WAL file (a finished segment, a ``.partial`` or a ``.history``) into the
+        bucket, verified; return its size. The local file is the caller's."""
+        body = path.read_bytes()
+        self.store.put_verified(wal_key(self.store.prefix, path.name), body)
+        return len(body)
+
+    def listing(self) -> ArchivedWal:
+        segments: list[Segment] = []
+        partials: list[Segment] = []
+        histories: list[str] = []
+        newest: datetime | None = None
+        for obj in self.store.list_objects(WAL_DIR):
+            name = obj.key.removeprefix(self.store.prefix + WAL_DIR)
+            newest = obj.last_modified if newest is None else max(newest, obj.last_modified)
+            if is_history(name):
+                histories.append(name)
+            elif name.endswith(PARTIAL_SUFFIX):
+                segment = Segment.parse(name.removesuffix(PARTIAL_SUFFIX))
+                if segment is not None:
+                    partials.append(segment)
+            elif (segment := Segment.parse(name)) is not None:
+                segments.append(segment)
+        complete = set(segments)
+        live = [p for p in partials if p not in complete]
+        return ArchivedWal(sorted(segments), max(live) if live else None, histories, newest)
+
+    def fetch(self, name: str, destination: Path) -> bool:
+        """Download one WAL file by name into ``destination``; False if the bucket has none."""
+        key = wal_key(self.store.prefix, name)
+        if self.store.head(key) is None:
+            return False
+        with destination.open("wb") as out:
+            self.store.download(key, out)
+        return True

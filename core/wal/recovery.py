@@ -1,0 +1,497 @@
+"""Point-in-time recovery: a base backup and the archived WAL up to a chosen time, replayed in a
+scratch cluster of the source's major version on this host, the ledger proven there, and then
+either the Blnk database copied into a new database beside the source (``into``) or the
+recovered cluster handed over (``cluster``) for a full switch-over.
+
+Steps, each a method: choose the newest base backup finished before the target; download it
+(SHA-256 checked) and extract it where the server's OS user can reach it; ``pg_verifybackup``
+against its manifest; fetch the WAL it needs from the bucket (finished segments, the newest
+``.partial``, history files); start the cluster with ``restore_command`` copying from there
+(the ``.partial`` as the fallback PostgreSQL never uses on its own), ``recovery_target_time``
+and ``recovery_target_action = 'promote'``; wait until it is promoted; read the exact point
+reached from the server's log; prove the ledger.
+
+The recovery target must lie in the recoverable window: from the end of the oldest base backup
+to the newest WAL in the store. Nothing here touches the source database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.audit import Actor, AuditLog
+from core.database import PgTarget, check_database_name, database_exists
+from core.errors import PreflightError, RestoreCheckError, UsageError
+from core.localserver import ServerUser, free_port, run_base, server_user
+from core.processes import run, run_tool, tool_version
+from core.restore.ledger_proof import LedgerProof, prove_ledger
+from core.store.s3 import S3Store
+from core.wal.archive import WalArchive
+from core.wal.basebackup import BaseBackup, BaseBackupService
+from core.wal.names import PARTIAL_SUFFIX, WAL_DIR, Segment, format_lsn, parse_lsn
+from core.wal.receiver import POSITION
+
+log = logging.getLogger("blnk_backup.wal")
+
+_STOPPED = re.compile(
+    r"recovery stopping (before|after) commit of transaction (\d+), time ([0-9: .+-]+)"
+)
+_LAST_TXN = re.compile(r"last completed transaction was at log time ([0-9: .+-]+)")
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+_NOT_REACHED = "recovery ended before configured recovery target was reached"
+PROMOTE_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class RecoverableWindow:
+    """From when to when a recovery can reach: the end of the oldest base backup, and the
+    newest WAL in the store (its position and when it was shipped)."""
+
+    earliest: datetime | None
+    latest: datetime | None
+    latest_lsn: str | None
+    base_backups: int
+    last_base_backup: datetime | None
+
+    def lag_seconds(self, now: datetime | None = None) -> float | None:
+        """How far behind now the newest recoverable point is (None: nothing recoverable)."""
+        if self.latest is None:
+            return None
+        return max(0.0, ((now or datetime.now(UTC)) - self.latest).total_seconds())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "earliest": self.earliest.isoformat() if self.earliest else None,
+            "latest": self.latest.isoformat() if self.latest else None,
+            "latest_lsn": self.latest_lsn,
+            "base_backups": self.base_backups,
+            "last_base_backup": self.last_base_backup.isoformat()
+            if self.last_base_backup
+            else None,
+        }
+
+
+@dataclass
+class RecoveryResult:
+    """Where a recovery got to, and what was done with it."""
+
+    target: datetime
+    base: str
+    timeline: int
+    stopped: str  # "before commit of transaction 123", or "at the end of the archived WAL"
+    last_transaction_at: datetime | None
+    last_xid: int | None
+    lsn: str | None
+    seconds: float  # the recovery time (RTO): from start to the result ready
+    proof: LedgerProof | None = None
+    database: str | None = None  # into: the new database
+    cluster: Path | None = None  # cluster: the recovered cluster's data directory
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.proof is None or self.proof.passed
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "target": self.target.isoformat(),
+            "base_backup": self.base,
+            "timeline": self.timeline,
+            "stopped": self.stopped,
+            "last_transaction_at": self.last_transaction_at.isoformat()
+            if self.last_transaction_at
+            else None,
+            "last_xid": self.last_xid,
+            "lsn": self.lsn,
+            "seconds": round(self.seconds, 3),
+            "ledger_proof": self.proof.summary() if self.proof is not None else None,
+            "database": self.database,
+            "cluster": str(self.cluster) if self.cluster else None,
+            "notes": self.notes,
+        }
+
+
+class PointInTimeRecovery:
+    """Recovers the source's cluster to a time, from the bucket alone."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        audit: AuditLog,
+        source: PgTarget,
+        *,
+        bin_dir_for: Callable[[int], Path],
+        restore_file: Callable[[Path, PgTarget, str, str], list[str]] | None = None,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.source = source
+        self.archive = WalArchive(store)
+        self.bin_dir_for = bin_dir_for
+        self.restore_file = restore_file
+
+    # --- the window -------------------------------------------------------------------------
+    def window(self) -> RecoverableWindow:
+        bases = BaseBackupService.list_in(self.store)
+        listing = self.archive.listing()
+        position = self.store.get_json(f"{self.store.prefix}{WAL_DIR}{POSITION}")
+        latest, latest_lsn = listing.newest_written, None
+        if isinstance(position, dict):
+            try:
+                latest = datetime.fromisoformat(str(position["shipped_at"]))
+                latest_lsn = format_lsn(parse_lsn(str(position["lsn"])))
+            except (KeyError, ValueError):
+                pass
+        usable = [b for b in bases if listing.has(Segment.of(b.timeline, b.end - 1))]
+        return RecoverableWindow(
+            earliest=usable[0].finished if usable else None,
+            latest=latest if usable else None,
+            latest_lsn=latest_lsn if usable else None,
+            base_backups=len(bases),
+            last_base_backup=bases[-1].finished if bases else None,
+        )
+
+    # --- recovering -------------------------------------------------------------------------
+    def recover(
+        self,
+        actor: Actor,
+        target: datetime,
+        *,
+        into: str | None = None,
+        server: PgTarget | None = None,
+        cluster: Path | None = None,
+        reason: str | None = None,
+    ) -> RecoveryResult:
+        """Recover to ``target`` (aware). With ``into`` (and ``server``), copy the Blnk
+        database into that new database; with ``cluster``, leave the recovered cluster's data
+        directory there (stopped); otherwise prove the ledger and remove it all."""
+        if target.tzinfo is None:
+            raise UsageError("the recovery target needs a time zone (for example 14:02:59Z)")
+        if into is not None and cluster is not None:
+            raise UsageError("recover either into a new database or into a cluster, not both")
+        if into is not None:
+            if server is None:
+                raise UsageError("a new database needs the server to create it on")
+            check_database_name(into)
+            if database_exists(server, into):
+                raise UsageError(f"database {into!r} already exists on {server.display}")
+        if cluster is not None and cluster.exists() and any(cluster.iterdir()):
+            raise UsageError(f"{cluster} is not empty")
+        began = time.monotonic()
+        details = {"at": target.isoformat(), "into": into, "cluster": str(cluster or "")}
+        with self.audit.run("pitr_restore", actor, reason=reason, details=details) as run:
+            base = self._choose_base(target)
+            run.note(key=base.key)
+            with _Scratch(self.bin_dir_for(base.server_major)) as scratch:
+                self._prepare(scratch, base, target)
+                scratch.start(self.source.params.get("user"))
+                result = self._reached(scratch, base, target)
+                result.proof = self._prove(scratch)
+                if into is not None and server is not None:
+                    result.database = into
+                    result.notes += self._copy_into(scratch, server, into, result)
+                scratch.stop()
+                if cluster is not None:
+                    scratch.hand_over(cluster)
+                    result.cluster = cluster
+            result.seconds = time.monotonic() - began
+            run.note(details=details | result.summary())
+            if not result.passed:
+                run.end("failed", error_code="ledger_not_proven", error_cause="ledger proof failed")
+        return result
+
+    def _choose_base(self, target: datetime) -> BaseBackup:
+        window = self.window()
+        if window.earliest is None:
+            raise UsageError("there is nothing to recover from yet: no base backup with its WAL")
+        if target < window.earliest:
+            raise UsageError(
+                f"{target.isoformat()} is before the recoverable window, which starts at "
+                f"{window.earliest.isoformat()}"
+            )
+        if window.latest is not None and target > window.latest:
+            raise UsageError(
+                f"{target.isoformat()} is after the newest WAL in the store "
+                f"({window.latest.isoformat()})"
+            )
+        bases = [b for b in BaseBackupService.list_in(self.store) if b.finished <= target]
+        return bases[-1]
+
+    def _prepare(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> None:
+        tar = scratch.root / "base.tar"
+        with tar.open("wb") as out:
+            _size, sha256 = self.store.download(base.key, out)
+        if sha256 != base.sha256:
+            raise RestoreCheckError(f"{base.key}: SHA-256 {sha256} is not the recorded one")
+        with tarfile.open(tar) as archive:
+            archive.extractall(scratch.data, filter="tar")
+        tar.unlink()
+        scratch.verify()
+        first = Segment.of(base.timeline, base.start)
+        fetched = self._fetch_wal(scratch.wal, first)
+        if not fetched:
+            raise RestoreCheckError(f"no WAL from {first.name} on is in the store")
+        scratch.configure(target)
+
+    def _fetch_wal(self, into: Path, first: Segment) -> int:
+        """Fetch every history file, the segments from ``first`` on (any timeline after it),
+        and the newest partial segment; return how many segments."""
+        listing = self.archive.listing()
+        for name in listing.histories:
+            self.archive.fetch(name, into / name)
+        wanted = [s for s in listing.segments if s >= first or s.timeline > first.timeline]
+        gaps = listing.gaps(first)
+        if gaps:
+            raise RestoreCheckError(
+                f"the WAL archive has a gap: {', '.join(g.name for g in gaps[:3])} missing"
+            )
+        for segment in wanted:
+            self.archive.fetch(segment.name, into / segment.name)
+        if listing.partial is not None and listing.partial >= first:
+            name = listing.partial.name + PARTIAL_SUFFIX
+            self.archive.fetch(name, into / name)
+        return len(wanted) + (listing.partial is not None)
+
+    def _reached(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> RecoveryResult:
+        said = scratch.log_text()
+        stopped = _STOPPED.search(said)
+        last = _LAST_TXN.search(said)
+        redo = _REDO_DONE.search(said)
+        with scratch.connect("postgres") as conn:
+            row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+        # The last transaction the recovered state holds (when recovery stopped *before* a
+        # commit, that commit is not in it: its time is the first one past the target).
+        when = last[1] if last else None
+        return RecoveryResult(
+            target=target,
+            base=base.key,
+            timeline=int(row[0]) if row else base.timeline,
+            stopped=f"{stopped[1]} commit of transaction {stopped[2]}"
+            if stopped
+            else "at the end of the archived WAL",
+            last_transaction_at=_pg_time(when) if when else None,
+            last_xid=int(stopped[2]) if stopped else None,
+            lsn=redo[1] if redo else None,
+            seconds=0.0,
+        )
+
+    def _prove(self, scratch: _Scratch) -> LedgerProof:
+        with scratch.connect(self.source.dbname) as conn:
+            return prove_ledger(conn)
+
+    def _copy_into(
+        self, scratch: _Scratch, server: PgTarget, into: str, result: RecoveryResult
+    ) -> list[str]:
+        """pg_dump the recovered Blnk database and restore it into ``into`` on ``server``."""
+        if self.restore_file is None:
+            raise PreflightError("copying into a new database needs the restore service")
+        dump = scratch.root / "recovered.dump"
+        scratch.dump(self.source.dbname, dump)
+        comment = f"recovered to {result.target.isoformat()} from {result.base}"
+        return self.restore_file(dump, server, into, comment)
+
+
+class _Scratch:
+    """A cluster of our own for one recovery, in a directory the server's OS user can enter;
+    removed at the end unless handed over."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin = bin_dir
+        self.user: ServerUser | None = server_user()
+        self.root = Path(tempfile.mkdtemp(prefix="blnk-pitr-", dir=run_base(self.user)))
+        self.data = self.root / "data"
+        self.wal = self.root / "wal"
+        self.data.mkdir(mode=0o700)
+        self.wal.mkdir()
+        self.port = free_port()
+        self.role: str | None = None
+        self.running = False
+
+    def __enter__(self) -> _Scratch:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _own(self) -> None:
+        if self.user is None:
+            return
+        for path in [self.root, *self.root.rglob("*")]:
+            os.chown(path, self.user.uid, self.user.gid, follow_symlinks=False)
+
+    def _as_server(self, argv: list[str], timeout: float = 120) -> Any:
+        return run(
+            argv, timeout=timeout, cwd=self.root, as_user=self.user.ids if self.user else None
+        )
+
+    def verify(self) -> None:
+        """pg_verifybackup against the backup's own manifest (the WAL is checked by replay)."""
+        self._own()
+        done = self._as_server(
+            [str(self.bin / "pg_verifybackup"), "--no-parse-wal", "--quiet", str(self.data)],
+            timeout=1800,
+        )
+        if done.returncode != 0:
+            raise RestoreCheckError(f"pg_verifybackup: {(done.stderr or done.stdout).strip()}")
+
+    def configure(self, target: datetime) -> None:
+        wal = str(self.wal)
+        restore = (
+            f"test -f '{wal}/%f' && cp '{wal}/%f' '%p' || "
+            f"{{ test -f '{wal}/%f{PARTIAL_SUFFIX}' && cp '{wal}/%f{PARTIAL_SUFFIX}' '%p'; }}"
+        )
+        settings = {
+            "restore_command": restore,
+            "recovery_target_time": target.astimezone(UTC).isoformat(sep=" "),
+            "recovery_target_action": "promote",
+            "recovery_target_timeline": "latest",
+            "port": str(self.port),
+            "listen_addresses": "",
+            "unix_socket_directories": str(self.root),
+            "archive_mode": "off",
+            "primary_conninfo": "",
+            "primary_slot_name": "",
+            "shared_preload_libraries": "",
+            # Off: nobody reads it before it is promoted (pg_ctl -w waits for that), and the
+            # source's max_connections and the like need not be matched.
+            "hot_standby": "off",
+            "log_destination": "stderr",
+            "logging_collector": "off",
+        }
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write("\n# blnk-backup point-in-time recovery\n")
+            for name, value in settings.items():
+                conf.write(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n")
+        (self.data / "pg_hba.conf").write_text("local all all trust\n")
+        for leftover in ("standby.signal", "postmaster.pid", "postmaster.opts"):
+            (self.data / leftover).unlink(missing_ok=True)
+        (self.data / "recovery.signal").touch()
+        self._own()
+
+    def start(self, role: str | None) -> None:
+        self.role = role
+        done = self._as_server(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                "-t",
+                str(int(PROMOTE_TIMEOUT)),
+                "start",
+            ],
+            timeout=PROMOTE_TIMEOUT + 60,
+        )
+        self.running = True
+        if done.returncode != 0:
+            said = self.log_text()
+            if _NOT_REACHED in said:
+                raise RestoreCheckError(
+                    "recovery ended before the target time was reached: the WAL in the store "
+                    "does not go that far"
+                )
+            raise RestoreCheckError(f"the recovered cluster did not start: {said[-600:]}")
+        deadline = time.monotonic() + PROMOTE_TIMEOUT
+        while time.monotonic() < deadline:
+            said = self.log_text()
+            if _NOT_REACHED in said:
+                raise RestoreCheckError(
+                    "recovery ended before the target time was reached: the WAL in the store "
+                    "does not go that far"
+                )
+            if "database system is shut down" in said:
+                raise RestoreCheckError(f"the recovered cluster stopped: {said[-600:]}")
+            try:  # replaying: "the database system is not accepting connections"
+                with self.connect("postgres") as conn:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row is not None and not row[0]:
+                    return
+            except PreflightError:
+                pass
+            time.sleep(0.2)
+        raise RestoreCheckError("the recovered cluster was not promoted in time")
+
+    def connect(self, dbname: str) -> Any:
+        target = PgTarget(
+            {
+                "host": str(self.root),
+                "port": str(self.port),
+                "dbname": dbname,
+                "user": self.role or "postgres",
+                "connect_timeout": "10",
+            },
+            None,
+        )
+        return target.connect(autocommit=True)
+
+    def dump(self, dbname: str, path: Path) -> None:
+        pg_dump = str(self.bin / "pg_dump")
+        conninfo = (
+            f"host={self.root} port={self.port} dbname={dbname} user={self.role or 'postgres'}"
+        )
+        done = run_tool(
+            [pg_dump, "--format=custom", "--no-password", f"--file={path}", f"--dbname={conninfo}"],
+            {k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        )
+        if done.status != 0:
+            raise RestoreCheckError(f"pg_dump of the recovered database failed: {done.tail}")
+
+    def log_text(self) -> str:
+        try:
+            return (self.root / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        self._as_server([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"])
+        self.running = False
+
+    def hand_over(self, cluster: Path) -> None:
+        """Move the (stopped) data directory to ``cluster``."""
+        cluster.parent.mkdir(parents=True, exist_ok=True)
+        if cluster.exists():
+            cluster.rmdir()
+        shutil.move(str(self.data), str(cluster))
+
+
+def _pg_time(text: str) -> datetime:
+    """PostgreSQL's log time ``2026-12-02 14:02:59.123456+00`` → an aware datetime."""
+    cleaned = text.strip()
+    if re.search(r"[+-]\d\d$", cleaned):
+        cleaned += ":00"
+    return datetime.fromisoformat(cleaned)
+
+
+def server_bin_dir(major: int, configured: str | None = None) -> Path:
+    """The server binaries of PostgreSQL ``major`` on this host: PG_BIN_DIR when it is that
+    major, else /usr/lib/postgresql/MAJOR/bin. Raise PreflightError naming what was looked
+    for when none matches (a recovery needs the source's major exactly)."""
+    candidates = []
+    if configured:
+        candidates.append(Path(configured))
+    candidates.append(Path(f"/usr/lib/postgresql/{major}/bin"))
+    for candidate in candidates:
+        postgres = candidate / "postgres"
+        if postgres.is_file() and tool_version(str(candidate / "pg_ctl"))[0] == major:
+            return candidate
+    raise PreflightError(
+        f"recovering needs the PostgreSQL {major} server (postgres, pg_ctl, pg_verifybackup) "
+        f"on this host: set PG_BIN_DIR to its bin directory (looked in "
+        f"{', '.join(str(c) for c in candidates)})"
+    )

@@ -1,0 +1,251 @@
+"""Continuous protection against a real source cluster: a PostgreSQL 15 server of the test's own
+(the shared one refuses replication), reached by a role with REPLICATION and nothing else over
+scram, WAL received with pg_receivewal into the real S3 server, a base backup streamed there,
+and recoveries to a time run in clusters of their own — restored exactly to the commits before
+the target, the Blnk ledger proven."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from core.actor import Actor
+from core.blnkgen import generate
+from core.database import PgTarget, database_exists, drop_database
+from core.errors import UsageError
+from core.services import Services
+from core.wal.names import Segment, parse_lsn
+from core.wal.receiver import WalReceiver
+from tests.conftest import SettingsFactory
+from tests.support.pgcluster import PasswordCluster
+
+ACTOR = Actor("grace", "cli")
+REPLICATOR, REPLICATOR_PASSWORD = "replicator", "replicator-password-123"
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PasswordCluster]:
+    """The database host: wal_level replica, a replication pg_hba line for the bot's address,
+    a capped slot, and a Blnk ledger in database ``blnk``."""
+    cluster = PasswordCluster()
+    cluster.start(
+        conf={
+            "wal_level": "replica",
+            "max_wal_senders": "5",
+            "max_replication_slots": "5",
+            "max_slot_wal_keep_size": "1GB",
+        },
+        hba=[f"host replication {REPLICATOR} 127.0.0.1/32 scram-sha-256"],
+    )
+    try:
+        admin = PgTarget.from_url(cluster.url())
+        with admin.connect(autocommit=True) as conn:
+            conn.execute(
+                f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{REPLICATOR_PASSWORD}'"
+            )
+        generate(admin, "blnk", 2_000)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def settings_for(make_settings: SettingsFactory, cluster: PasswordCluster, tmp: Path) -> Any:
+    return make_settings(
+        database_url=cluster.url(dbname="blnk"),
+        replication_database_url=cluster.url(REPLICATOR_PASSWORD, user=REPLICATOR),
+        wal_archive=True,
+        wal_spool_dir=str(tmp / "spool"),
+        wal_ship_partial_seconds=1,
+        wal_slot_name=f"blnk_{uuid.uuid4().hex[:8]}",
+        pg_bin_dir=str(cluster.bin),
+    )
+
+
+class Streaming:
+    """The receiver in a thread, as the service runs it."""
+
+    def __init__(self, receiver: WalReceiver) -> None:
+        self.receiver = receiver
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=receiver.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> Streaming:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def caught_up(self, source: PgTarget, timeout: float = 30) -> None:
+        """Wait until the store holds the primary's current position."""
+        with source.connect(autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        wanted = parse_lsn(row[0])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            position = self.receiver.state.position
+            if position is not None and position >= wanted:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the store did not reach {row[0]}: {self.receiver.state}")
+
+
+def transfer(conn: Any, reference: str) -> None:
+    """One Blnk-like payment, as Blnk posts it: an APPLIED transaction and the two balances
+    it moves (1 minor unit of EUR), in one transaction."""
+    with conn.transaction():
+        source, destination = (
+            r[0]
+            for r in conn.execute(
+                "SELECT balance_id FROM blnk.balances WHERE currency = 'EUR' ORDER BY id LIMIT 2"
+            ).fetchall()
+        )
+        conn.execute(
+            """INSERT INTO blnk.transactions (transaction_id, source, destination, reference,
+                   amount, precise_amount, precision, currency, status, hash, created_at)
+               VALUES (%s, %s, %s, %s, 0.01, 1, 100, 'EUR', 'APPLIED', repeat('c', 64), now())""",
+            (f"txn_{reference}_{uuid.uuid4().hex[:8]}", source, destination, reference),
+        )
+        conn.execute(
+            "UPDATE blnk.balances SET debit_balance = debit_balance + 1, balance = balance - 1 "
+            "WHERE balance_id = %s",
+            (source,),
+        )
+        conn.execute(
+            "UPDATE blnk.balances SET credit_balance = credit_balance + 1, "
+            "balance = balance + 1 WHERE balance_id = %s",
+            (destination,),
+        )
+
+
+def count(target: PgTarget) -> int:
+    with target.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM blnk.transactions").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_recovery_to_a_second_between_two_commits_has_exactly_the_commits_before_it(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    services = Services(settings_for(make_settings, source, tmp_path))
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    admin = PgTarget.from_url(source.url())
+    into = f"blnk_pitr_{uuid.uuid4().hex[:6]}"
+    try:
+        with Streaming(services.wal_receiver()) as streaming:
+            base = services.base_backups.run(ACTOR, reason="first base backup")
+            with ledger.connect(autocommit=True) as conn:
+                for n in range(30):
+                    transfer(conn, f"before_{n}")
+                time.sleep(0.5)
+                target = datetime.now(UTC)
+                time.sleep(0.5)
+                for n in range(30):
+                    transfer(conn, f"after_{n}")
+            before = count(ledger) - 30
+            streaming.caught_up(admin)
+
+        window = services.pitr.window()
+        assert window.earliest == base.finished and window.latest is not None
+        assert window.earliest < target < window.latest
+
+        result = services.pitr.recover(ACTOR, target, into=into, server=admin)
+
+        assert count(admin.with_dbname(into)) == before  # every commit before it, none after
+        assert result.proof is not None and result.proof.ran and result.proof.passed
+        assert result.stopped.startswith("before commit of transaction")
+        assert result.last_transaction_at is not None
+        assert result.last_transaction_at <= target
+        assert result.timeline == base.timeline + 1  # a recovered cluster starts a new one
+        with admin.with_dbname(into).connect(autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM blnk.transactions WHERE reference LIKE 'after_%'"
+            ).fetchone()
+        assert row is not None and row[0] == 0
+        events = services.audit.events(action="pitr_restore")
+        assert [e.outcome for e in events] == ["succeeded", "started"]
+    finally:
+        if database_exists(admin, into):
+            drop_database(admin, into)
+        services.close()
+
+
+def test_a_killed_receiver_resumes_from_its_slot_with_no_gap(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    """pg_receivewal killed outright mid-stream (and WAL written while it is down): it is
+    started again, resumes from the slot, and the archive has every segment."""
+    services = Services(settings_for(make_settings, source, tmp_path))
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    admin = PgTarget.from_url(source.url())
+    try:
+        with Streaming(services.wal_receiver()) as streaming:
+            base = services.base_backups.run(ACTOR)
+            receiver = _receiver_process(streaming.receiver.slot)
+            with ledger.connect(autocommit=True) as conn:
+                transfer(conn, "kill_before")
+                receiver.send_signal(signal.SIGKILL)
+                for n in range(20):
+                    transfer(conn, f"kill_during_{n}")
+                conn.execute("SELECT pg_switch_wal()")
+                for n in range(20):
+                    transfer(conn, f"kill_after_{n}")
+            try:
+                streaming.caught_up(admin, timeout=20)
+            except AssertionError:
+                print((source.dir / "log").read_text()[-3000:])
+                raise
+            assert streaming.receiver.state.restarts >= 1
+        listing = services.pitr.archive.listing()
+        assert listing.gaps(Segment.of(base.timeline, base.start)) == []
+        assert listing.has(Segment.of(base.timeline, base.start))
+    finally:
+        services.close()
+
+
+def test_a_target_outside_the_recoverable_window_is_refused_and_changes_nothing(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    services = Services(settings_for(make_settings, source, tmp_path))
+    admin = PgTarget.from_url(source.url())
+    try:
+        with pytest.raises(UsageError, match="nothing to recover from yet"):
+            services.pitr.recover(ACTOR, datetime.now(UTC), into="blnk_never", server=admin)
+        with Streaming(services.wal_receiver()) as streaming:
+            base = services.base_backups.run(ACTOR)
+            streaming.caught_up(admin)
+        with pytest.raises(UsageError, match="before the recoverable window"):
+            services.pitr.recover(
+                ACTOR, datetime(2020, 1, 1, tzinfo=UTC), into="blnk_never", server=admin
+            )
+        with pytest.raises(UsageError, match="after the newest WAL"):
+            services.pitr.recover(
+                ACTOR, datetime(2100, 1, 1, tzinfo=UTC), into="blnk_never", server=admin
+            )
+        assert not database_exists(admin, "blnk_never")
+        assert base.finished <= datetime.now(UTC)
+    finally:
+        services.close()
+
+
+def _receiver_process(slot: str, timeout: float = 10) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info.get("cmdline") or []
+            if cmdline and Path(cmdline[0]).name == "pg_receivewal" and f"--slot={slot}" in cmdline:
+                return proc
+        time.sleep(0.1)
+    raise AssertionError("pg_receivewal is not running")
