@@ -13,7 +13,7 @@ from rich.console import Console as RichConsole
 from bot.console_render import EMOJI, draw, plain, render
 from bot.render import blocks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAW_SHORTCODE = re.compile(r"(?<![\w:]):[a-z][a-z0-9_+-]*:(?![\w:])")
 
 
