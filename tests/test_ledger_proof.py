@@ -33,7 +33,7 @@ from core.restore.ledger_proof import LedgerProof, prove_ledger
 from core.restore.service import RestoreReport
 from core.services import Services
 from tests.support.databases import make_database
-from tests.support.seeding import manifest_for
+from tests.support.manifests import make_manifest
 
 pytestmark = pytest.mark.pg_versions
 
@@ -522,7 +522,7 @@ def test_content_digests_are_taken_in_the_snapshot_and_recomputed_when_opted_in(
 def test_manifests_without_the_new_fields_still_parse_and_bad_anchors_are_refused() -> None:
     from core.keys import BackupKey
 
-    body = json.loads(manifest_for(BackupKey.at(datetime(2026, 1, 1, tzinfo=UTC))).to_json())
+    body = json.loads(make_manifest(BackupKey.at(datetime(2026, 1, 1, tzinfo=UTC))).to_json())
     for field in ("ledger_anchor", "content_digests"):
         body["stats"].pop(field)
     old = parse_manifest(json.dumps(body).encode())

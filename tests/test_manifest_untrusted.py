@@ -20,13 +20,14 @@ from core.keys import BackupKey
 from core.manifest import ManifestError, completeness_problem, parse_manifest
 from core.services import Services
 from tests.support.helpers import bucket_keys
-from tests.support.seeding import DUMP, manifest_for, put_manifest_body, seed
+from tests.support.manifests import DUMP, make_manifest
+from tests.support.seeding import put_manifest_body, seed
 
 pytestmark = pytest.mark.stores
 
 ACTOR = Actor("judy", "cli")
 NOW = datetime.now(UTC).replace(microsecond=0)
-GOOD = json.loads(manifest_for(BackupKey.at(NOW)).to_json())
+GOOD = json.loads(make_manifest(BackupKey.at(NOW)).to_json())
 
 CORRUPTIONS: dict[str, Any] = {
     "not JSON": b"\x00\xffnot json",
@@ -64,7 +65,7 @@ def test_arbitrary_bytes_never_crash_the_parser(raw: bytes) -> None:
 
 def test_a_manifest_naming_another_key_or_size_does_not_complete_its_dump() -> None:
     key = BackupKey.at(NOW)
-    manifest = manifest_for(key)
+    manifest = make_manifest(key)
     assert completeness_problem(manifest, key.key, len(DUMP)) is None
     assert "another key" in str(completeness_problem(manifest, key.key + "x", len(DUMP)))
     assert "bytes" in str(completeness_problem(manifest, key.key, len(DUMP) + 1))

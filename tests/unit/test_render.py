@@ -4,7 +4,6 @@ terminal and what a script parses must not drift by accident."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.render import json as render_json
@@ -19,12 +18,12 @@ from core.prune import PruneReport
 from core.restore.check import Check
 from core.restore.service import RestoreReport
 from core.retention import Decision, RetentionPlan
-from tests.support.seeding import manifest_for
+from tests.support.manifests import make_manifest
 
 NEW = BackupKey.at(datetime(2026, 11, 26, 3, 0, 0, tzinfo=UTC))
 OLD = BackupKey.at(datetime(2026, 11, 25, 3, 0, 0, tzinfo=UTC))
 NO_MANIFEST = "no manifest: the backup did not finish (or is still running)"
-COMPLETE = BackupEntry(NEW, 8, True, manifest_for(NEW))
+COMPLETE = BackupEntry(NEW, 8, True, make_manifest(NEW))
 INCOMPLETE = BackupEntry(OLD, 5, False, None, NO_MANIFEST)
 SHA = "ee96e4a9b59212a495329c50f9be6ab61531fb44fa4b3965cb5cf0f2dc33a806"
 
@@ -204,8 +203,8 @@ def test_audit_json_gives_details_as_an_object() -> None:
 
 
 def test_sizes_and_counts_carry_thousands_separators() -> None:
-    manifest = replace(
-        manifest_for(NEW),
+    manifest = make_manifest(
+        NEW,
         size=123_456_789,
         stats=SnapshotStats({"blnk.transactions": 1_234_567, "blnk.balances": 2_000}, {}, {}),
     )
