@@ -315,15 +315,6 @@ def test_behind_a_trusted_proxy_wrong_keys_count_per_forwarded_client(
         services.close()
 
 
-def test_an_api_key_shorter_than_16_characters_is_a_configuration_error() -> None:
-    from core.config import load_settings
-    from core.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="BLNK_API_KEY") as raised:
-        load_settings(blnk_api_key="short-key")
-    assert "short-key" not in str(raised.value)
-
-
 def test_the_backups_health_check_names_no_store_and_lists_once_a_minute(
     api: tuple[AppServer, Services], proxy: FaultProxy, bucket: str
 ) -> None:

@@ -24,8 +24,6 @@ from bot.slack.alerts import alert_for
 from core.actor import Actor
 from core.audit import AuditEvent
 from core.backup import BackupProgress
-from core.config import load_settings
-from core.errors import ConfigError
 from core.schedule import fire_times_between
 from core.services import Services
 from tests.support.stores import bucket_keys
@@ -459,24 +457,6 @@ def test_an_empty_schedule_disables_its_job(build: Callable[..., Services]) -> N
     finally:
         scheduler.stop()
     assert ids == ["freshness_check", "restore_test", "retention"]
-
-
-def test_an_invalid_schedule_is_a_configuration_error_naming_each_variable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("BACKUP_SCHEDULE", "every day at three")
-    monkeypatch.setenv("RETENTION_SCHEDULE", "0 4 * * 8")
-    monkeypatch.setenv("MONITOR_SCHEDULE", "61 * * * *")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    problems = caught.value.problems
-    assert len(problems) == 3
-    for variable in ("BACKUP_SCHEDULE", "RETENTION_SCHEDULE", "MONITOR_SCHEDULE"):
-        assert any(p.startswith(f"{variable}: ") for p in problems), problems
-    monkeypatch.setenv("BACKUP_SCHEDULE", "")  # empty: disabled, not an error
-    monkeypatch.delenv("RETENTION_SCHEDULE")
-    monkeypatch.delenv("MONITOR_SCHEDULE")
-    assert load_settings().backup_schedule == ""
 
 
 @pytest.mark.parametrize("expression", ["0 4 * * 0", "0 4 * * 7", "0 4 * * sun"])

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import main
 from core.config import load_settings
-from core.errors import ConfigError
+from core.database import PgTarget
+from core.errors import ConfigError, PreflightError
 
 SECRET = "hunter2-very-secret"
 
@@ -128,3 +130,114 @@ def test_a_missing_env_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.env"
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(missing)
+
+
+def test_a_database_url_without_a_database_name_is_a_configuration_error() -> None:
+    for url in ("postgresql://postgres@127.0.0.1:5432", "host=127.0.0.1 user=postgres"):
+        with pytest.raises(ConfigError, match=r"BLNK_DATABASE_URL.*names no database"):
+            load_settings(database_url=url)
+    # The restore-test server is a maintenance connection: no name is fine there.
+    load_settings(restore_test_database_url="postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://blnk:Pw/S3cr3tSLASH@127.0.0.1:5432/blnk",  # libpq: host "blnk", port "Pw"
+        "postgresql://blnk:Pw@S3cr3tAT@127.0.0.1:5432/blnk",  # libpq: host "S3cr3tAT@127.0.0.1"
+    ],
+)
+def test_a_password_with_a_raw_slash_or_at_sign_is_refused_without_showing_it(url: str) -> None:
+    # Parsed as it stands, part of the password became the host or database name, and every
+    # message naming the database showed it (found by a stranger's trial).
+    for variable in ("database_url", "restore_test_database_url"):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(**{variable: url})
+        assert "percent-encoded" in str(refused.value) and "S3cr3t" not in str(refused.value)
+    with pytest.raises(PreflightError) as refused_here:  # --server-url and the like
+        PgTarget.from_url(url)
+    assert "S3cr3t" not in str(refused_here.value)
+    encoded = url.replace("Pw/", "Pw%2F").replace("Pw@", "Pw%40")
+    target = PgTarget.from_url(load_settings(database_url=encoded).database_url.get_secret_value())
+    assert target.password is not None and target.password.startswith("Pw")
+    assert target.display == "postgresql://blnk@127.0.0.1:5432/blnk"
+
+
+def test_an_endpoint_url_carrying_credentials_is_refused_without_showing_them() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(s3_endpoint_url="http://user:AwsS3cretZZ9@127.0.0.1:9000")
+    assert "S3_ENDPOINT_URL" in str(refused.value) and "AwsS3cret" not in str(refused.value)
+    load_settings(s3_endpoint_url="http://127.0.0.1:9000/path@x")  # an @ past the host is fine
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@db.internal/ledger@2024",  # an @ in the database name
+        "postgresql://u:p@h1,h2:5433/blnk",  # several hosts, the first on the default port
+        "postgresql://u:p%2Fq%40r@h/blnk",  # a password with / and @, percent-encoded
+    ],
+)
+def test_valid_urls_that_look_odd_are_accepted(url: str) -> None:
+    assert load_settings(database_url=url).database_url is not None
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:99999/db", "host=h dbname=db port=0"])
+def test_a_database_port_out_of_range_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="port that is not a number from 1 to 65535"):
+        load_settings(database_url=url)
+
+
+@pytest.mark.parametrize("prefix", ["a/../b/", "./x/", "a//b/", "prod\n/", "prod\x1b/", "../"])
+def test_a_dangerous_prefix_is_a_configuration_error(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="S3_BACKUP_PREFIX"):
+        load_settings(s3_prefix=prefix)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_non_finite_numbers_are_configuration_errors(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STALE_AFTER_HOURS", value)
+    monkeypatch.setenv("RESTORE_TEST_MAX_AGE_DAYS", value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "STALE_AFTER_HOURS" in str(raised.value)
+    assert "RESTORE_TEST_MAX_AGE_DAYS" in str(raised.value)
+
+
+def test_an_env_file_that_is_not_utf8_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env_file = tmp_path / "blnk.env"
+    env_file.write_bytes(b"S3_BACKUP_BUCKET=caf\xe9\n")
+    assert main(["--env-file", str(env_file), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "--env-file" in err and "UTF-8" in err
+
+
+def test_an_invalid_schedule_is_a_configuration_error_naming_each_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BACKUP_SCHEDULE", "every day at three")
+    monkeypatch.setenv("RETENTION_SCHEDULE", "0 4 * * 8")
+    monkeypatch.setenv("MONITOR_SCHEDULE", "61 * * * *")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    problems = caught.value.problems
+    assert len(problems) == 3
+    for variable in ("BACKUP_SCHEDULE", "RETENTION_SCHEDULE", "MONITOR_SCHEDULE"):
+        assert any(p.startswith(f"{variable}: ") for p in problems), problems
+    monkeypatch.setenv("BACKUP_SCHEDULE", "")  # empty: disabled, not an error
+    monkeypatch.delenv("RETENTION_SCHEDULE")
+    monkeypatch.delenv("MONITOR_SCHEDULE")
+    assert load_settings().backup_schedule == ""
+
+
+def test_an_api_key_shorter_than_16_characters_is_a_configuration_error() -> None:
+    from core.config import load_settings
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="BLNK_API_KEY") as raised:
+        load_settings(blnk_api_key="short-key")
+    assert "short-key" not in str(raised.value)
