@@ -151,12 +151,6 @@ def test_a_failed_backup_exits_1_with_a_clear_line_and_no_secret(
     assert "pw-XYZ" not in err and "Traceback" not in err
 
 
-def test_usage_errors_exit_2() -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["list", "--limit", "zero"])
-    assert raised.value.code == 2
-
-
 @pytest.mark.parametrize(
     ("argv", "bound"),
     [
