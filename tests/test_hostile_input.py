@@ -26,13 +26,7 @@ HOSTILE_REASONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "S3_", "BLNK_", "BACKUP_", "RETENTION_", "SLACK_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.mark.parametrize("reason", HOSTILE_REASONS)

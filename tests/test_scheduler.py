@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +25,7 @@ from core.audit import AuditEvent
 from core.backup import BackupProgress
 from core.schedule import fire_times_between
 from core.services import Services
+from tests.support.helpers import wait_until
 from tests.support.stores import bucket_keys
 
 NO_SCHEDULES = {
@@ -70,14 +70,6 @@ def events(services: Services, action: str, outcome: str | None = None) -> list[
     """Events of one action, oldest first."""
     found = services.audit.events(limit=1000, action=action)
     return [e for e in reversed(found) if outcome is None or e.outcome == outcome]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s")
-        time.sleep(0.05)
 
 
 # --- firing and auditing -----------------------------------------------------------------------

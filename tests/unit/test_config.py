@@ -14,11 +14,7 @@ from core.errors import ConfigError, PreflightError
 SECRET = "hunter2-very-secret"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(__import__("os").environ):
-        if name.startswith(("AWS_", "S3_", "BLNK_", "BACKUP_", "RETENTION_", "SLACK_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_every_invalid_variable_is_reported_at_once_by_name_without_values(
@@ -241,3 +237,13 @@ def test_an_api_key_shorter_than_16_characters_is_a_configuration_error() -> Non
     with pytest.raises(ConfigError, match="BLNK_API_KEY") as raised:
         load_settings(blnk_api_key="short-key")
     assert "short-key" not in str(raised.value)
+
+
+def test_missing_configuration_exits_2_naming_the_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AUDIT_DATABASE_URL", f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    assert main(["backup"]) == 2
+    err = capsys.readouterr().err
+    assert "BLNK_DATABASE_URL" in err and "S3_BACKUP_BUCKET" in err
+    assert "Traceback" not in err
