@@ -14,6 +14,7 @@ each pass):
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,6 +146,15 @@ def blnk_db(pg_server: PgTarget) -> Iterator[PgTarget]:
     drop_database(pg_server, name)
 
 
+@pytest.fixture(scope="module")
+def big_db(pg_server: PgTarget) -> Iterator[str]:
+    """The name of a database big enough that an uncompressed dump spans several 5 MiB parts,
+    shared by the tests of one module."""
+    name = make_database(pg_server, 20_000)
+    yield name
+    drop_database(pg_server, name)
+
+
 @pytest.fixture
 def proxy(s3_server: S3ServerProcess) -> Iterator[FaultProxy]:
     fault_proxy = FaultProxy(s3_server.port)
@@ -196,6 +206,14 @@ def services(make_settings: SettingsFactory) -> Iterator[Services]:
     built = Services(make_settings())
     yield built
     built.close()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No configuration from this machine's environment: the test sets what it needs."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "S3_", "BLNK_", "BACKUP_", "RETENTION_", "SLACK_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from bot.slack.alerts import alert_for
 from core.audit import Actor
 from core.backup import BackupProgress
-from core.database import PgTarget, drop_database, server_version
+from core.database import PgTarget, server_version
 from core.errors import (
     AlreadyRunningError,
     BackupInterrupted,
@@ -31,21 +31,13 @@ from core.errors import (
 from core.processes import find_tool
 from core.services import Services
 from tests.support.faultproxy import FaultProxy, Request
-from tests.support.helpers import SECRET_KEY, bucket_keys, incomplete_uploads, make_database
+from tests.support.helpers import SECRET_KEY, bucket_keys, incomplete_uploads
 from tests.support.pgcluster import PasswordCluster
 from tests.support.s3server_alt import SeaweedS3ServerProcess
 
 pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
 
 ACTOR = Actor("bob", "cli")
-
-
-@pytest.fixture(scope="module")
-def big_db(pg_server: PgTarget) -> Any:
-    """Big enough that an uncompressed dump spans several 5 MiB parts."""
-    name = make_database(pg_server, 20_000)
-    yield name
-    drop_database(pg_server, name)
 
 
 def _big_services(make_settings: Any, big_db: str, **overrides: Any) -> Services:

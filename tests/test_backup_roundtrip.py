@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +22,7 @@ from core.dbstats import ledger_totals, object_counts
 from core.services import Services
 from core.store.multipart import crc32_b64
 from tests.support.faultproxy import FaultProxy, Request
-from tests.support.helpers import bucket_keys, incomplete_uploads, make_database
+from tests.support.helpers import bucket_keys, incomplete_uploads
 
 pytestmark = [pytest.mark.stores, pytest.mark.pg_versions]
 
@@ -318,14 +317,6 @@ class RecordingProxy(FaultProxy):
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle_and_record
 
         self._server.RequestHandlerClass = Recording
-
-
-@pytest.fixture(scope="module")
-def big_db(pg_server: PgTarget) -> Iterator[str]:
-    """Big enough that an uncompressed dump spans several 5 MiB parts."""
-    name = make_database(pg_server, 20_000)
-    yield name
-    drop_database(pg_server, name)
 
 
 def test_md5_mode_sends_content_md5_with_every_part_and_no_newer_checksum_header(

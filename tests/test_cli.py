@@ -111,19 +111,6 @@ def test_human_output_is_readable(
     assert "manual" in capsys.readouterr().out
 
 
-def test_missing_configuration_exits_2_naming_the_variables(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "S3_", "BLNK_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AUDIT_DATABASE_URL", f"sqlite:///{tmp_path / 'a.sqlite3'}")
-    assert main(["backup"]) == 2
-    err = capsys.readouterr().err
-    assert "BLNK_DATABASE_URL" in err and "S3_BACKUP_BUCKET" in err
-    assert "Traceback" not in err
-
-
 def test_invalid_values_exit_2_and_never_echo_secrets(
     cli_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -149,12 +136,6 @@ def test_a_failed_backup_exits_1_with_a_clear_line_and_no_secret(
     err = capsys.readouterr().err
     assert "preflight_failed" in err and "no_such_db" in err
     assert "pw-XYZ" not in err and "Traceback" not in err
-
-
-def test_usage_errors_exit_2() -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["list", "--limit", "zero"])
-    assert raised.value.code == 2
 
 
 @pytest.mark.parametrize(

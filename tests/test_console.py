@@ -222,19 +222,3 @@ def test_a_demo_setup_says_its_parts_are_the_demos_own(
     assert "(demo database, dropped at exit)" in shown
     assert "(demo bucket, in memory until exit)" in shown
     assert not console.real and console.prompt() == [("class:user", "U1> ")]
-
-
-def test_tab_completes_slash_commands_subcommands_keys_and_users() -> None:
-    from bot.console_input import SlashCompleter
-
-    keys = ["blnk_backup_20261126_030000.dump", "blnk_backup_20261125_030000.dump"]
-    completer = SlashCompleter(lambda: keys, lambda: ["U1", "U2"])
-    assert completer.candidates("/blnk-res")[1][:2] == ["/blnk-backup", "/blnk-backups"]
-    assert completer.candidates("/blnk-backups ")[1] == [
-        "list", "status", "prune", "delete", "bucket", "audit", "help"
-    ]  # fmt: skip
-    assert completer.candidates("/blnk-backups bucket a") == ("a", ["check", "apply"])
-    assert completer.candidates("/blnk-backups delete blnk_b") == ("blnk_b", keys)
-    assert completer.candidates(f"/blnk-restore {keys[0]} ")[1] == ["into"]
-    assert completer.candidates("/as ")[1] == ["U1", "U2"]
-    assert completer.candidates("/blnk-backup before ")[1] == []  # a reason is free text

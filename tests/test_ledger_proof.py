@@ -15,7 +15,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -27,13 +26,12 @@ from bot.render import text as render_text
 from core.audit import Actor
 from core.database import PgTarget, create_database, drop_database
 from core.dbstats import LARGE_OBJECTS_KEY, ledger_anchor
-from core.manifest import LedgerAnchor, ManifestError, parse_manifest
+from core.manifest import LedgerAnchor
 from core.restore.check import Check
 from core.restore.ledger_proof import LedgerProof, prove_ledger
 from core.restore.service import RestoreReport
 from core.services import Services
 from tests.support.databases import make_database
-from tests.support.seeding import manifest_for
 
 pytestmark = pytest.mark.pg_versions
 
@@ -516,55 +514,6 @@ def test_content_digests_are_taken_in_the_snapshot_and_recomputed_when_opted_in(
         s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(body).encode())
         tampered = services.restores.test(ACTOR, manifest.key)
     assert failed(tampered) == {"content blnk.balances"}
-
-
-# --- manifests and rendering ----------------------------------------------------------------------
-def test_manifests_without_the_new_fields_still_parse_and_bad_anchors_are_refused() -> None:
-    from core.keys import BackupKey
-
-    body = json.loads(manifest_for(BackupKey.at(datetime(2026, 1, 1, tzinfo=UTC))).to_json())
-    for field in ("ledger_anchor", "content_digests"):
-        body["stats"].pop(field)
-    old = parse_manifest(json.dumps(body).encode())
-    assert old.stats.ledger_anchor is None and old.stats.content_digests is None
-
-    good = {"last_seq": 7, "head_hash": "ab" * 32}
-    body["stats"]["ledger_anchor"] = good
-    assert parse_manifest(json.dumps(body)).stats.ledger_anchor == LedgerAnchor(7, "ab" * 32)
-    for bad in ({"last_seq": -1, "head_hash": "ab" * 32}, {"last_seq": 7, "head_hash": "AB" * 32}):
-        body["stats"]["ledger_anchor"] = bad
-        with pytest.raises(ManifestError, match="ledger anchor"):
-            parse_manifest(json.dumps(body))
-    body["stats"]["ledger_anchor"] = good
-    body["stats"]["content_digests"] = {"blnk.balances": "not a digest"}
-    with pytest.raises(ManifestError, match="content digest"):
-        parse_manifest(json.dumps(body))
-
-
-def test_status_and_the_restore_result_show_the_last_ledger_proof() -> None:
-    proof = LedgerProof(
-        ran=True,
-        checks=[Check("chain head", False, "seq 9 hash x", "no transaction at seq 9")],
-        balances=3,
-        transactions=10,
-        chain_seq=9,
-        blnk_version="0.15",
-    )
-    assert proof.headline() == "ledger proof FAILED: chain head"
-    summary = proof.summary()
-    assert summary["passed"] is False and summary["failed"] == ["chain head"]
-    report = RestoreReport(
-        key="blnk_backup_20260101_000000.dump",
-        database="blnk_restore_test_x",
-        checks=proof.checks,
-        durations={"total": 1.0},
-        finished_at=datetime(2026, 1, 1, tzinfo=UTC),
-        amcheck="ran on 1 B-tree indexes",
-        ledger_proof=summary,
-    )
-    lines = render_text.restore(report).splitlines()
-    assert "  ledger    ✗ ledger proof FAILED: chain head" in lines
-    assert report.summary()["ledger_proof"] == summary
 
 
 def test_the_proof_does_not_depend_on_the_sessions_settings(blnk_db: PgTarget) -> None:

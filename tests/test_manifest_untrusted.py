@@ -1,75 +1,30 @@
 """Manifests are untrusted input: one that is not JSON, misses fields, has wrong types, a status
 other than verified, or a key or size that does not match its dump makes the backup incomplete
-everywhere alike — list (text and JSON), status, prune and restore tests."""
+everywhere alike — list (text and JSON), status, prune and restore tests. The parser itself:
+tests/unit/test_manifest_parse.py."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from bot.cli import main
 from core.audit import Actor
 from core.errors import UsageError
 from core.keys import BackupKey
-from core.manifest import ManifestError, completeness_problem, parse_manifest
 from core.services import Services
 from tests.support.helpers import bucket_keys
-from tests.support.seeding import DUMP, manifest_for, put_manifest_body, seed
+from tests.support.manifests import make_manifest
+from tests.support.seeding import put_manifest_body, seed
 
 pytestmark = pytest.mark.stores
 
 ACTOR = Actor("judy", "cli")
 NOW = datetime.now(UTC).replace(microsecond=0)
-GOOD = json.loads(manifest_for(BackupKey.at(NOW)).to_json())
-
-CORRUPTIONS: dict[str, Any] = {
-    "not JSON": b"\x00\xffnot json",
-    "a JSON list": [],
-    "a missing sha256": {k: v for k, v in GOOD.items() if k != "sha256"},
-    "a size given as text": GOOD | {"size": "8"},
-    "a failed status": GOOD | {"status": "failed"},
-    "a time without a zone": GOOD | {"started_at": "2026-01-01T00:00:00"},
-    "row counts as text": GOOD | {"stats": GOOD["stats"] | {"row_counts": {"a.b": "1"}}},
-}
-
-
-def _body(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else json.dumps(value).encode()
-
-
-@pytest.mark.parametrize("what", list(CORRUPTIONS))
-def test_the_parser_refuses_a_manifest_with(what: str) -> None:
-    body = CORRUPTIONS[what]
-    if what == "a failed status":  # parses, but does not make a complete backup
-        manifest = parse_manifest(_body(body))
-        assert completeness_problem(manifest, manifest.key, manifest.size) is not None
-    else:
-        with pytest.raises(ManifestError):
-            parse_manifest(_body(body))
-
-
-@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
-def test_arbitrary_bytes_never_crash_the_parser(raw: bytes) -> None:
-    try:
-        parse_manifest(raw)
-    except ManifestError as exc:
-        assert "\n" not in str(exc)
-
-
-def test_a_manifest_naming_another_key_or_size_does_not_complete_its_dump() -> None:
-    key = BackupKey.at(NOW)
-    manifest = manifest_for(key)
-    assert completeness_problem(manifest, key.key, len(DUMP)) is None
-    assert "another key" in str(completeness_problem(manifest, key.key + "x", len(DUMP)))
-    assert "bytes" in str(completeness_problem(manifest, key.key, len(DUMP) + 1))
-    moved = replace(manifest, key="blnk_backup_20000101_000000.dump")
-    assert completeness_problem(moved, key.key, len(DUMP)) is not None
+GOOD = json.loads(make_manifest(BackupKey.at(NOW)).to_json())
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The outbox on a real SQLite audit database: back-off between attempts, and a message that
-can never be delivered is given up loudly (logged and audited), never dropped in silence."""
+"""The outbox on a real SQLite audit database: a message that can never be delivered is given
+up loudly (logged and audited), never dropped in silence. Its back-off between attempts is
+pure: tests/unit/test_outbox_backoff.py."""
 
 from __future__ import annotations
 
@@ -9,11 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.audit import AuditLog
-from core.outbox import MAX_ATTEMPTS, Outbox, OutboxRow, _backoff
-
-
-def test_back_off_doubles_from_30_seconds_to_a_30_minute_ceiling() -> None:
-    assert [_backoff(n).total_seconds() for n in (1, 2, 3, 7, 20)] == [30, 60, 120, 1800, 1800]
+from core.outbox import MAX_ATTEMPTS, Outbox, OutboxRow
 
 
 def test_a_message_that_keeps_failing_is_given_up_logged_and_audited(

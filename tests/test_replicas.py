@@ -33,10 +33,11 @@ from core.database import PgTarget
 from core.leadership import JobLock, Leadership
 from core.outbox import Outbox
 from core.services import Services
-from tests.support.bot_process import BOT, Replica, wait_until
+from tests.support.bot_process import BOT, Replica
 from tests.support.databases import audit_database
 from tests.support.fake_slack import FAKE_TOKEN, FakeSlack
 from tests.support.faultproxy import FaultProxy
+from tests.support.helpers import wait_until
 from tests.support.s3server import free_port
 from tests.support.settings import settings_env
 from tests.support.stores import bucket_keys, incomplete_uploads

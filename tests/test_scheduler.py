@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,10 +23,9 @@ from bot.slack.alerts import alert_for
 from core.actor import Actor
 from core.audit import AuditEvent
 from core.backup import BackupProgress
-from core.config import load_settings
-from core.errors import ConfigError
 from core.schedule import fire_times_between
 from core.services import Services
+from tests.support.helpers import wait_until
 from tests.support.stores import bucket_keys
 
 NO_SCHEDULES = {
@@ -72,14 +70,6 @@ def events(services: Services, action: str, outcome: str | None = None) -> list[
     """Events of one action, oldest first."""
     found = services.audit.events(limit=1000, action=action)
     return [e for e in reversed(found) if outcome is None or e.outcome == outcome]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s")
-        time.sleep(0.05)
 
 
 # --- firing and auditing -----------------------------------------------------------------------
@@ -459,24 +449,6 @@ def test_an_empty_schedule_disables_its_job(build: Callable[..., Services]) -> N
     finally:
         scheduler.stop()
     assert ids == ["freshness_check", "restore_test", "retention"]
-
-
-def test_an_invalid_schedule_is_a_configuration_error_naming_each_variable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("BACKUP_SCHEDULE", "every day at three")
-    monkeypatch.setenv("RETENTION_SCHEDULE", "0 4 * * 8")
-    monkeypatch.setenv("MONITOR_SCHEDULE", "61 * * * *")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    problems = caught.value.problems
-    assert len(problems) == 3
-    for variable in ("BACKUP_SCHEDULE", "RETENTION_SCHEDULE", "MONITOR_SCHEDULE"):
-        assert any(p.startswith(f"{variable}: ") for p in problems), problems
-    monkeypatch.setenv("BACKUP_SCHEDULE", "")  # empty: disabled, not an error
-    monkeypatch.delenv("RETENTION_SCHEDULE")
-    monkeypatch.delenv("MONITOR_SCHEDULE")
-    assert load_settings().backup_schedule == ""
 
 
 @pytest.mark.parametrize("expression", ["0 4 * * 0", "0 4 * * 7", "0 4 * * sun"])

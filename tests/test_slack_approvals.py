@@ -558,7 +558,7 @@ def test_a_prune_too_big_for_one_request_is_approved_in_turns_every_key_shown(
 def test_a_restore_runs_only_the_content_that_was_approved(
     start_app: SlackFactory, fake: FakeSlack, s3: Any, bucket: str, pg_server: PgTarget
 ) -> None:
-    from tests.support.seeding import manifest_for
+    from tests.support.manifests import make_manifest
 
     app = start_app()
     [key] = app.seed(s3, [0.5])
@@ -572,7 +572,7 @@ def test_a_restore_runs_only_the_content_that_was_approved(
     parsed = BackupKey.parse_or_raise(key, "")
     s3.put_object(Bucket=bucket, Key=key, Body=swapped)
     s3.put_object(
-        Bucket=bucket, Key=parsed.manifest_key, Body=manifest_for(parsed, swapped).to_json()
+        Bucket=bucket, Key=parsed.manifest_key, Body=make_manifest(parsed, body=swapped).to_json()
     )
     app.click(message, approve=True, user=APPROVER1)
     done = app.wait_status(approval.id, "executed", "failed")

@@ -29,9 +29,10 @@ from slack_sdk.errors import SlackApiError
 
 from core.audit import AuditLog
 from core.config import Settings
-from tests.support.bot_process import BOT, Replica, wait_until
+from tests.support.bot_process import BOT, Replica
 from tests.support.fake_slack import FAKE_APP_TOKEN, FAKE_TOKEN, FakeSlack
 from tests.support.fake_socket_mode import FakeSocketMode, frame
+from tests.support.helpers import wait_until
 from tests.support.s3server import free_port
 from tests.support.settings import settings_env
 from tests.support.slack_requests import (

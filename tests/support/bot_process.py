@@ -7,9 +7,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.helpers import wait_until
 
 BOT = str(Path(sys.executable).parent / "blnk-backup-bot")
 LEADS = "this replica leads"
@@ -51,11 +52,3 @@ class Replica:
             lambda: self.healthy() or self.proc.poll() is not None, timeout, f"{self.pid} serves"
         )
         assert self.healthy(), f"replica {self.pid} did not start:\n{self.output()}"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.2)

@@ -1,5 +1,10 @@
 """One import for the helpers most test modules share."""
 
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
 from tests.support.databases import PG_URL, make_database
 from tests.support.settings import settings_env
 from tests.support.stores import ACCESS_KEY, SECRET_KEY, bucket_keys, incomplete_uploads, raw_s3
@@ -13,4 +18,16 @@ __all__ = [
     "make_database",
     "raw_s3",
     "settings_env",
+    "wait_until",
 ]
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """Return once condition() is true; fail the test if it is not within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.2)

@@ -4,7 +4,6 @@ terminal and what a script parses must not drift by accident."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.render import json as render_json
@@ -12,19 +11,22 @@ from bot.render import text as render_text
 from core.audit import AuditEvent
 from core.bucket_policy import PolicyItem, StorePolicies
 from core.catalog import BackupEntry, FreshnessStatus
+from core.database import PgTarget
 from core.errors import ConfigError, DumpError
 from core.keys import BackupKey
 from core.manifest import SnapshotStats
 from core.prune import PruneReport
+from core.redact import neutralise
 from core.restore.check import Check
+from core.restore.ledger_proof import LedgerProof
 from core.restore.service import RestoreReport
 from core.retention import Decision, RetentionPlan
-from tests.support.seeding import manifest_for
+from tests.support.manifests import make_manifest
 
 NEW = BackupKey.at(datetime(2026, 11, 26, 3, 0, 0, tzinfo=UTC))
 OLD = BackupKey.at(datetime(2026, 11, 25, 3, 0, 0, tzinfo=UTC))
 NO_MANIFEST = "no manifest: the backup did not finish (or is still running)"
-COMPLETE = BackupEntry(NEW, 8, True, manifest_for(NEW))
+COMPLETE = BackupEntry(NEW, 8, True, make_manifest(NEW))
 INCOMPLETE = BackupEntry(OLD, 5, False, None, NO_MANIFEST)
 SHA = "ee96e4a9b59212a495329c50f9be6ab61531fb44fa4b3965cb5cf0f2dc33a806"
 
@@ -204,8 +206,8 @@ def test_audit_json_gives_details_as_an_object() -> None:
 
 
 def test_sizes_and_counts_carry_thousands_separators() -> None:
-    manifest = replace(
-        manifest_for(NEW),
+    manifest = make_manifest(
+        NEW,
         size=123_456_789,
         stats=SnapshotStats({"blnk.transactions": 1_234_567, "blnk.balances": 2_000}, {}, {}),
     )
@@ -285,3 +287,44 @@ def test_error_objects_carry_a_code_a_message_and_every_configuration_problem() 
     config = render_json.error(ConfigError(["A: is not set", "B: is not a number"]))
     assert config["error"]["code"] == "config_error"
     assert config["error"]["problems"] == ["A: is not set", "B: is not a number"]
+
+
+def test_neutralise_makes_every_control_character_visible() -> None:
+    assert neutralise("a\nb\x1b[0m\x07\u202e") == "a\\nb\\x1b[0m\\x07\\u202e"
+    assert neutralise("plain text, ümlauts and ✓") == "plain text, ümlauts and ✓"
+
+
+def test_switch_over_sql_quotes_identifiers_so_a_hostile_name_stays_one_name() -> None:
+    hostile = 'x"; DROP DATABASE src; --'
+    new = PgTarget.from_url("postgresql://postgres@127.0.0.1:5432/postgres").with_dbname(hostile)
+    text = render_text.switch_over(new, 'blnk"prod')
+    assert 'ALTER DATABASE "x""; DROP DATABASE src; --" RENAME TO "blnk""prod";' in text
+    assert 'ALTER DATABASE "blnk""prod" RENAME TO "blnk""prod_before_restore";' in text
+    # The printed URL is percent-encoded: pasting it names the same database.
+    assert "postgresql://postgres@127.0.0.1:5432/x%22%3B%20DROP%20DATABASE%20src%3B%20--" in text
+
+
+def test_status_and_the_restore_result_show_the_last_ledger_proof() -> None:
+    proof = LedgerProof(
+        ran=True,
+        checks=[Check("chain head", False, "seq 9 hash x", "no transaction at seq 9")],
+        balances=3,
+        transactions=10,
+        chain_seq=9,
+        blnk_version="0.15",
+    )
+    assert proof.headline() == "ledger proof FAILED: chain head"
+    summary = proof.summary()
+    assert summary["passed"] is False and summary["failed"] == ["chain head"]
+    report = RestoreReport(
+        key="blnk_backup_20260101_000000.dump",
+        database="blnk_restore_test_x",
+        checks=proof.checks,
+        durations={"total": 1.0},
+        finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+        amcheck="ran on 1 B-tree indexes",
+        ledger_proof=summary,
+    )
+    lines = render_text.restore(report).splitlines()
+    assert "  ledger    ✗ ledger proof FAILED: chain head" in lines
+    assert report.summary()["ledger_proof"] == summary

@@ -13,7 +13,7 @@ from rich.console import Console as RichConsole
 from bot.console_render import EMOJI, draw, plain, render
 from bot.render import blocks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAW_SHORTCODE = re.compile(r"(?<![\w:]):[a-z][a-z0-9_+-]*:(?![\w:])")
 
 
@@ -78,12 +78,9 @@ def test_the_live_region_leaves_out_the_frozen_elapsed_field() -> None:
 
 
 def test_on_80_columns_a_full_sha256_is_never_broken_but_goes_below_its_label() -> None:
-    from datetime import UTC, datetime
+    from tests.support.manifests import make_manifest
 
-    from core.keys import BackupKey
-    from tests.support.seeding import manifest_for
-
-    manifest = manifest_for(BackupKey.at(datetime(2026, 11, 26, 3, 0, tzinfo=UTC)))
+    manifest = make_manifest()
     message = blocks.backup_succeeded(manifest, "bkt", "U1")
     lines = _screen(render(message.text, message.blocks))
     at = lines.index("  SHA-256:")

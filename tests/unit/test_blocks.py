@@ -37,6 +37,7 @@ from core.restore.check import Check
 from core.restore.service import RestoreReport
 from core.retention import RetentionPolicy, plan
 from tests.support.fake_slack import block_texts, slack_would_reject
+from tests.support.manifests import make_manifest
 
 T = datetime(2024, 5, 1, 3, 0, 12, tzinfo=UTC)
 KEY = "prod/blnk_backup_20240501_030012.dump"
@@ -58,43 +59,40 @@ HOSTILE = [
 
 
 # --- factories ----------------------------------------------------------------------------------
+# What a real backup's manifest shows here, beyond the factory's plain defaults.
+SHOWN: dict[str, Any] = {
+    "sha256": "0123456789abcdef" * 4,
+    "size": 1_288_490_189,
+    "finished_at": T + timedelta(seconds=65.4),
+    "duration_seconds": 65.4,
+    "server_version": "15.6",
+    "pg_dump_version": "15.6",
+    "sse": "AES256",
+    "store_checksum": "abc",
+    "verification": "size+sha256-composite",
+    "part_count": 12,
+    "stats": SnapshotStats(
+        row_counts={"blnk.balances": 10, "blnk.transactions": 1000}, ledger={}, objects={}
+    ),
+    "trigger": "slack",
+    "actor": "U012ABC",
+    "reason": "before migration 42",
+    "tool_version": "0.1.0",
+    "replicas": [
+        {
+            "bucket": "ledger-backups-dr",
+            "key": KEY,
+            "status": "verified",
+            "method": "copy",
+            "seconds": 3.0,
+        }
+    ],
+}
+
+
 def manifest(**changes: Any) -> Manifest:
-    fields: dict[str, Any] = {
-        "key": KEY,
-        "status": "verified",
-        "sha256": "0123456789abcdef" * 4,
-        "size": 1_288_490_189,
-        "started_at": T,
-        "finished_at": T + timedelta(seconds=65.4),
-        "duration_seconds": 65.4,
-        "database": "blnk",
-        "server_version": "15.6",
-        "pg_dump_version": "15.6",
-        "compression_level": 1,
-        "storage_class": "STANDARD",
-        "sse": "AES256",
-        "store_checksum": "abc",
-        "verification": "size+sha256-composite",
-        "part_count": 12,
-        "stats": SnapshotStats(
-            row_counts={"blnk.balances": 10, "blnk.transactions": 1000}, ledger={}, objects={}
-        ),
-        "trigger": "slack",
-        "actor": "U012ABC",
-        "reason": "before migration 42",
-        "tool_version": "0.1.0",
-        "replicas": [
-            {
-                "bucket": "ledger-backups-dr",
-                "key": KEY,
-                "status": "verified",
-                "method": "copy",
-                "seconds": 3.0,
-            }
-        ],
-    }
-    fields.update(changes)
-    return Manifest(**fields)
+    """The manifest of the backup at KEY (started at T), as the factory makes it with SHOWN."""
+    return make_manifest(BackupKey.at(T, "prod/"), **(SHOWN | changes))
 
 
 def entry(hours_ago: int, *, complete: bool = True, prefix: str = "prod/", **m: Any) -> BackupEntry:
