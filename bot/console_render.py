@@ -24,7 +24,7 @@ RULE_WIDTH = 60  # of a header's underline on a terminal (rich wraps what is wid
 FIELD_LABEL_WIDTH = 18
 _LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
 # The shortcodes the renderers emit, drawn as signs every terminal font has (rich's emoji
-# table covers any other; tests/test_console_render.py checks blocks.py emits no unmapped one).
+# table covers any other; tests/unit/test_console_render.py checks blocks.py emits no unmapped one).
 EMOJI = {
     ":white_check_mark:": "✓",
     ":x:": "✗",
