@@ -119,7 +119,23 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     server = serve(
         api, settings.http_host, settings.http_port, trusted_proxy=settings.http_trusted_proxy
     )
-    leadership = Leadership(settings.audit_database_url, scheduler.start, scheduler.stop)
+    wal = None
+    if settings.wal_archive:
+        from core.wal.receiver import ReceiverThread
+
+        wal = ReceiverThread(services.wal_receiver)
+
+    def lead() -> None:
+        scheduler.start()
+        if wal is not None:
+            wal.start()  # one receiver per slot: the leader's
+
+    def step_down() -> None:
+        if wal is not None:
+            wal.stop()
+        scheduler.stop()
+
+    leadership = Leadership(settings.audit_database_url, lead, step_down)
     if with_scheduler:
         leadership.start()
     stop = threading.Event()

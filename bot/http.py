@@ -223,10 +223,32 @@ class HttpApi:
             except EngineError as exc:
                 body["backups_fresh"] = False
                 body["breaches"] = [exc.code]
+            if self.services.settings.wal_archive:
+                self._recovery_point(body)
             return _json(start_response, 200 if body["backups_fresh"] else 503, body)
         if check == "ready":
             return _json(start_response, 200 if body["ready"] else 503, body)
         return _json(start_response, 200, body)
+
+    def _recovery_point(self, body: dict[str, Any]) -> None:
+        """With WAL_ARCHIVE: the recovery point's lag, and a breach (``wal_lag``) when it is
+        older than WAL_MAX_LAG_SECONDS or nothing is recoverable (``no_recovery_window``)."""
+        try:
+            window = self.services.pitr.window(max_age=self.health_cache_seconds)
+        except EngineError as exc:
+            body["backups_fresh"] = False
+            body["breaches"] = [*body.get("breaches", []), f"wal_{exc.code}"]
+            return
+        lag = window.lag_seconds()
+        body["recovery_point_lag_seconds"] = round(lag, 3) if lag is not None else None
+        if lag is None:
+            code = "no_recovery_window"
+        elif lag > self.services.settings.wal_max_lag_seconds:
+            code = "wal_lag"
+        else:
+            return
+        body["backups_fresh"] = False
+        body["breaches"] = [*body.get("breaches", []), code]
 
     # --- Slack --------------------------------------------------------------------------------
     def _slack(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

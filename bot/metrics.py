@@ -13,10 +13,13 @@ every replica reports the same figures) plus this process's scheduler and outbox
     blnk_outbox_waiting                          Slack messages waiting to be delivered
     blnk_scheduler_next_run_timestamp_seconds{job}
     blnk_api_key_failures_total, blnk_api_key_throttled_total   (bot/api_keys.py, this process)
+    blnk_wal_recovery_point_lag_seconds, blnk_wal_recoverable_{earliest,latest}_timestamp_seconds,
+    blnk_base_backup_last_timestamp_seconds                     (with WAL_ARCHIVE)
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -24,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core.errors import REFUSALS
+from core.errors import REFUSALS, EngineError
 from core.services import Services
 
 NextRuns = Callable[[], dict[str, datetime]]
@@ -119,6 +122,43 @@ class EngineCollector(Collector):
         for job, when_next in sorted(self.next_runs().items()):
             next_run.add_metric([job], _aware_ts(when_next))
         yield next_run
+
+        if self.services.settings.wal_archive:
+            # The bucket unreadable: the gauges are absent, not wrong.
+            with contextlib.suppress(EngineError):
+                yield from self._recovery()
+
+    def _recovery(self) -> Iterator[Metric]:
+        """With WAL_ARCHIVE: the recoverable window, the recovery point's lag and the last
+        base backup (the bucket read at most every 30 s)."""
+        window = self.services.pitr.window(max_age=30.0)
+        gauges = {
+            "blnk_wal_recoverable_earliest_timestamp_seconds": (
+                "Unix time of the earliest point a recovery can reach",
+                window.earliest,
+            ),
+            "blnk_wal_recoverable_latest_timestamp_seconds": (
+                "Unix time of the newest point a recovery can reach (the WAL in the store)",
+                window.latest,
+            ),
+            "blnk_base_backup_last_timestamp_seconds": (
+                "Unix time the newest base backup finished",
+                window.last_base_backup,
+            ),
+        }
+        for name, (text, when) in gauges.items():
+            if when is not None:
+                gauge = GaugeMetricFamily(name, text)
+                gauge.add_metric([], when.timestamp())
+                yield gauge
+        lag = window.lag_seconds()
+        if lag is not None:
+            gauge = GaugeMetricFamily(
+                "blnk_wal_recovery_point_lag_seconds",
+                "How far behind now the newest recoverable point is",
+            )
+            gauge.add_metric([], lag)
+            yield gauge
 
     def _backup_running(self) -> bool:
         try:

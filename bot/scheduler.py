@@ -95,6 +95,8 @@ def configured_jobs(services: Services) -> list[Job]:
         Job("freshness_check", "MONITOR_SCHEDULE", s.monitor_schedule),
         Job("restore_test", "RESTORE_TEST_SCHEDULE", s.restore_test_schedule),
     ]
+    if s.wal_archive:
+        jobs.append(Job("base_backup", "BASE_BACKUP_SCHEDULE", s.base_backup_schedule))
     return [job for job in jobs if job.expression]
 
 

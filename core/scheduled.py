@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("blnk_backup.scheduler")
 
 SCHEDULER = Actor("scheduler", "schedule")
-JOBS = ("backup", "retention", "freshness_check", "restore_test")
+JOBS = ("backup", "retention", "freshness_check", "restore_test", "base_backup")
 
 
 class ScheduledJobs:
@@ -36,6 +36,7 @@ class ScheduledJobs:
             "retention": self.retention,
             "freshness_check": self.freshness_check,
             "restore_test": self.restore_test,
+            "base_backup": self.base_backup,
         }
 
     # --- runs and misses --------------------------------------------------------------------
@@ -102,3 +103,8 @@ class ScheduledJobs:
         if not report.passed:
             raise RestoreTestFailed(f"restore test of {report.key} failed its checks")
         return f"restore test of {report.key} passed"
+
+    def base_backup(self, note: str | None) -> str:
+        reason = f"scheduled base backup ({note})" if note else "scheduled base backup"
+        backup = self.services.base_backups.run(SCHEDULER, reason=reason)
+        return f"base backup {backup.key}"

@@ -6,6 +6,8 @@ the target, the Blnk ledger proven."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import threading
 import time
@@ -18,6 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
+from bot.cli import main as cli_main
+from bot.http import HttpApi
 from core.actor import Actor
 from core.blnkgen import generate
 from core.database import PgTarget, database_exists, drop_database
@@ -27,6 +31,7 @@ from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import WalReceiver
 from tests.conftest import SettingsFactory
 from tests.support.pgcluster import PasswordCluster
+from tests.support.slack_requests import AppServer
 
 ACTOR = Actor("grace", "cli")
 REPLICATOR, REPLICATOR_PASSWORD = "replicator", "replicator-password-123"
@@ -249,3 +254,78 @@ def _receiver_process(slot: str, timeout: float = 10) -> psutil.Process:
                 return proc
         time.sleep(0.1)
     raise AssertionError("pg_receivewal is not running")
+
+
+def test_status_health_and_metrics_show_the_recoverable_window_and_its_lag(
+    make_settings: SettingsFactory,
+    source: PasswordCluster,
+    tmp_path: Path,
+    use_settings: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = settings_for(make_settings, source, tmp_path)
+    services = Services(settings)
+    admin = PgTarget.from_url(source.url())
+    try:
+        api = HttpApi(services, health_cache_seconds=0)
+        with AppServer(api) as server:
+            # Nothing recoverable yet: a breach, named by a code alone.
+            status, body = _get(server, "/healthz?check=backups")
+            assert status == 503 and "no_recovery_window" in body["breaches"]
+            with Streaming(services.wal_receiver()) as streaming:
+                services.base_backups.run(ACTOR)
+                streaming.caught_up(admin)
+                status, body = _get(server, "/healthz?check=backups")
+                assert "wal_lag" not in body["breaches"]
+                assert "no_recovery_window" not in body["breaches"]
+                assert 0 <= body["recovery_point_lag_seconds"] < 60
+                metrics = _text(server, "/metrics")
+                assert "blnk_wal_recovery_point_lag_seconds" in metrics
+                assert "blnk_base_backup_last_timestamp_seconds" in metrics
+            # The receiver stopped: the recovery point ages past WAL_MAX_LAG_SECONDS.
+            stale = HttpApi(
+                Services(settings.model_copy(update={"wal_max_lag_seconds": 1.0})),
+                health_cache_seconds=0,
+            )
+            time.sleep(1.5)
+            with AppServer(stale) as other:
+                status, body = _get(other, "/healthz?check=backups")
+                assert status == 503 and "wal_lag" in body["breaches"]
+
+        use_settings(settings)
+        assert cli_main(["status", "--json"]) in (0, 1)  # no dump yet: a breach, exit 1
+        shown = json.loads(capsys.readouterr().out)
+        window = shown["recoverable_window"]
+        assert window["earliest"] is not None and window["latest"] is not None
+        assert shown["recovery_point_lag_seconds"] is not None
+
+        # Bad input: a clear usage error, exit 2, and nothing created.
+        for argv in (
+            ["restore", "latest", "--at", "2026-12-02 14:02:59", "--into", "x", "--yes"],
+            ["restore", "latest", "--at", "yesterday", "--into", "x", "--yes"],
+            ["restore", "latest", "--at", "2026-12-02 14:02:59Z", "--into", "x"],
+            ["restore", "latest", "--at", "2026-12-02 14:02:59Z", "--into", "x", "--cluster", "d"],
+        ):
+            assert cli_main(argv) == 2, argv
+        assert not database_exists(admin, "x")
+    finally:
+        services.close()
+
+
+def _get(server: AppServer, path: str) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _text(server: AppServer, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()

@@ -212,7 +212,13 @@ class WalReceiver:
         stat = path.stat()
         seen = (path.name, stat.st_size, stat.st_mtime_ns)
         if seen == self._partial_seen:
-            return  # no WAL since the last one: the store is as current as the database
+            # No WAL since the last one: the store is as current as the database. Say so (a
+            # recovery point that is now, not the time of the last write), once a period.
+            self._partial_due = now + self.ship_partial_every
+            shipped = self.state.position
+            if shipped is not None and position is not None and position <= shipped:
+                self._record_position(_timeline_of(path), shipped, refresh=True)
+            return
         self.archive.ship(path)
         self._partial_seen = seen
         self._partial_due = now + self.ship_partial_every
@@ -235,8 +241,8 @@ class WalReceiver:
             return None
         return parse_lsn(row[0]) if row and row[0] else None
 
-    def _record_position(self, timeline: int, lsn: int) -> None:
-        if self.state.position is not None and lsn <= self.state.position:
+    def _record_position(self, timeline: int, lsn: int, *, refresh: bool = False) -> None:
+        if self.state.position is not None and lsn <= self.state.position and not refresh:
             return
         self.state.position = lsn
         store = self.archive.store
@@ -253,7 +259,46 @@ class WalReceiver:
         self.state.errors = [*self.state.errors[-9:], error]
 
 
+def _timeline_of(path: Path) -> int:
+    segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
+    return segment.timeline if segment is not None else 1
+
+
 def _segment_order(name: str) -> tuple[int, int]:
     segment = Segment.parse(name)
     assert segment is not None
     return segment.timeline, segment.number
+
+
+class ReceiverThread:
+    """The receiver in a thread of its own, as the service runs it while it leads."""
+
+    def __init__(self, build: Callable[[], WalReceiver]) -> None:
+        self._build = build
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.receiver: WalReceiver | None = None
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-receiver", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pause = 5.0
+        while not self._stop.is_set():
+            try:
+                self.receiver = self._build()
+                self.receiver.run(self._stop)
+            except EngineError as exc:  # no slot could be made, no pg_receivewal, ...
+                log.error("the WAL receiver cannot run: %s (trying again in %.0f s)", exc, pause)
+                self._stop.wait(pause)
+                pause = min(pause * 2, 300.0)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

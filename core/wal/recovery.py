@@ -23,6 +23,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,9 +141,22 @@ class PointInTimeRecovery:
         self.archive = WalArchive(store)
         self.bin_dir_for = bin_dir_for
         self.restore_file = restore_file
+        self._window: tuple[float, RecoverableWindow] | None = None
+        self._window_lock = threading.Lock()
 
     # --- the window -------------------------------------------------------------------------
-    def window(self) -> RecoverableWindow:
+    def window(self, max_age: float = 0.0) -> RecoverableWindow:
+        """The recoverable window, read from the bucket now or at most ``max_age`` seconds
+        ago (for callers anyone may trigger often: a health check, /metrics)."""
+        with self._window_lock:
+            cached = self._window
+            if cached is not None and time.monotonic() - cached[0] <= max_age:
+                return cached[1]
+            window = self._read_window()
+            self._window = (time.monotonic(), window)
+            return window
+
+    def _read_window(self) -> RecoverableWindow:
         bases = BaseBackupService.list_in(self.store)
         listing = self.archive.listing()
         position = self.store.get_json(f"{self.store.prefix}{WAL_DIR}{POSITION}")

@@ -28,4 +28,12 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         env["BLNK_DATABASE_URL"] = settings.database_url.get_secret_value()
     if settings.restore_test_database_url is not None:
         env["RESTORE_TEST_DATABASE_URL"] = settings.restore_test_database_url.get_secret_value()
+    if settings.wal_archive:
+        env["WAL_ARCHIVE"] = "true"
+        env["WAL_SLOT_NAME"] = settings.wal_slot_name
+        env["WAL_MAX_LAG_SECONDS"] = str(settings.wal_max_lag_seconds)
+        if settings.wal_spool_dir is not None:
+            env["WAL_SPOOL_DIR"] = settings.wal_spool_dir
+    if settings.replication_database_url is not None:
+        env["REPLICATION_DATABASE_URL"] = settings.replication_database_url.get_secret_value()
     return env | extra
