@@ -31,6 +31,7 @@ from bot.render import json as render_json
 from bot.render import text as render_text
 from core import __version__
 from core.actor import Actor
+from core.audit import ACTIONS
 from core.backup import BackupProgress
 from core.blnkgen import BLNK_VERSIONS
 from core.config import Settings, load_settings
@@ -45,28 +46,7 @@ LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 MAX_LIMIT = 10_000  # rows of a listing or the audit log: more is not read by a person
 MAX_TRANSACTIONS = 100_000_000  # a generated database of tens of GB; benchmarks use 1-2 million
 # Every action the audit log records (tests/test_cli.py checks the code records no other).
-AUDIT_ACTIONS = (
-    "backup",
-    "restore_test",
-    "restore",
-    "prune",
-    "delete",
-    "bucket_apply",
-    "approval_requested",
-    "approval_decided",
-    "approval_refused",
-    "approval_expired",
-    "scheduled_run",
-    "schedule_missed",
-    "freshness_check",
-    "replication_failed",
-    "orphan_aborted",
-    "orphan_cleanup",
-    "orphaned_upload",
-    "outbox_gave_up",
-    "unauthorized",
-    "late_end",
-)
+AUDIT_ACTIONS = ACTIONS  # what --action accepts: every action the audit log records
 
 
 def _out(text: str) -> None:

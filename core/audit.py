@@ -43,6 +43,32 @@ log = logging.getLogger("blnk_backup.audit")
 
 __all__ = ["TRIGGERS", "Actor", "AuditEvent", "AuditLog", "AuditRun"]
 
+# Every action the audit log records (one place: the CLI's --action, the tests).
+ACTIONS = (
+    "backup",
+    "restore_test",
+    "restore",
+    "prune",
+    "delete",
+    "bucket_apply",
+    "approval_requested",
+    "approval_decided",
+    "approval_refused",
+    "approval_expired",
+    "scheduled_run",
+    "schedule_missed",
+    "freshness_check",
+    "replication_failed",
+    "orphan_aborted",
+    "orphan_cleanup",
+    "orphaned_upload",
+    "outbox_gave_up",
+    "unauthorized",
+    "late_end",
+    "base_backup",
+    "pitr_restore",
+)
+
 ENDED = ("succeeded", "failed", "abandoned", "planned")
 # Runs refused before they did anything: a key that is not a complete backup, a run of the same
 # kind already going, a decision the approval book refused, an approved plan that no longer
