@@ -181,6 +181,12 @@ def _next_runs(services: Services) -> dict[str, datetime]:
 
 def cmd_restore_test(services: Services, args: argparse.Namespace) -> int:
     actor = _actor(args)
+    if args.key.lower() == "pitr":
+        result = services.pitr.test(actor, _parse_time(args.at) if args.at else None)
+        _show(args, result.summary, lambda: render_text.recovery(result))
+        return EXIT_OK if result.passed else EXIT_FAILED
+    if args.at is not None:
+        raise UsageError("--at goes with pitr: restore-test pitr --at TIME")
     with _progress(args, "restore test") as progress:
         report = services.restores.test(
             actor, args.key, on_stage=progress.stage if progress else None
@@ -365,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore_test = command(
         "restore-test", "prove a backup restorable: restore into a scratch database, check"
     )
-    restore_test.add_argument("key", nargs="?", default="latest", help="KEY or latest")
+    restore_test.add_argument(
+        "key", nargs="?", default="latest", help="KEY, latest, or pitr (a point-in-time restore)"
+    )
+    restore_test.add_argument("--at", metavar="TIME", help="with pitr: the time to recover to")
     restore_test.set_defaults(handler=cmd_restore_test)
 
     restore = command("restore", "restore a backup into a NEW database, verified and checked")

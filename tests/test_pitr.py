@@ -6,9 +6,15 @@ the target, the Blnk ledger proven."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import re
+import shutil
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +32,7 @@ from core.actor import Actor
 from core.blnkgen import generate
 from core.database import PgTarget, database_exists, drop_database
 from core.errors import UsageError
+from core.localserver import free_port, run_base, server_user
 from core.services import Services
 from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import WalReceiver
@@ -151,6 +158,7 @@ def test_a_recovery_to_a_second_between_two_commits_has_exactly_the_commits_befo
     try:
         with Streaming(services.wal_receiver()) as streaming:
             base = services.base_backups.run(ACTOR, reason="first base backup")
+            dump = services.backups.run(ACTOR).manifest  # its chain anchor must hold there
             with ledger.connect(autocommit=True) as conn:
                 for n in range(30):
                     transfer(conn, f"before_{n}")
@@ -170,6 +178,8 @@ def test_a_recovery_to_a_second_between_two_commits_has_exactly_the_commits_befo
 
         assert count(admin.with_dbname(into)) == before  # every commit before it, none after
         assert result.proof is not None and result.proof.ran and result.proof.passed
+        anchored = [c for c in result.proof.checks if c.name == f"chain anchor of {dump.key}"]
+        assert [c.passed for c in anchored] == [True]
         assert result.stopped.startswith("before commit of transaction")
         assert result.last_transaction_at is not None
         assert result.last_transaction_at <= target
@@ -329,3 +339,96 @@ def _text(server: AppServer, path: str) -> str:
         return conn.getresponse().read().decode()
     finally:
         conn.close()
+
+
+OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
+
+
+def _stock_recipe() -> list[str]:
+    """The shell lines of docs/operations.md's block after "recovery to a time with stock tools"."""
+    text = OPERATIONS.read_text()
+    after = text[text.index("recovery to a time with stock tools") :]
+    block = re.search(r"```sh\n(.*?)```", after, re.S)
+    assert block is not None, "docs/operations.md lost its point-in-time recipe"
+    return [line.split("  #", 1)[0].strip() for line in block[1].splitlines() if line.strip()]
+
+
+def test_the_stock_tools_recipe_recovers_the_same_state_as_the_bot(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    """docs/operations.md's recovery to a time, run as written (the two `aws s3 cp` lines by
+    boto3, as they would copy), as the server's OS user: the same rows as the target time."""
+    services = Services(settings_for(make_settings, source, tmp_path))
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    admin = PgTarget.from_url(source.url())
+    user = server_user()
+    work = Path(tempfile.mkdtemp(prefix="blnk-recipe-", dir=run_base(user)))
+    port = free_port()
+    try:
+        with Streaming(services.wal_receiver()) as streaming:
+            base = services.base_backups.run(ACTOR)
+            with ledger.connect(autocommit=True) as conn:
+                for n in range(10):
+                    transfer(conn, f"recipe_before_{n}")
+                time.sleep(0.5)
+                target = datetime.now(UTC)
+                time.sleep(0.5)
+                for n in range(10):
+                    transfer(conn, f"recipe_after_{n}")
+            before = count(ledger) - 10
+            streaming.caught_up(admin)
+
+        lines = _stock_recipe()
+        assert lines[0].startswith("aws s3 cp s3://BUCKET/PREFIXbase/STAMP/base.tar")
+        assert lines[1].startswith("aws s3 cp --recursive s3://BUCKET/PREFIXwal/ ./wal/")
+        store = services.store
+        with (work / "base.tar").open("wb") as out:
+            store.download(base.key, out)
+        (work / "wal").mkdir()
+        for obj in store.list_objects("wal/"):
+            with (work / "wal" / obj.key.rsplit("/", 1)[-1]).open("wb") as out:
+                store.download(obj.key, out)
+        stamp = target.astimezone(UTC).isoformat(sep=" ")
+        script = "set -e\n" + "\n".join(
+            line.replace("2026-12-02 14:02:59+00", stamp).replace("5433", str(port))
+            for line in lines[2:]
+            if not line.startswith("psql")
+        )
+        if user is not None:
+            for path in [work, *work.rglob("*")]:
+                os.chown(path, user.uid, user.gid)
+        done = subprocess.run(
+            ["bash", "-c", script],
+            cwd=work,
+            env={**os.environ, "PATH": f"{source.bin}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr + (work / "recovery.log").read_text()
+        recovered = PgTarget(
+            {"host": "127.0.0.1", "port": str(port), "dbname": "blnk", "user": source.user},
+            source.password,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception), recovered.connect(autocommit=True) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row is not None and not row[0]:
+                    break
+            time.sleep(0.2)
+        assert count(recovered) == before
+    finally:
+        subprocess.run(
+            [str(source.bin / "pg_ctl"), "-D", str(work / "pgdata"), "-m", "immediate", "stop"],
+            capture_output=True,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
+            check=False,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+        services.close()
