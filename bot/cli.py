@@ -252,14 +252,9 @@ def _restore_to_time(services: Services, args: argparse.Namespace, actor: Actor)
 
 
 def _parse_time(text: str) -> datetime:
-    """An RFC 3339 time ("2026-12-02 14:02:59Z", "…+01:00"); a zone is required."""
-    try:
-        when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{text!r} is not a time (write 2026-12-02 14:02:59Z)") from None
-    if when.tzinfo is None:
-        raise UsageError(f"{text!r} has no time zone (write 2026-12-02 14:02:59Z)")
-    return when
+    from core.wal.recovery import parse_target
+
+    return parse_target(text)
 
 
 def cmd_prune(services: Services, args: argparse.Namespace) -> int:

@@ -28,11 +28,11 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from core.audit import Actor, AuditLog
 from core.errors import ApprovalRefused, UsageError
+from core.operations import RISKY_ACTIONS
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 
 log = logging.getLogger("blnk_backup.approvals")
 
-ACTIONS = ("restore", "delete", "prune_apply", "bucket_apply")
 
 
 class ApprovalRecord(SQLModel, table=True):
@@ -123,7 +123,7 @@ class ApprovalBook:
         reason: str | None = None,
     ) -> Approval:
         """Record a pending request and return it. Raise UsageError for an unknown action."""
-        if action not in ACTIONS:
+        if action not in RISKY_ACTIONS:
             raise UsageError(f"{action!r} is not an action that needs approval")
         reason = check_plain_text("reason", reason, MAX_REASON_LENGTH)
         now = self.clock()

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 # The operations that need a second person's approval: the action an approval records.
 DELETE, PRUNE_APPLY, BUCKET_APPLY, RESTORE = "delete", "prune_apply", "bucket_apply", "restore"
-RISKY_ACTIONS = (DELETE, PRUNE_APPLY, BUCKET_APPLY, RESTORE)
+RESTORE_AT = "restore_at"  # a point-in-time recovery into a new database
+RISKY_ACTIONS = (DELETE, PRUNE_APPLY, BUCKET_APPLY, RESTORE, RESTORE_AT)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class RiskyOperations:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._planners: dict[str, Callable[[Actor, str | None, str | None], ApprovalPlan]] = {
+            RESTORE_AT: lambda _actor, at, into: self._plan_restore_at(
+                _required(at, "a time"), _required(into, "a new database's name")
+            ),
             DELETE: lambda _actor, key, _into: self._plan_delete(_required(key, "a key")),
             PRUNE_APPLY: lambda actor, _key, _into: self._plan_prune(actor),
             BUCKET_APPLY: lambda _actor, _key, _into: self._plan_bucket_apply(),
@@ -53,18 +57,48 @@ class RiskyOperations:
             PRUNE_APPLY: self._prune,
             BUCKET_APPLY: self._bucket_apply,
             RESTORE: self._restore,
+            RESTORE_AT: self._restore_at,
         }
 
     # --- planning -------------------------------------------------------------------------------
     def plan(
-        self, action: str, actor: Actor, *, key: str | None = None, into: str | None = None
+        self,
+        action: str,
+        actor: Actor,
+        *,
+        key: str | None = None,
+        into: str | None = None,
+        at: str | None = None,
     ) -> ApprovalPlan:
         """Work out exactly what ``action`` would do now. Raise UsageError (or another refusal)
         for what it would refuse after the approval anyway: nobody is asked to approve it."""
         planner = self._planners.get(action)
         if planner is None:
             raise UsageError(f"{action} needs no approval")
-        return planner(actor, key, into)
+        return planner(actor, at if action == RESTORE_AT else key, into)
+
+    def _plan_restore_at(self, at: str, into: str) -> ApprovalPlan:
+        """Refuse now a time outside the recoverable window and a name the recovery would
+        refuse; the approval is for exactly that time."""
+        from core.wal.recovery import parse_target
+
+        if not self.services.settings.wal_archive:
+            raise UsageError("point-in-time recovery needs WAL_ARCHIVE=true")
+        target = parse_target(at)
+        server = self.services.target
+        self.services.restores.check_target(into, server)
+        base = self.services.pitr.check_target(target)
+        self.services.restores.check_target_free(into, server)
+        return ApprovalPlan(
+            RESTORE_AT,
+            {"at": target.isoformat(), "into": into},
+            [
+                f"Recover the ledger as it was at {target.isoformat()} (the last commit before "
+                f"it) from base backup `{base.key}` and the WAL after it, in a scratch cluster",
+                f"Prove the ledger there, then create the new database `{into}` beside the "
+                f"source database `{server.dbname}` with it; the source is not touched",
+            ],
+        )
 
     def _plan_delete(self, which: str) -> ApprovalPlan:
         store = self.services.store
@@ -174,6 +208,23 @@ class RiskyOperations:
         )
         verdict = "all checks passed" if report.passed else "some checks FAILED"
         return f"restored {report.key} into {report.database!r}: {verdict}"
+
+    def _restore_at(self, actor: Actor, params: dict[str, Any], reason: str | None) -> str:
+        from core.wal.recovery import parse_target
+
+        result = self.services.pitr.recover(
+            actor,
+            parse_target(params["at"]),
+            into=params["into"],
+            server=self.services.target,
+            reason=reason,
+        )
+        verdict = "ledger proven" if result.passed else "the ledger proof FAILED"
+        when = result.last_transaction_at.isoformat() if result.last_transaction_at else "?"
+        return (
+            f"recovered to {params['at']} (last transaction at {when}) into "
+            f"{params['into']!r} in {result.seconds:,.0f} s: {verdict}"
+        )
 
 
 def _required(value: str | None, what: str) -> str:

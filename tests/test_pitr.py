@@ -52,8 +52,8 @@ def source() -> Iterator[PasswordCluster]:
     cluster.start(
         conf={
             "wal_level": "replica",
-            "max_wal_senders": "5",
-            "max_replication_slots": "5",
+            "max_wal_senders": "10",
+            "max_replication_slots": "20",  # a slot per test (each is left behind)
             "max_slot_wal_keep_size": "1GB",
         },
         hba=[f"host replication {REPLICATOR} 127.0.0.1/32 scram-sha-256"],
@@ -432,3 +432,50 @@ def test_the_stock_tools_recipe_recovers_the_same_state_as_the_bot(
         )
         shutil.rmtree(work, ignore_errors=True)
         services.close()
+
+
+def test_a_recovery_to_a_time_from_slack_is_approved_by_a_second_person_and_proven(
+    start_app: Any, fake: Any, source: PasswordCluster, tmp_path: Path, secrets: list[str]
+) -> None:
+    from bot.render.blocks import APPROVE_ACTION
+    from tests.support.slack_requests import APPROVER1, buttons, visible, wait_message
+
+    secrets += [REPLICATOR_PASSWORD, source.password]  # never in anything sent to Slack
+    admin = PgTarget.from_url(source.url())
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    settings = settings_for(lambda **o: o, source, tmp_path)  # the overrides alone
+    app = start_app(**settings)
+    into = f"blnk_slack_pitr_{uuid.uuid4().hex[:6]}"
+    try:
+        # Outside the window (nothing recoverable yet): refused privately, nothing asked.
+        refused = app.command("/blnk-restore", f'latest at "2020-01-01 00:00:00Z" into {into}')
+        assert "nothing to recover from yet" in visible(refused.wait_response())
+        assert app.services.approvals.pending() == []
+
+        with Streaming(app.services.wal_receiver()) as streaming:
+            app.services.base_backups.run(ACTOR)
+            with ledger.connect(autocommit=True) as conn:
+                for n in range(10):
+                    transfer(conn, f"slack_before_{n}")
+                time.sleep(0.5)
+                target = datetime.now(UTC)
+                time.sleep(0.5)
+                for n in range(10):
+                    transfer(conn, f"slack_after_{n}")
+            before = count(ledger) - 10
+            streaming.caught_up(admin)
+
+        app.command("/blnk-restore", f'latest at "{target.isoformat()}" into {into} bad deploy')
+        message = wait_message(fake, "Approval needed")
+        assert target.isoformat() in visible(message) and into in visible(message)
+        approval_id = buttons(message)[APPROVE_ACTION]
+        app.click(message, approve=True, user=APPROVER1)
+        done = app.wait_status(approval_id, "executed", "failed", timeout=240)
+        assert done.status == "executed", done.outcome
+        assert "ledger proven" in (done.outcome or "")
+        assert count(admin.with_dbname(into)) == before
+        [recovered] = [e for e in app.events("pitr_restore") if e.outcome == "succeeded"]
+        assert recovered.reason == "bad deploy" and recovered.trigger == "slack"
+    finally:
+        if database_exists(admin, into):
+            drop_database(admin, into)

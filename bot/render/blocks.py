@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from core.manifest import Manifest
     from core.prune import PruneReport
     from core.restore.service import RestoreReport
+    from core.wal.recovery import RecoveryResult
 
 __all__ = [
     "Message",
@@ -83,6 +84,7 @@ __all__ = [
     "operation_failed",
     "policies",
     "prune_plan",
+    "recovery_result",
     "refusal",
     "restore_progress",
     "restore_result",
@@ -411,6 +413,36 @@ def restore_progress(stage: str, key: str | None, requested_by: str, elapsed: fl
     return _message(f"Restore test running: {doing}", blocks)
 
 
+def recovery_result(result: RecoveryResult, requested_by: str) -> Message:
+    """A finished point-in-time recovery (or its restore test): where it got to, the ledger."""
+    proof = result.proof.summary() if result.proof is not None else None
+    if result.passed:
+        title = f":white_check_mark: Recovered to {_utc(result.target)}"
+    else:
+        title = f":x: Recovered to {_utc(result.target)}, the ledger NOT proven"
+    where = (
+        f"into the new database {_code(result.database, 200)}"
+        if result.database
+        else "in a scratch cluster (removed)"
+    )
+    last = _utc(result.last_transaction_at) if result.last_transaction_at else "unknown"
+    blocks = [
+        _header(title),
+        _section(f"From {_code(result.base, 300)} and the WAL after it, {where}."),
+        *_fields(
+            [
+                ("Stopped", clip(result.stopped, 200)),
+                ("Last transaction", last),
+                ("LSN, timeline", f"{result.lsn or '?'}, {result.timeline}"),
+                ("Ledger", ledger_line(proof)),
+                ("Time (RTO)", human_duration(result.seconds)),
+                ("Requested by", mention(requested_by)),
+            ]
+        ),
+    ]
+    return _message(f"{title}: {result.stopped}", blocks)
+
+
 def restore_result(report: RestoreReport, requested_by: str) -> Message:
     """A finished restore test (or restore): verdict, timings, checks, failed checks, notes."""
     failed = report.failed_checks
@@ -733,6 +765,7 @@ _ACTIONS = {
     "delete": "Delete a backup",
     "prune_apply": "Apply the retention plan (delete backups)",
     "bucket_apply": "Apply the recommended bucket policies",
+    "restore_at": "Recover the ledger to a point in time into a new database",
 }
 
 

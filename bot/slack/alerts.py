@@ -35,6 +35,8 @@ _ALERTS: dict[tuple[str, str], tuple[str, str]] = {
     ("schedule_missed", "recorded"): ("A scheduled run was missed", "high"),
     ("scheduled_run", "abandoned"): ("A scheduled run was killed before it ended", "medium"),
     ("late_end", "recorded"): ("A run declared dead had in fact gone on, and has ended", "medium"),
+    ("base_backup", "failed"): ("A base backup failed (point-in-time recovery)", "high"),
+    ("pitr_restore", "failed"): ("A point-in-time recovery failed", "high"),
 }
 # Refusals a person already sees in their own reply; alert only when the scheduler hits them.
 _PERSONAL = {"usage_error", "already_running", "config_error", "approval_refused"}

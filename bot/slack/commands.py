@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 
 from core.errors import UsageError
-from core.operations import BUCKET_APPLY, DELETE, PRUNE_APPLY, RISKY_ACTIONS
+from core.operations import BUCKET_APPLY, DELETE, PRUNE_APPLY, RESTORE_AT, RISKY_ACTIONS
 from core.operations import RESTORE as RESTORE_ACTION
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 
@@ -90,9 +90,9 @@ SPECS = (
     Spec(
         RESTORE_TEST,
         "",
-        "[KEY | latest]",
+        "[KEY | latest | pitr [at TIME]]",
         "restore_test",
-        "restore a backup into a scratch database and check it",
+        "restore a backup (or recover to a time) in scratch and prove the ledger",
     ),
     Spec(
         RESTORE,
@@ -101,13 +101,21 @@ SPECS = (
         RESTORE_ACTION,
         "restore into a new database beside the source",
     ),
+    Spec(
+        RESTORE,
+        "",
+        "latest at TIME into NEWDB [reason]",
+        RESTORE_AT,
+        "recover the ledger as it was at TIME (WAL_ARCHIVE) into a new database",
+    ),
 )
 _BY_WORDS = {tuple(s.words.split()): s for s in SPECS if s.command == BACKUPS}
 _BY_WORDS[()] = _BY_WORDS[("help",)]
 _EXAMPLES = {
     BACKUP: ", e.g. `/blnk-backup before migration 42`",
     RESTORE: (
-        ", e.g. `/blnk-restore latest into blnk_restored incident 1234`; quote a name with "
+        ", e.g. `/blnk-restore latest into blnk_restored incident 1234` or "
+        '`/blnk-restore latest at "2026-12-02 14:02:59Z" into blnk_1402`; quote a name with '
         'spaces or quotes in it as in a shell: `into "blnk restored"`'
     ),
 }
@@ -123,6 +131,7 @@ def _usage(command: str) -> str:
 USAGE = {command: _usage(command) for command in COMMANDS}
 
 LATEST = "latest"
+PITR = "pitr"  # /blnk-restore-test pitr: a point-in-time restore test
 # Some Slack clients turn the quotes a person types into typographic ones: they quote too.
 _TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"'})
 # Single typographic quotes (U+2018, U+2019) quote only where an opening one is typed: alone,
@@ -136,9 +145,10 @@ class Request:
 
     action: str  # backup list status prune prune_apply delete bucket_check bucket_apply
     #              audit help restore_test restore
-    key: str | None = None  # a backup key, or LATEST
+    key: str | None = None  # a backup key, or LATEST (PITR for a point-in-time test)
     reason: str | None = None
     into: str | None = None
+    at: str | None = None  # a time to recover to, as typed (checked by core)
 
     @property
     def risky(self) -> bool:
@@ -155,8 +165,14 @@ def parse(command: str, text: str) -> Request:
     if command == BACKUP:
         return Request("backup", reason=_reason(text))
     if command == RESTORE_TEST:
-        words, rest = _words(text, 1, RESTORE_TEST)
-        if rest.strip():
+        words, rest = _words(text, 3, RESTORE_TEST)
+        if words and words[0].lower() == PITR:
+            if len(words) == 1 and not rest.strip():
+                return Request("restore_test", key=PITR)
+            if len(words) == 3 and words[1].lower() == "at" and not rest.strip():
+                return Request("restore_test", key=PITR, at=words[2])
+            raise UsageError(f"usage: {USAGE[RESTORE_TEST]}")
+        if len(words) > 1 or rest.strip():
             raise UsageError(f"one backup at a time: {USAGE[RESTORE_TEST]}")
         return Request("restore_test", key=_key(words[0]) if words else LATEST)
     if command == RESTORE:
@@ -167,7 +183,14 @@ def parse(command: str, text: str) -> Request:
 
 
 def _parse_restore(text: str) -> Request:
-    """KEY, the word ``into``, NEWDB (quoted or not), then the reason: the rest as typed."""
+    """KEY, the word ``into``, NEWDB (quoted or not), then the reason: the rest as typed; or
+    ``latest at TIME into NEWDB [reason]`` (TIME quoted when it holds a space)."""
+    first, _rest = _words(text, 2, RESTORE)
+    if len(first) == 2 and first[1].lower() == "at":
+        words, rest = _words(text, 5, RESTORE)
+        if len(words) < 5 or words[0].lower() != LATEST or words[3].lower() != "into":
+            raise UsageError(f"usage: {USAGE[RESTORE]}")
+        return Request(RESTORE_AT, key=LATEST, at=words[2], into=words[4], reason=_reason(rest))
     words, rest = _words(text, 3, RESTORE)
     if len(words) < 3 or words[1].lower() != "into":
         raise UsageError(f"usage: {USAGE[RESTORE]}")

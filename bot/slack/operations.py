@@ -15,7 +15,7 @@ from typing import Any
 
 from bot.render import blocks
 from bot.slack.auth import Authorizer
-from bot.slack.commands import Request
+from bot.slack.commands import PITR, Request
 from bot.slack.messenger import Messenger, Renderable
 from bot.slack.progress import LiveMessage
 from core.actor import Actor
@@ -29,6 +29,7 @@ from core.errors import (
     UsageError,
 )
 from core.services import Services
+from core.wal.recovery import parse_target
 
 log = logging.getLogger("blnk_backup.slack.operations")
 
@@ -192,6 +193,11 @@ class SlackOperations:
         live.keep_fresh(render)  # a long pg_restore shows its time going by
 
         try:
+            if which == PITR:
+                at = parse_target(request.at) if request.at else None
+                result = self.services.pitr.test(caller.actor, at)
+                self._finish(live, caller, blocks.recovery_result(result, caller.user_id))
+                return
             report = self.services.restores.test(caller.actor, which, on_stage)
         except UsageError:
             raise
@@ -229,7 +235,7 @@ class SlackOperations:
     def _request_approval(self, request: Request, caller: Caller) -> None:
         """Work out exactly what would happen, record the request, post it for approvers."""
         plan = self.services.risky.plan(
-            request.action, caller.actor, key=request.key, into=request.into
+            request.action, caller.actor, key=request.key, into=request.into, at=request.at
         )
         approval = self.services.approvals.request(
             plan.action, caller.actor, plan.params, plan.summary, reason=request.reason

@@ -321,6 +321,11 @@ class PointInTimeRecovery:
                 conn, None, [(k, a) for k, a in anchors if a is not None], notes=notes
             )
 
+    def check_target(self, target: datetime) -> BaseBackup:
+        """Raise UsageError unless ``target`` lies in the recoverable window; return the base
+        backup a recovery to it starts from."""
+        return self._choose_base(target)
+
     def test(self, actor: Actor, at: datetime | None = None) -> RecoveryResult:
         """A point-in-time restore test: recover to ``at`` (default: the newest recoverable
         point) in a scratch cluster, prove the ledger there (the chain extending every older
@@ -514,6 +519,18 @@ class _Scratch:
         if cluster.exists():
             cluster.rmdir()
         shutil.move(str(self.data), str(cluster))
+
+
+def parse_target(text: str) -> datetime:
+    """A recovery target as a person writes it: RFC 3339 (``2026-12-02 14:02:59Z``,
+    ``…T14:02:59+01:00``); a zone is required. Raise UsageError saying how to write it."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r} is not a time (write 2026-12-02 14:02:59Z)") from None
+    if when.tzinfo is None:
+        raise UsageError(f"{text!r} has no time zone (write 2026-12-02 14:02:59Z)")
+    return when
 
 
 def _pg_time(text: str) -> datetime:

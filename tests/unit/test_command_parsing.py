@@ -51,6 +51,23 @@ PARSED: list[tuple[str, str, Request]] = [
     (RESTORE_TEST, KEY, Request("restore_test", key=KEY)),
     (RESTORE_TEST, '"a key"', Request("restore_test", key="a key")),
     (RESTORE, "latest into blnk_new", Request("restore", key=LATEST, into="blnk_new")),
+    (
+        RESTORE,
+        'latest at "2026-12-02 14:02:59Z" into blnk_1402 bad migration',
+        Request(
+            "restore_at",
+            key=LATEST,
+            at="2026-12-02 14:02:59Z",
+            into="blnk_1402",
+            reason="bad migration",
+        ),
+    ),
+    (RESTORE_TEST, "pitr", Request("restore_test", key="pitr")),
+    (
+        RESTORE_TEST,
+        "PITR at 2026-12-02T14:02:59Z",
+        Request("restore_test", key="pitr", at="2026-12-02T14:02:59Z"),
+    ),
     (RESTORE, "LATEST INTO db why", Request("restore", key=LATEST, into="db", reason="why")),
     (
         RESTORE,
@@ -93,7 +110,7 @@ def test_every_command_and_subcommand_is_among_the_parsed_examples() -> None:
 
 def test_only_what_changes_something_is_risky() -> None:
     risky = {request.action for _c, _t, request in PARSED if request.risky}
-    assert risky == {"prune_apply", "delete", "bucket_apply", "restore"}
+    assert risky == {"prune_apply", "delete", "bucket_apply", "restore", "restore_at"}
 
 
 REFUSED: list[tuple[str, str, str]] = [
@@ -113,6 +130,11 @@ REFUSED: list[tuple[str, str, str]] = [
     (RESTORE, "", "usage"),
     (RESTORE, "latest blnk_new", "usage"),  # without the word into
     (RESTORE, "latest onto blnk_new", "usage"),
+    (RESTORE, "latest at", "usage"),  # at no time
+    (RESTORE, 'latest at "2026-12-02 14:02:59Z" blnk_new', "usage"),  # without into
+    (RESTORE, f'{KEY} at "2026-12-02 14:02:59Z" into blnk_new', "usage"),  # from base backups
+    (RESTORE_TEST, "pitr at", "usage"),
+    (RESTORE_TEST, "pitr now please", "usage"),
     (RESTORE, "latest into", "usage"),  # into nothing
     (RESTORE, 'latest into "weird name', "a quote is opened and never closed"),
     (RESTORE, "latest into \u201cweird name", "a quote is opened and never closed"),
