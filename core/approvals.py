@@ -34,7 +34,6 @@ from core.redact import MAX_REASON_LENGTH, check_plain_text
 log = logging.getLogger("blnk_backup.approvals")
 
 
-
 class ApprovalRecord(SQLModel, table=True):
     __tablename__ = "approvals"
 
