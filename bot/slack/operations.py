@@ -74,6 +74,17 @@ class SlackOperations:
         self.progress_interval = progress_interval
         self.next_runs = next_runs or (lambda: {})
         self.actor_for = actor_for  # the audit log's actor for a user ID (the console's own)
+        # What each safe action runs (the risky ones become approval requests).
+        self._commands: dict[str, Callable[[Request, Caller], None]] = {
+            "help": self._run_help,
+            "list": self._run_list,
+            "status": self._run_status,
+            "audit": self._run_audit,
+            "prune": self._run_prune,
+            "bucket_check": self._run_bucket_check,
+            "backup": self._run_backup,
+            "restore_test": self._run_restore_test,
+        }
 
     # --- commands -----------------------------------------------------------------------------
     def admit(self, caller: Caller, what: str, *, approver: bool = False) -> bool:
@@ -96,7 +107,7 @@ class SlackOperations:
             if request.risky:
                 self._request_approval(request, caller)
             else:
-                getattr(self, f"_run_{request.action}")(request, caller)
+                self._commands[request.action](request, caller)
         except UsageError as exc:
             caller.respond(blocks.usage(exc.message))
         except AlreadyRunningError as exc:

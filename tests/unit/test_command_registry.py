@@ -141,3 +141,11 @@ def test_tab_completes_slash_commands_subcommands_keys_and_users() -> None:
 def test_the_help_names_only_commands_that_exist() -> None:
     named = set(re.findall(r"/blnk-[a-z-]+", HELP + help_message().text))
     assert named == set(COMMANDS)
+
+
+def test_every_safe_action_has_a_slack_handler_and_every_risky_one_an_approval() -> None:
+    from bot.slack.operations import SlackOperations
+
+    ops = SlackOperations(None, None, None)  # type: ignore[arg-type]  # no I/O to build it
+    safe = {spec.action for spec in SPECS if not spec.risky}
+    assert set(ops._commands) == safe
