@@ -141,6 +141,20 @@ def transfer(conn: Any, reference: str) -> None:
         )
 
 
+def commits_around_a_moment(ledger: PgTarget, tag: str, each: int) -> tuple[datetime, int]:
+    """``each`` payments, a moment (half a second apart from both sides), ``each`` more;
+    return the moment and how many transactions the ledger held at it."""
+    with ledger.connect(autocommit=True) as conn:
+        for n in range(each):
+            transfer(conn, f"{tag}_before_{n}")
+        time.sleep(0.5)
+        moment = datetime.now(UTC)
+        time.sleep(0.5)
+        for n in range(each):
+            transfer(conn, f"{tag}_after_{n}")
+    return moment, count(ledger) - each
+
+
 def count(target: PgTarget) -> int:
     with target.connect(autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM blnk.transactions").fetchone()
@@ -159,15 +173,7 @@ def test_a_recovery_to_a_second_between_two_commits_has_exactly_the_commits_befo
         with Streaming(services.wal_receiver()) as streaming:
             base = services.base_backups.run(ACTOR, reason="first base backup")
             dump = services.backups.run(ACTOR).manifest  # its chain anchor must hold there
-            with ledger.connect(autocommit=True) as conn:
-                for n in range(30):
-                    transfer(conn, f"before_{n}")
-                time.sleep(0.5)
-                target = datetime.now(UTC)
-                time.sleep(0.5)
-                for n in range(30):
-                    transfer(conn, f"after_{n}")
-            before = count(ledger) - 30
+            target, before = commits_around_a_moment(ledger, "pitr", 30)
             streaming.caught_up(admin)
 
         window = services.pitr.window()
@@ -186,7 +192,7 @@ def test_a_recovery_to_a_second_between_two_commits_has_exactly_the_commits_befo
         assert result.timeline == base.timeline + 1  # a recovered cluster starts a new one
         with admin.with_dbname(into).connect(autocommit=True) as conn:
             row = conn.execute(
-                "SELECT count(*) FROM blnk.transactions WHERE reference LIKE 'after_%'"
+                "SELECT count(*) FROM blnk.transactions WHERE reference LIKE 'pitr_after_%'"
             ).fetchone()
         assert row is not None and row[0] == 0
         events = services.audit.events(action="pitr_restore")
@@ -367,15 +373,7 @@ def test_the_stock_tools_recipe_recovers_the_same_state_as_the_bot(
     try:
         with Streaming(services.wal_receiver()) as streaming:
             base = services.base_backups.run(ACTOR)
-            with ledger.connect(autocommit=True) as conn:
-                for n in range(10):
-                    transfer(conn, f"recipe_before_{n}")
-                time.sleep(0.5)
-                target = datetime.now(UTC)
-                time.sleep(0.5)
-                for n in range(10):
-                    transfer(conn, f"recipe_after_{n}")
-            before = count(ledger) - 10
+            target, before = commits_around_a_moment(ledger, "recipe", 10)
             streaming.caught_up(admin)
 
         lines = _stock_recipe()
@@ -454,15 +452,7 @@ def test_a_recovery_to_a_time_from_slack_is_approved_by_a_second_person_and_prov
 
         with Streaming(app.services.wal_receiver()) as streaming:
             app.services.base_backups.run(ACTOR)
-            with ledger.connect(autocommit=True) as conn:
-                for n in range(10):
-                    transfer(conn, f"slack_before_{n}")
-                time.sleep(0.5)
-                target = datetime.now(UTC)
-                time.sleep(0.5)
-                for n in range(10):
-                    transfer(conn, f"slack_after_{n}")
-            before = count(ledger) - 10
+            target, before = commits_around_a_moment(ledger, "slack", 10)
             streaming.caught_up(admin)
 
         app.command("/blnk-restore", f'latest at "{target.isoformat()}" into {into} bad deploy')
