@@ -10,7 +10,6 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from core.services import Services
 from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import WalReceiver
 from tests.conftest import SettingsFactory
+from tests.support.helpers import shell_block_after
 from tests.support.pgcluster import PasswordCluster
 from tests.support.slack_requests import AppServer
 
@@ -351,12 +351,7 @@ OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 
 
 def _stock_recipe() -> list[str]:
-    """The shell lines of docs/operations.md's block after "recovery to a time with stock tools"."""
-    text = OPERATIONS.read_text()
-    after = text[text.index("recovery to a time with stock tools") :]
-    block = re.search(r"```sh\n(.*?)```", after, re.S)
-    assert block is not None, "docs/operations.md lost its point-in-time recipe"
-    return [line.split("  #", 1)[0].strip() for line in block[1].splitlines() if line.strip()]
+    return shell_block_after(OPERATIONS, "recovery to a time with stock tools")
 
 
 def test_the_stock_tools_recipe_recovers_the_same_state_as_the_bot(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -14,17 +13,14 @@ from typing import Any
 from core.actor import Actor
 from core.database import PgTarget, drop_database
 from core.services import Services
+from tests.support.helpers import shell_block_after
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _recovery_recipe() -> list[str]:
     """The shell lines of the README's block after "Blnk's recovery recipe works unchanged"."""
-    text = README.read_text()
-    after = text[text.index("Blnk's recovery recipe works unchanged") :]
-    block = re.search(r"```sh\n(.*?)```", after, re.S)
-    assert block is not None, "the README lost its recovery recipe"
-    return [line.split("#", 1)[0].strip() for line in block[1].splitlines() if line.strip()]
+    return shell_block_after(README, "Blnk's recovery recipe works unchanged")
 
 
 def test_the_readme_recovery_recipe_restores_a_backup_as_written(

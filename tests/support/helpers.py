@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.support.databases import PG_URL, make_database
 from tests.support.settings import settings_env
@@ -31,3 +33,12 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(0.2)
+
+
+def shell_block_after(document: Path, marker: str) -> list[str]:
+    """The shell lines of the first ```sh block after ``marker`` in a document, each without
+    its comment (a recipe the docs give a person, to be run as written)."""
+    text = document.read_text()
+    block = re.search(r"```sh\n(.*?)```", text[text.index(marker) :], re.S)
+    assert block is not None, f"{document.name} lost the recipe after {marker!r}"
+    return [line.split("  #", 1)[0].strip() for line in block[1].splitlines() if line.strip()]
