@@ -89,6 +89,29 @@ def recommended_rules(
             **scope,
             "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_DAYS},
         },
+        # Point-in-time recovery's base backups and WAL get no expiry rule: their retention
+        # depends on each other (core/wal/retention.py) and a rule by age could break a
+        # recovery. Base backups are multipart uploads too; the partial WAL segment is
+        # replaced every WAL_SHIP_PARTIAL_SECONDS, so in a versioned bucket its old versions
+        # must go within a day.
+        {
+            "ID": RULE_PREFIX + "abort-incomplete-base-uploads",
+            "Filter": {"Prefix": prefix + "base/"},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_AFTER_DAYS},
+        },
+        {
+            "ID": RULE_PREFIX + "base-noncurrent-versions",
+            "Filter": {"Prefix": prefix + "base/"},
+            "Status": "Enabled",
+            "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_DAYS},
+        },
+        {
+            "ID": RULE_PREFIX + "wal-noncurrent-versions",
+            "Filter": {"Prefix": prefix + "wal/"},
+            "Status": "Enabled",
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+        },
     ]
 
 

@@ -4,6 +4,11 @@ Deletes dumps first and their side files last (restore-test records, then manife
 interrupted prune leaves manifests without dumps, which the next prune finishes. Each store
 (the primary and, if configured, the replica) is listed and planned on its own with the same
 policy and the same clock.
+
+With WAL_ARCHIVE, the same prune plans the base backups and WAL of each store
+(core/wal/retention.py) and deletes them after the dumps: each doomed base backup's base.json
+first (from then on it is never used), then its base.tar; WAL only once every doomed base
+backup is gone, and only before the start of the oldest one kept.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from core.keys import BackupKey
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 from core.retention import Decision, RetentionPlan, RetentionPolicy, plan
 from core.store.s3 import S3Store
+from core.wal.archive import ArchivedWal, WalArchive
+from core.wal.basebackup import base_inventory
+from core.wal.names import WAL_DIR, base_key
+from core.wal.retention import WalRetentionPlan, plan_wal, restrict
 
 log = logging.getLogger("blnk_backup.prune")
 
@@ -47,7 +56,14 @@ class PruneReport:
     orphan_side_files: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # point-in-time recovery's base backups and WAL (WAL_ARCHIVE), None when off
+    wal: WalRetentionPlan | None = None
+    bases_deleted: list[str] = field(default_factory=list)  # stamps
+    wal_deleted: int = 0
+    wal_names: tuple[str, ...] = ()  # what wal/ held when planned
 
+
+_NO_WAL = ArchivedWal([], None, [], None)
 
 # At most this many dumps (and side files) per approval request: every one of them is listed
 # on the request an approver reads; a bigger plan is approved in turns, oldest first.
@@ -59,16 +75,21 @@ def plan_for_approval(reports: list[PruneReport]) -> tuple[dict[str, Any], list[
     delete and the side files of dumps already gone, at most MAX_APPROVED_DELETIONS, oldest
     first — and the lines the approver reads: every store's counts first, then every item the
     approval covers, each one shown. Raise UsageError if there is nothing to delete."""
-    if not any(r.plan.to_delete or r.orphan_side_files for r in reports):
+    if not any(
+        r.plan.to_delete or r.orphan_side_files or (r.wal and r.wal.deletes_anything)
+        for r in reports
+    ):
         raise UsageError("the retention plan deletes nothing: there is nothing to approve")
     room = MAX_APPROVED_DELETIONS
-    stores: dict[str, dict[str, list[str]]] = {}
+    stores: dict[str, dict[str, Any]] = {}
     for report in reports:
         doomed = [k.key for k in report.plan.to_delete][:room]
         room -= len(doomed)
         side_files = list(report.orphan_side_files)[:room]
         room -= len(side_files)
         stores[report.location] = {"delete": doomed, "side_files": side_files}
+        if report.wal is not None:
+            stores[report.location] |= _wal_for_approval(report.wal)
     lines = []
     for report in reports:
         chosen = stores[report.location]
@@ -79,14 +100,56 @@ def plan_for_approval(reports: list[PruneReport]) -> tuple[dict[str, Any], list[
         lines.append(f"{count}, keep {len(report.plan.to_keep):,}")
         if report.plan.paused:
             lines.append(f"{report.location}: paused ({report.plan.paused})")
+        if report.wal is not None:
+            lines.append(f"{report.location}: {wal_summary(report.wal)}")
     for report in reports:
         chosen = stores[report.location]
         lines += [f"• {report.location}: delete `{k}`" for k in chosen["delete"]]
         lines += [
             f"• {report.location}: remove `{f}` (its dump is gone)" for f in chosen["side_files"]
         ]
+        lines += [
+            f"• {report.location}: delete base backup `{stamp}`" for stamp in chosen.get("base", [])
+        ]
+        lines += [
+            f"• {report.location}: remove `{o}` (no base.json: never usable)"
+            for o in chosen.get("orphan_bases", [])
+        ]
+        if chosen.get("wal_before"):
+            lines.append(
+                f"• {report.location}: delete the WAL before segment `{chosen['wal_before']}`"
+            )
     lines.append("Exactly these are deleted, or nothing if the plan has changed by then.")
     return {"stores": stores}, lines
+
+
+def _wal_for_approval(wal: WalRetentionPlan) -> dict[str, Any]:
+    """What an approval records of a store's base backups and WAL: the base backups by stamp,
+    the orphaned base.tar keys, and the WAL boundary (segments numbered before it go)."""
+    return {
+        "base": [b.stamp for b in wal.to_delete][:MAX_APPROVED_DELETIONS],
+        "orphan_bases": wal.orphans[:MAX_APPROVED_DELETIONS],
+        "wal_before": wal.keep_from.name if wal.keep_from and wal.wal_to_delete else None,
+    }
+
+
+def wal_summary(wal: WalRetentionPlan) -> str:
+    """One line: what the plan does to the base backups and WAL of a store."""
+    if wal.paused:
+        return f"base backups and WAL: paused ({wal.paused})"
+    text = f"base backups: delete {len(wal.to_delete):,}, keep {len(wal.to_keep):,}"
+    if wal.orphans:
+        text += f", remove {len(wal.orphans):,} without base.json"
+    if wal.wal_to_delete and wal.keep_from is not None:
+        text += (
+            f"; WAL: delete {len(wal.wal_to_delete):,} files before "
+            f"{wal.keep_from.name} (the start of the oldest base backup kept)"
+        )
+    elif wal.keep_from is not None:
+        text += f"; WAL: all kept (from {wal.keep_from.name})"
+    else:
+        text += "; WAL: all kept"
+    return text
 
 
 class PruneService:
@@ -149,9 +212,7 @@ class PruneService:
                     f"{', '.join(stores)}): nothing was deleted; ask again"
                 )
             checked = [
-                self._check_still_planned(
-                    store, [str(k) for k in wanted.get(location, {}).get("delete", [])], policy, now
-                )
+                self._check_still_planned(store, wanted.get(location, {}), policy, now)
                 for location, store in stores.items()
             ]
             problems = [p for _s, _p, _k, found in checked for p in found]
@@ -162,16 +223,28 @@ class PruneService:
                 )
             reports = []
             for store, current, keys, _found in checked:
-                side_files = [str(f) for f in wanted.get(store.location, {}).get("side_files", [])]
+                approved_here = wanted.get(store.location, {})
+                side_files = [str(f) for f in approved_here.get("side_files", [])]
                 reports.append(self._delete_approved(store, current, keys, side_files))
+                if current.wal is not None and not current.errors:
+                    current.wal = restrict(
+                        current.wal,
+                        list(current.wal_names),
+                        {str(b) for b in approved_here.get("base", [])},
+                        approved_here.get("wal_before"),
+                        {str(o) for o in approved_here.get("orphan_bases", [])},
+                    )
+                    self._delete_wal(store, current, current.wal)
             self._close(run, reports, dry_run=False)
         return reports
 
     def _check_still_planned(
-        self, store: S3Store, keys: list[str], policy: RetentionPolicy, now: datetime
+        self, store: S3Store, approved: dict[str, Any], policy: RetentionPolicy, now: datetime
     ) -> tuple[S3Store, PruneReport, list[BackupKey], list[str]]:
         """List and plan ``store`` now; return its report, the approved keys, and why each
-        approved key is no longer one the plan deletes (empty when all still are)."""
+        approved key (or base backup) is no longer one the plan deletes (empty when all
+        still are)."""
+        keys = [str(k) for k in approved.get("delete", [])]
         try:
             inventory = store.listing.inventory()
         except StorageError as exc:
@@ -202,6 +275,21 @@ class PruneService:
             else:
                 why = "no longer exists"
             problems.append(f"{store.location}{raw.removeprefix(store.prefix)} {why}")
+        report.wal = self._plan_wal(store, report, policy, now)
+        if report.errors:
+            problems += [f"{store.location}: {e}" for e in report.errors]
+        elif report.wal is not None:
+            doomed = {b.stamp for b in report.wal.to_delete}
+            kept = {d.base.stamp: d for d in report.wal.decisions if d.keep}
+            for stamp in [str(b) for b in approved.get("base", [])]:
+                if stamp in doomed:
+                    continue
+                why = (
+                    f"is kept now ({'; '.join(kept[stamp].reasons)})"
+                    if stamp in kept
+                    else "no longer exists"
+                )
+                problems.append(f"{store.location}: base backup {stamp} {why}")
         return store, report, parsed, problems
 
     def _delete_approved(
@@ -234,6 +322,15 @@ class PruneService:
                     "deleted": r.deleted[:500],
                     "incomplete": {k: v[:300] for k, v in list(r.incomplete.items())[:100]},
                 }
+                | (
+                    {
+                        "base_backups": wal_summary(r.wal),
+                        "bases_deleted": r.bases_deleted,
+                        "wal_deleted": r.wal_deleted,
+                    }
+                    if r.wal is not None
+                    else {}
+                )
                 for r in reports
             ]
         )
@@ -259,10 +356,54 @@ class PruneService:
             incomplete={b.key.key: b.problem or "" for b in inventory.backups if not b.complete},
             orphan_side_files=list(inventory.orphan_side_files),
         )
-        if not apply or decided.paused:
+        report.wal = self._plan_wal(store, report, policy, now)
+        if not apply:
             return report
-        self._delete(store, report, decided.to_delete, report.orphan_side_files)
+        if not decided.paused:
+            self._delete(store, report, decided.to_delete, report.orphan_side_files)
+        if report.wal is not None:
+            self._delete_wal(store, report, report.wal)
         return report
+
+    def _plan_wal(
+        self, store: S3Store, report: PruneReport, policy: RetentionPolicy, now: datetime
+    ) -> WalRetentionPlan | None:
+        """The base backups and WAL plan of ``store`` (None unless WAL_ARCHIVE); a listing
+        that fails pauses it and is reported."""
+        if not self.settings.wal_archive:
+            return None
+        try:
+            bases, orphans = base_inventory(store)
+            archived = WalArchive(store).listing()
+        except StorageError as exc:
+            report.errors.append(f"listing base backups and WAL failed: {exc}")
+            return plan_wal([], [], _NO_WAL, [], policy, now, listing_complete=False)
+        report.wal_names = archived.names
+        return plan_wal(bases, list(archived.names), archived, orphans, policy, now)
+
+    @staticmethod
+    def _delete_wal(store: S3Store, report: PruneReport, wal: WalRetentionPlan) -> None:
+        """Delete the doomed base backups (base.json first: from then on it is never used),
+        the orphaned base.tar files, then — only if every doomed base backup is gone — the
+        WAL before the oldest one kept."""
+        failed_any = False
+        for base in wal.to_delete:
+            failed = store.delete_many([base_key(store.prefix, base.stamp, "base.json")])
+            failed = failed or store.delete_many([base.key])
+            if failed:
+                failed_any = True
+                report.errors += failed
+                continue
+            report.bases_deleted.append(base.stamp)
+            log.info("pruned base backup %s from %s", base.stamp, store.location)
+        report.errors += store.delete_many(wal.orphans)
+        if failed_any or not wal.wal_to_delete:
+            return
+        keys = [f"{store.prefix}{WAL_DIR}{name}" for name in wal.wal_to_delete]
+        failed = store.delete_many(keys)
+        report.errors += failed
+        report.wal_deleted = len(keys) - len(failed)
+        log.info("pruned %s WAL files from %s", report.wal_deleted, store.location)
 
     @staticmethod
     def _delete(

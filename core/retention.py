@@ -20,7 +20,7 @@ Safety floors (invariant 4) — never deleted:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -60,6 +60,58 @@ class RetentionPlan:
         return [d.key for d in self.decisions if d.keep]
 
 
+def keep_reasons(
+    started: Sequence[datetime],
+    policy: RetentionPolicy,
+    now: datetime,
+    *,
+    listing_complete: bool = True,
+    what: str = "backup",
+) -> tuple[list[list[str]], str | None]:
+    """The GFS rules over start times (ascending): for each, why it is kept (empty: it may
+    go), and why nothing may be deleted at all, if so. Shared by the dumps and the base
+    backups of point-in-time recovery."""
+    reasons: list[list[str]] = [[] for _ in started]
+    past = [i for i, when in enumerate(started) if when <= now + CLOCK_SKEW]
+    for i, when in enumerate(started):
+        if when > now + CLOCK_SKEW:
+            reasons[i].append("dated in the future: kept until the clock catches up")
+    for i in past[-policy.min_keep :] if policy.min_keep else []:
+        reasons[i].append(f"one of the newest {policy.min_keep} (RETENTION_MIN_KEEP)")
+
+    newest_of_week: dict[tuple[int, int], int] = {}
+    newest_of_month: dict[tuple[int, int], int] = {}
+    for i in past:  # ascending, so the last one written per period is the newest
+        iso = started[i].isocalendar()
+        newest_of_week[(iso.year, iso.week)] = i
+        newest_of_month[(started[i].year, started[i].month)] = i
+    for i in past:
+        when = started[i]
+        age = now - when
+        if age <= timedelta(days=policy.daily_days):
+            reasons[i].append(f"daily: younger than {policy.daily_days} days")
+        iso = when.isocalendar()
+        if newest_of_week[(iso.year, iso.week)] == i and age <= timedelta(days=policy.weekly_days):
+            reasons[i].append(f"weekly: newest of {iso.year}-W{iso.week:02d}")
+        if newest_of_month[(when.year, when.month)] == i and age <= timedelta(
+            days=policy.monthly_days
+        ):
+            reasons[i].append(f"monthly: newest of {when:%Y-%m}")
+
+    paused = None
+    if not listing_complete:
+        paused = "the listing failed or was incomplete: nothing is deleted"
+    elif not past:
+        paused = f"there is no complete {what}: nothing is deleted"
+    elif now - started[past[-1]] > timedelta(hours=policy.stale_after_hours):
+        paused = (
+            f"the newest {what} ({started[past[-1]]:%Y-%m-%d %H:%M:%S}Z) is older than "
+            f"STALE_AFTER_HOURS={policy.stale_after_hours:g}: pruning waits until "
+            f"{what}s work again"
+        )
+    return reasons, paused
+
+
 def plan(
     complete: Iterable[BackupKey],
     policy: RetentionPolicy,
@@ -70,50 +122,11 @@ def plan(
     """Given the complete backups, the policy and the time, return keep/delete decisions,
     each with reasons. Pure: reads nothing, deletes nothing."""
     keys = sorted(set(complete))
-    future = {k for k in keys if k.started_at > now + CLOCK_SKEW}
-    past = [k for k in keys if k not in future]
-    reasons: dict[BackupKey, list[str]] = {k: [] for k in keys}
-
-    for key in future:
-        reasons[key].append("dated in the future: kept until the clock catches up")
-    for key in past[-policy.min_keep :] if policy.min_keep else []:
-        reasons[key].append(f"one of the newest {policy.min_keep} (RETENTION_MIN_KEEP)")
-
-    newest_of_week: dict[tuple[int, int], BackupKey] = {}
-    newest_of_month: dict[tuple[int, int], BackupKey] = {}
-    for key in past:  # ascending, so the last one written per period is the newest
-        iso = key.started_at.isocalendar()
-        newest_of_week[(iso.year, iso.week)] = key
-        newest_of_month[(key.started_at.year, key.started_at.month)] = key
-    for key in past:
-        age = now - key.started_at
-        when = key.started_at
-        if age <= timedelta(days=policy.daily_days):
-            reasons[key].append(f"daily: younger than {policy.daily_days} days")
-        iso = when.isocalendar()
-        if newest_of_week[(iso.year, iso.week)] == key and age <= timedelta(
-            days=policy.weekly_days
-        ):
-            reasons[key].append(f"weekly: newest of {iso.year}-W{iso.week:02d}")
-        if newest_of_month[(when.year, when.month)] == key and age <= timedelta(
-            days=policy.monthly_days
-        ):
-            reasons[key].append(f"monthly: newest of {when:%Y-%m}")
-
-    paused = None
-    if not listing_complete:
-        paused = "the listing failed or was incomplete: nothing is deleted"
-    elif not past:
-        paused = "there is no complete backup: nothing is deleted"
-    elif now - past[-1].started_at > timedelta(hours=policy.stale_after_hours):
-        paused = (
-            f"the newest backup {past[-1]} is older than STALE_AFTER_HOURS="
-            f"{policy.stale_after_hours:g}: pruning waits until backups work again"
-        )
-
+    reasons, paused = keep_reasons(
+        [k.started_at for k in keys], policy, now, listing_complete=listing_complete
+    )
     decisions = []
-    for key in keys:
-        why = reasons[key]
+    for key, why in zip(keys, reasons, strict=True):
         if why:
             decisions.append(Decision(key, True, tuple(why)))
         elif paused:

@@ -39,6 +39,9 @@ def test_check_reports_everything_missing_on_a_plain_bucket(
         "lifecycle blnk-backup-archive",
         "lifecycle blnk-backup-expire",
         "lifecycle blnk-backup-abort-incomplete-uploads",
+        "lifecycle blnk-backup-abort-incomplete-base-uploads",
+        "lifecycle blnk-backup-base-noncurrent-versions",
+        "lifecycle blnk-backup-wal-noncurrent-versions",
         "lifecycle blnk-backup-noncurrent-versions",
     }
 
@@ -80,6 +83,8 @@ def test_apply_needs_yes_and_then_applies_everything_keeping_unrelated_rules(
     assert rules["blnk-backup-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {
         "DaysAfterInitiation": 1
     }
+    assert rules["blnk-backup-wal-noncurrent-versions"]["Filter"]["Prefix"] == "prod/wal/"
+    assert "Expiration" not in rules["blnk-backup-wal-noncurrent-versions"]  # only prune
     if "lifecycle blnk-backup-archive" in lacks:
         assert "blnk-backup-archive" not in rules
         monkeypatch.setenv("S3_ARCHIVE_AFTER_DAYS", "0")  # as the apply output suggests
@@ -93,7 +98,7 @@ def test_apply_needs_yes_and_then_applies_everything_keeping_unrelated_rules(
 
     assert main(["bucket", "check"]) == 0  # and applying again changes nothing
     assert main(["bucket", "apply", "--yes"]) == 0
-    expected = 5 - len(lacks & {"lifecycle blnk-backup-archive"})
+    expected = 8 - len(lacks & {"lifecycle blnk-backup-archive"})
     assert len(s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]) == expected
 
 

@@ -30,8 +30,9 @@ from bot.http import HttpApi
 from core.actor import Actor
 from core.blnkgen import generate
 from core.database import PgTarget, database_exists, drop_database
-from core.errors import UsageError
+from core.errors import PlanChangedError, UsageError
 from core.localserver import free_port, run_base, server_user
+from core.prune import plan_for_approval
 from core.services import Services
 from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import WalReceiver
@@ -464,3 +465,83 @@ def test_a_recovery_to_a_time_from_slack_is_approved_by_a_second_person_and_prov
     finally:
         if database_exists(admin, into):
             drop_database(admin, into)
+
+
+def test_retention_deletes_old_base_backups_and_exactly_the_wal_only_they_needed(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    """Two base backups, the older outside every window (RETENTION_*_DAYS=0, keep 1): the
+    approved prune deletes it and the WAL before the newer one's start — nothing else; a
+    plan that changed deletes nothing; the newer base backup still recovers a second exactly,
+    and the older window is refused."""
+    settings = settings_for(make_settings, source, tmp_path).model_copy(
+        update={
+            "retention_daily_days": 0,
+            "retention_weekly_days": 0,
+            "retention_monthly_days": 0,
+            "retention_min_keep": 1,
+        }
+    )
+    services = Services(settings)
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    admin = PgTarget.from_url(source.url())
+    try:
+        with Streaming(services.wal_receiver()) as streaming:
+            old = services.base_backups.run(ACTOR)
+            early, _ = commits_around_a_moment(ledger, "ret_early", 3)
+            with admin.connect(autocommit=True) as conn:
+                for _ in range(2):  # segments only the older base backup needs
+                    conn.execute("SELECT pg_switch_wal()")
+                    conn.execute("CHECKPOINT")
+            new = services.base_backups.run(ACTOR)
+            target, before = commits_around_a_moment(ledger, "ret_late", 5)
+            streaming.caught_up(admin)
+        assert old.stamp != new.stamp
+        boundary = Segment.of(new.timeline, new.start)
+        names_before = set(services.pitr.archive.listing().names)
+
+        dry = services.pruner.prune(ACTOR)[0]
+        assert dry.wal is not None and dry.wal.paused is None
+        assert [b.stamp for b in dry.wal.to_delete] == [old.stamp]
+        assert dry.wal.keep_from == boundary
+        doomed = set(dry.wal.wal_to_delete)
+        assert doomed, "the older base backup's own segments should be planned"
+        for name in names_before:
+            segment = Segment.parse(name.removesuffix(".partial"))
+            if segment is not None:
+                assert (name in doomed) == (segment.number < boundary.number), name
+        assert set(services.pitr.archive.listing().names) == names_before  # a dry run
+
+        params, lines = plan_for_approval([dry])
+        assert any(old.stamp in line for line in lines)
+        assert any(boundary.name in line for line in lines)
+
+        tampered = json.loads(json.dumps(params))
+        tampered["stores"][dry.location]["base"] = [new.stamp]  # the newest: never deleted
+        with pytest.raises(PlanChangedError, match=new.stamp):
+            services.pruner.apply_approved(ACTOR, tampered)
+        assert set(services.pitr.archive.listing().names) == names_before
+        assert [b.stamp for b in services.base_backups.list_in(services.store)] == [
+            old.stamp,
+            new.stamp,
+        ]
+
+        applied = services.pruner.apply_approved(ACTOR, params)[0]
+        assert applied.errors == [] and applied.bases_deleted == [old.stamp]
+        assert applied.wal_deleted == len(doomed)
+        left = services.pitr.archive.listing()
+        assert set(left.names) == names_before - doomed
+        assert [b.stamp for b in services.base_backups.list_in(services.store)] == [new.stamp]
+        assert services.store.head(old.key) is None
+
+        window = services.pitr.window()
+        assert window.earliest == new.finished
+        with pytest.raises(UsageError, match="before the recoverable window"):
+            services.pitr.check_target(early)
+        result = services.pitr.recover(ACTOR, target)
+        assert result.base == new.key and result.proof is not None and result.proof.passed
+        assert result.proof.ran
+        assert result.last_transaction_at is not None and result.last_transaction_at <= target
+        assert before > 0
+    finally:
+        services.close()

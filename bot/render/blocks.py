@@ -635,6 +635,32 @@ def _prune_lines(report: PruneReport) -> list[str]:
     verb = "removed" if applied else "will remove"
     for key in report.orphan_side_files:
         lines.append(f"{verb} {_code(key, 300)} — its dump is gone (an interrupted prune)")
+    if report.wal is not None:
+        lines += _prune_wal_lines(report)
+    return lines
+
+
+def _prune_wal_lines(report: PruneReport) -> list[str]:
+    from core.prune import wal_summary
+
+    assert report.wal is not None
+    lines = [f"*Point-in-time recovery* — {clip(wal_summary(report.wal), 500)}"]
+    deleted = set(report.bases_deleted)
+    for d in report.wal.decisions:
+        if d.keep:
+            continue
+        verb = (
+            "*delete*"
+            if not report.applied
+            else "deleted"
+            if d.base.stamp in deleted
+            else "*not deleted*"
+        )
+        lines.append(
+            f"{verb} base backup {_code(d.base.stamp, 40)} — {clip('; '.join(d.reasons), 300)}"
+        )
+    if report.applied:
+        lines.append(f"WAL files deleted: {report.wal_deleted:,}")
     return lines
 
 

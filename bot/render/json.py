@@ -148,8 +148,25 @@ def prune(reports: list[PruneReport]) -> list[dict[str, Any]]:
             "deleted": r.deleted,
             "errors": r.errors,
         }
+        | ({"base_backups": _prune_wal(r)} if r.wal is not None else {})
         for r in reports
     ]
+
+
+def _prune_wal(r: PruneReport) -> dict[str, Any]:
+    assert r.wal is not None
+    return {
+        "paused": r.wal.paused,
+        "decisions": [
+            {"stamp": d.base.stamp, "keep": d.keep, "reasons": list(d.reasons)}
+            for d in r.wal.decisions
+        ],
+        "orphans": r.wal.orphans,
+        "wal_keep_from": r.wal.keep_from.name if r.wal.keep_from else None,
+        "wal_to_delete": len(r.wal.wal_to_delete),
+        "bases_deleted": r.bases_deleted,
+        "wal_deleted": r.wal_deleted,
+    }
 
 
 def policy_item(item: PolicyItem) -> dict[str, Any]:

@@ -275,6 +275,23 @@ def switch_over(new: PgTarget, current_dbname: str) -> str:
     )
 
 
+def _prune_wal_lines(r: PruneReport) -> list[str]:
+    from core.prune import wal_summary
+
+    assert r.wal is not None
+    lines = [f"  {_safe(wal_summary(r.wal))}"]
+    for d in r.wal.decisions:
+        mark = "keep  " if d.keep else "DELETE"
+        lines.append(f"  {mark} base {d.base.stamp}  {'; '.join(_safe(x) for x in d.reasons)}")
+    for key in r.wal.orphans:
+        lines.append(f"  remove {_safe(key)}  no base.json: never usable")
+    if r.applied:
+        lines.append(
+            f"  deleted {len(r.bases_deleted):,} base backups and {r.wal_deleted:,} WAL files"
+        )
+    return lines
+
+
 def prune(reports: list[PruneReport]) -> str:
     lines = []
     for r in reports:
@@ -291,6 +308,8 @@ def prune(reports: list[PruneReport]) -> str:
         for key in r.orphan_side_files:
             verb = "removed" if r.applied and not r.plan.paused else "will remove"
             lines.append(f"  {verb} {_safe(key)}  its dump is gone (an interrupted prune)")
+        if r.wal is not None:
+            lines += _prune_wal_lines(r)
         for error in r.errors:
             lines.append(f"  ✗ {_safe(error)}")
     if reports and not reports[0].applied:

@@ -25,6 +25,7 @@ class ArchivedWal:
     partial: Segment | None
     histories: list[str]
     newest_written: datetime | None
+    names: tuple[str, ...] = ()  # every object under wal/, by name (for retention)
 
     def has(self, segment: Segment) -> bool:
         """True if the store holds ``segment``, finished or as the newest partial."""
@@ -60,9 +61,11 @@ class WalArchive:
         segments: list[Segment] = []
         partials: list[Segment] = []
         histories: list[str] = []
+        names: list[str] = []
         newest: datetime | None = None
         for obj in self.store.list_objects(WAL_DIR):
             name = obj.key.removeprefix(self.store.prefix + WAL_DIR)
+            names.append(name)
             newest = obj.last_modified if newest is None else max(newest, obj.last_modified)
             if is_history(name):
                 histories.append(name)
@@ -74,7 +77,9 @@ class WalArchive:
                 segments.append(segment)
         complete = set(segments)
         live = [p for p in partials if p not in complete]
-        return ArchivedWal(sorted(segments), max(live) if live else None, histories, newest)
+        return ArchivedWal(
+            sorted(segments), max(live) if live else None, histories, newest, tuple(names)
+        )
 
     def fetch(self, name: str, destination: Path) -> bool:
         """Download one WAL file by name into ``destination``; False if the bucket has none."""

@@ -180,13 +180,26 @@ class BaseBackupService:
     def list_in(store: S3Store) -> list[BaseBackup]:
         """The complete base backups in ``store`` (those with a valid base.json), oldest
         first."""
-        found = []
-        for obj in store.list_objects(BASE_DIR):
-            if obj.key.endswith("/base.json"):
-                backup = BaseBackup.from_json(store.get_json(obj.key))
-                if backup is not None:
-                    found.append(backup)
-        return sorted(found, key=lambda b: b.stamp)
+        return base_inventory(store)[0]
+
+
+def base_inventory(store: S3Store) -> tuple[list[BaseBackup], list[tuple[str, datetime]]]:
+    """The complete base backups in ``store`` (oldest first), and every base.tar without a
+    base.json beside it, with when it was written."""
+    found = []
+    tars: dict[str, datetime] = {}
+    described: set[str] = set()
+    for obj in store.list_objects(BASE_DIR):
+        directory = obj.key.rsplit("/", 1)[0]
+        if obj.key.endswith("/base.json"):
+            described.add(directory)
+            backup = BaseBackup.from_json(store.get_json(obj.key))
+            if backup is not None and backup.key == f"{directory}/base.tar":
+                found.append(backup)
+        elif obj.key.endswith("/base.tar"):
+            tars[directory] = obj.last_modified
+    orphans = [(d + "/base.tar", t) for d, t in sorted(tars.items()) if d not in described]
+    return sorted(found, key=lambda b: b.stamp), orphans
 
 
 def _wal_range(tail: bytes) -> tuple[int, int, int]:
