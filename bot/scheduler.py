@@ -97,6 +97,7 @@ def configured_jobs(services: Services) -> list[Job]:
     ]
     if s.wal_archive:
         jobs.append(Job("base_backup", "BASE_BACKUP_SCHEDULE", s.base_backup_schedule))
+        jobs.append(Job("pitr_test", "PITR_TEST_SCHEDULE", s.pitr_test_schedule))
     return [job for job in jobs if job.expression]
 
 

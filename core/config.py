@@ -190,6 +190,8 @@ class Settings(BaseSettings):
     restore_test_schedule: str = Field("0 5 1 * *", validation_alias=_env("RESTORE_TEST_SCHEDULE"))
     # Base backups for point-in-time recovery (with WAL_ARCHIVE=true): daily by default.
     base_backup_schedule: str = Field("0 2 * * *", validation_alias=_env("BASE_BACKUP_SCHEDULE"))
+    # the point-in-time restore test (with WAL_ARCHIVE): Sundays 06:00, after the base backup
+    pitr_test_schedule: str = Field("0 6 * * 0", validation_alias=_env("PITR_TEST_SCHEDULE"))
     schedule_timezone: str = Field("UTC", validation_alias=_env("SCHEDULE_TIMEZONE"))
     # A run missed while the service was down still runs, late, within this many minutes.
     schedule_grace_minutes: int = Field(
@@ -330,6 +332,7 @@ class Settings(BaseSettings):
         "monitor_schedule",
         "restore_test_schedule",
         "base_backup_schedule",
+        "pitr_test_schedule",
     )
     @classmethod
     def _cron(cls, value: str) -> str:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("blnk_backup.scheduler")
 
 SCHEDULER = Actor("scheduler", "schedule")
-JOBS = ("backup", "retention", "freshness_check", "restore_test", "base_backup")
+JOBS = ("backup", "retention", "freshness_check", "restore_test", "base_backup", "pitr_test")
 
 
 class ScheduledJobs:
@@ -37,6 +37,7 @@ class ScheduledJobs:
             "freshness_check": self.freshness_check,
             "restore_test": self.restore_test,
             "base_backup": self.base_backup,
+            "pitr_test": self.pitr_test,
         }
 
     # --- runs and misses --------------------------------------------------------------------
@@ -108,3 +109,11 @@ class ScheduledJobs:
         reason = f"scheduled base backup ({note})" if note else "scheduled base backup"
         backup = self.services.base_backups.run(SCHEDULER, reason=reason)
         return f"base backup {backup.key}"
+
+    def pitr_test(self, _note: str | None) -> str:
+        result = self.services.pitr.test(SCHEDULER)
+        if not result.passed:
+            raise RestoreTestFailed(
+                f"point-in-time restore test to {result.target.isoformat()} failed its ledger proof"
+            )
+        return f"point-in-time restore test to {result.target.isoformat()} passed"

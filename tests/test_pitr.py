@@ -33,6 +33,7 @@ from core.database import PgTarget, database_exists, drop_database
 from core.errors import PlanChangedError, UsageError
 from core.localserver import free_port, run_base, server_user
 from core.prune import plan_for_approval
+from core.scheduled import ScheduledJobs
 from core.services import Services
 from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import WalReceiver
@@ -543,5 +544,23 @@ def test_retention_deletes_old_base_backups_and_exactly_the_wal_only_they_needed
         assert result.proof.ran
         assert result.last_transaction_at is not None and result.last_transaction_at <= target
         assert before > 0
+
+        # The scheduled point-in-time restore test (PITR_TEST_SCHEDULE) recovers to the
+        # newest point, proves the ledger and says how far behind the primary that was.
+        ScheduledJobs(services, "test:1").run("pitr_test", datetime.now(UTC))
+        [run] = [
+            e
+            for e in services.audit.events(action="scheduled_run", limit=5)
+            if e.outcome != "started"
+        ]
+        assert run.outcome == "succeeded", run.error_cause
+        assert "passed" in run.details_dict()["outcome"]
+        tested = services.audit.events(action="pitr_restore", limit=1)[0]
+        assert tested.outcome == "succeeded" and tested.reason == "point-in-time restore test"
+        assert tested.details_dict()["ledger_proof"]["passed"] is True
+        # nothing was written after the receiver stopped: the newest point is the primary's
+        behind = tested.details_dict()["behind_primary_bytes"]
+        assert behind is not None
+        assert behind < 16 * 1024 * 1024
     finally:
         services.close()

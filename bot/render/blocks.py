@@ -440,6 +440,10 @@ def recovery_result(result: RecoveryResult, requested_by: str) -> Message:
             ]
         ),
     ]
+    if result.primary_lsn is not None:
+        from bot.render.text import behind_primary
+
+        blocks.append(_context(f"Recovery point: {clip(behind_primary(result), 500)}"))
     return _message(f"{title}: {result.stopped}", blocks)
 
 

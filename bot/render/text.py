@@ -357,6 +357,17 @@ def recoverable_window(window: RecoverableWindow, lag: float | None, max_lag: fl
     )
 
 
+def behind_primary(result: RecoveryResult) -> str:
+    """How far the point a restore test reached was behind the primary when it began."""
+    parts = []
+    if result.behind_primary_seconds is not None:
+        parts.append(f"{result.behind_primary_seconds:,.1f} s")
+    if result.behind_primary_bytes is not None:
+        parts.append(f"{result.behind_primary_bytes:,} bytes of WAL")
+    said = " and ".join(parts) or "unknown"
+    return f"{said} behind the primary ({result.primary_lsn}) when the test began"
+
+
 def recovery(result: RecoveryResult) -> str:
     """A point-in-time recovery's result."""
     lines = [
@@ -368,6 +379,8 @@ def recovery(result: RecoveryResult) -> str:
     ]
     if result.proof is not None:
         lines.append(f"  {result.proof.headline()}")
+    if result.primary_lsn is not None:
+        lines.append(f"  recovery point: {behind_primary(result)}")
     if result.database:
         lines.append(f"  the Blnk database is in the new database {result.database!r}")
     if result.cluster:

@@ -99,6 +99,11 @@ class RecoveryResult:
     database: str | None = None  # into: the new database
     cluster: Path | None = None  # cluster: the recovered cluster's data directory
     notes: list[str] = field(default_factory=list)
+    # a restore test: the primary's position when it began, and how far behind it the point
+    # reached was (what a loss of the database host then would have cost)
+    primary_lsn: str | None = None
+    behind_primary_bytes: int | None = None
+    behind_primary_seconds: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -120,6 +125,11 @@ class RecoveryResult:
             "database": self.database,
             "cluster": str(self.cluster) if self.cluster else None,
             "notes": self.notes,
+            "primary_lsn": self.primary_lsn,
+            "behind_primary_bytes": self.behind_primary_bytes,
+            "behind_primary_seconds": round(self.behind_primary_seconds, 3)
+            if self.behind_primary_seconds is not None
+            else None,
         }
 
 
@@ -186,6 +196,7 @@ class PointInTimeRecovery:
         server: PgTarget | None = None,
         cluster: Path | None = None,
         reason: str | None = None,
+        against_primary: bool = False,
     ) -> RecoveryResult:
         """Recover to ``target`` (aware). With ``into`` (and ``server``), copy the Blnk
         database into that new database; with ``cluster``, leave the recovered cluster's data
@@ -203,14 +214,31 @@ class PointInTimeRecovery:
         if cluster is not None and cluster.exists() and any(cluster.iterdir()):
             raise UsageError(f"{cluster} is not empty")
         began = time.monotonic()
+        primary = self._primary_position() if against_primary else None
         details = {"at": target.isoformat(), "into": into, "cluster": str(cluster or "")}
         with self.audit.run("pitr_restore", actor, reason=reason, details=details) as run:
             base = self._choose_base(target)
             run.note(key=base.key)
             with _Scratch(self.bin_dir_for(base.server_major)) as scratch:
                 self._prepare(scratch, base, target)
-                scratch.start(self.source.params.get("user"))
+                to_the_end = False
+                try:
+                    scratch.start(self.source.params.get("user"))
+                except _NotReached:
+                    # No commit after ``target`` is in the store, and the store's WAL reaches
+                    # past it (the window said so): the end of the archived WAL is the state
+                    # at ``target``.
+                    scratch.to_the_end()
+                    scratch.start(self.source.params.get("user"))
+                    to_the_end = True
                 result = self._reached(scratch, base, target)
+                if to_the_end:
+                    result.notes.append(
+                        "no commit in the store is later than the target: recovered to the end "
+                        "of the archived WAL, which is the state at the target"
+                    )
+                if primary is not None:
+                    self._compare(result, primary)
                 result.proof = self._prove(scratch, target)
                 if into is not None and server is not None:
                     result.database = into
@@ -339,7 +367,35 @@ class PointInTimeRecovery:
                     "there is nothing to recover from yet: no base backup with its WAL"
                 )
             target = latest
-        return self.recover(actor, target, reason="point-in-time restore test")
+        return self.recover(
+            actor, target, reason="point-in-time restore test", against_primary=at is None
+        )
+
+    @staticmethod
+    def _compare(result: RecoveryResult, primary: tuple[int, datetime]) -> None:
+        """Say how far behind the primary's position (read as the test began) the point
+        reached is."""
+        lsn, when = primary
+        result.primary_lsn = format_lsn(lsn)
+        if result.lsn is not None:
+            result.behind_primary_bytes = max(0, lsn - parse_lsn(result.lsn))
+        if result.last_transaction_at is not None:
+            result.behind_primary_seconds = max(
+                0.0, (when - result.last_transaction_at).total_seconds()
+            )
+
+    def _primary_position(self) -> tuple[int, datetime] | None:
+        """The source's WAL position and clock now (None when it cannot be read)."""
+        try:
+            with self.source.connect(autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                    "ELSE pg_current_wal_lsn() END::text, now()"
+                ).fetchone()
+        except EngineError as exc:
+            log.warning("the primary's position could not be read: %s", exc)
+            return None
+        return (parse_lsn(row[0]), row[1]) if row and row[0] else None
 
     def _copy_into(
         self, scratch: _Scratch, server: PgTarget, into: str, result: RecoveryResult
@@ -351,6 +407,11 @@ class PointInTimeRecovery:
         scratch.dump(self.source.dbname, dump)
         comment = f"recovered to {result.target.isoformat()} from {result.base}"
         return self.restore_file(dump, server, into, comment)
+
+
+class _NotReached(RestoreCheckError):
+    """The archived WAL ended before a commit after the target: no commit in the store is
+    later than the target."""
 
 
 class _Scratch:
@@ -451,7 +512,7 @@ class _Scratch:
         if done.returncode != 0:
             said = self.log_text()
             if _NOT_REACHED in said:
-                raise RestoreCheckError(
+                raise _NotReached(
                     "recovery ended before the target time was reached: the WAL in the store "
                     "does not go that far"
                 )
@@ -460,7 +521,7 @@ class _Scratch:
         while time.monotonic() < deadline:
             said = self.log_text()
             if _NOT_REACHED in said:
-                raise RestoreCheckError(
+                raise _NotReached(
                     "recovery ended before the target time was reached: the WAL in the store "
                     "does not go that far"
                 )
@@ -500,6 +561,16 @@ class _Scratch:
         )
         if done.status != 0:
             raise RestoreCheckError(f"pg_dump of the recovered database failed: {done.tail}")
+
+    def to_the_end(self) -> None:
+        """After recovery stopped short of the target (``_NotReached``): recover to the end of
+        the archived WAL instead — the next start replays from its last restartpoint, with no
+        target. The first attempt's log is kept apart, so only this one's is read."""
+        self.running = False
+        log_file = self.root / "server.log"
+        log_file.rename(self.root / "server.not-reached.log")
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write("recovery_target_time = ''\n")
 
     def log_text(self) -> str:
         try:
