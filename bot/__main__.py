@@ -124,6 +124,7 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
         from core.wal.receiver import ReceiverThread
 
         wal = ReceiverThread(services.wal_receiver)
+        services.receiver_thread = wal  # paused around the slot commands
 
     def lead() -> None:
         scheduler.start()

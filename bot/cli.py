@@ -263,6 +263,38 @@ def cmd_prune(services: Services, args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
 
 
+def cmd_wal_slot(services: Services, args: argparse.Namespace) -> int:
+    """Drop the receiver's replication slot, or make it again and take a base backup."""
+    from core.wal.slot import DROP
+
+    if not services.settings.wal_archive:
+        raise UsageError("the replication slot is WAL_ARCHIVE's: it is off")
+    plan = services.wal_slots.plan(args.action)
+    if not args.yes:
+        lines = "\n  ".join(plan)
+        raise UsageError(f"wal-slot {args.action} would:\n  {lines}\nadd --yes to go ahead")
+    actor = _actor(args)
+    if args.action == DROP:
+        dropped = services.wal_slots.drop(actor, reason=args.reason)
+        said = "dropped" if dropped else "there was no such slot"
+        _show(
+            args,
+            lambda: {"dropped": dropped},
+            lambda: f"✓ slot {services.settings.wal_slot_name}: {said}",
+        )
+        return EXIT_OK
+    base = services.wal_slots.recreate(actor, reason=args.reason)
+    _show(
+        args,
+        lambda: {"recreated": True, "base_backup": dataclasses.asdict(base)},
+        lambda: (
+            f"✓ slot {services.settings.wal_slot_name} made again; base backup {base.key}: "
+            f"recoverable from {base.finished_at}"
+        ),
+    )
+    return EXIT_OK
+
+
 def cmd_bucket(services: Services, args: argparse.Namespace) -> int:
     if args.action == "apply":
         actor = _actor(args)
@@ -392,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     base_backup = command("base-backup", "take a base backup for point-in-time recovery now")
     base_backup.add_argument("--reason", help="why (audited)")
     base_backup.set_defaults(handler=cmd_base_backup)
+
+    wal_slot = command("wal-slot", "drop the WAL slot, or make it again and take a base backup")
+    wal_slot.add_argument("action", choices=["recreate", "drop"])
+    wal_slot.add_argument("--yes", action="store_true", help="confirm")
+    wal_slot.add_argument("--reason", help="why (audited)")
+    wal_slot.set_defaults(handler=cmd_wal_slot)
 
     prune = command("prune", "apply the retention policy (a dry run unless --apply)")
     prune.add_argument("--apply", action="store_true", help="really delete what the plan says")

@@ -67,6 +67,7 @@ ACTIONS = (
     "late_end",
     "base_backup",
     "pitr_restore",
+    "wal_slot",
 )
 
 ENDED = ("succeeded", "failed", "abandoned", "planned")

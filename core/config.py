@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     wal_max_lag_seconds: float = Field(
         60.0, ge=1, le=86400, validation_alias=_env("WAL_MAX_LAG_SECONDS")
     )
+    # Off: the receiver is never meant to be a synchronous standby (the primary would wait for
+    # the bot on every commit, and block every commit while the bot is down). On: the operator
+    # chose that, naming WAL_SLOT_NAME in synchronous_standby_names, for a zero recovery point.
+    wal_synchronous_standby: bool = Field(False, validation_alias=_env("WAL_SYNCHRONOUS_STANDBY"))
     restore_jobs: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1),
         ge=1,

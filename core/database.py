@@ -68,6 +68,9 @@ class PgTarget:
             f"postgresql://{user + '@' if user else ''}{host}:{port}/{quote(self.dbname, safe='')}"
         )
 
+    def with_params(self, **params: str) -> PgTarget:
+        return PgTarget({**self.params, **params}, self.password)
+
     def with_dbname(self, dbname: str) -> PgTarget:
         return PgTarget({**self.params, "dbname": dbname}, self.password)
 

@@ -23,7 +23,16 @@ if TYPE_CHECKING:
 # The operations that need a second person's approval: the action an approval records.
 DELETE, PRUNE_APPLY, BUCKET_APPLY, RESTORE = "delete", "prune_apply", "bucket_apply", "restore"
 RESTORE_AT = "restore_at"  # a point-in-time recovery into a new database
-RISKY_ACTIONS = (DELETE, PRUNE_APPLY, BUCKET_APPLY, RESTORE, RESTORE_AT)
+WAL_SLOT_RECREATE, WAL_SLOT_DROP = "wal_slot_recreate", "wal_slot_drop"
+RISKY_ACTIONS = (
+    DELETE,
+    PRUNE_APPLY,
+    BUCKET_APPLY,
+    RESTORE,
+    RESTORE_AT,
+    WAL_SLOT_RECREATE,
+    WAL_SLOT_DROP,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class RiskyOperations:
             RESTORE: lambda _actor, key, into: self._plan_restore(
                 _required(key, "a key"), _required(into, "a new database's name")
             ),
+            WAL_SLOT_RECREATE: lambda _actor, _key, _into: self._plan_slot(WAL_SLOT_RECREATE),
+            WAL_SLOT_DROP: lambda _actor, _key, _into: self._plan_slot(WAL_SLOT_DROP),
         }
         self._executors: dict[str, Callable[[Actor, dict[str, Any], str | None], str]] = {
             DELETE: self._delete,
@@ -58,6 +69,8 @@ class RiskyOperations:
             BUCKET_APPLY: self._bucket_apply,
             RESTORE: self._restore,
             RESTORE_AT: self._restore_at,
+            WAL_SLOT_RECREATE: self._slot_recreate,
+            WAL_SLOT_DROP: self._slot_drop,
         }
 
     # --- planning -------------------------------------------------------------------------------
@@ -98,6 +111,18 @@ class RiskyOperations:
                 f"Prove the ledger there, then create the new database `{into}` beside the "
                 f"source database `{server.dbname}` with it; the source is not touched",
             ],
+        )
+
+    def _plan_slot(self, action: str) -> ApprovalPlan:
+        from core.wal.slot import DROP, RECREATE
+
+        if not self.services.settings.wal_archive:
+            raise UsageError("the replication slot is WAL_ARCHIVE's: it is off")
+        slots = self.services.wal_slots
+        return ApprovalPlan(
+            action,
+            {"slot": self.services.settings.wal_slot_name},
+            slots.plan(RECREATE if action == WAL_SLOT_RECREATE else DROP),
         )
 
     def _plan_delete(self, which: str) -> ApprovalPlan:
@@ -225,6 +250,32 @@ class RiskyOperations:
             f"recovered to {params['at']} (last transaction at {when}) into "
             f"{params['into']!r} in {result.seconds:,.0f} s: {verdict}"
         )
+
+    def _slot_recreate(self, actor: Actor, params: dict[str, Any], reason: str | None) -> str:
+        self._same_slot(params)
+        base = self.services.wal_slots.recreate(actor, reason)
+        return (
+            f"the replication slot {params['slot']} was made again and base backup "
+            f"{base.key} taken: point-in-time recovery works from {base.finished.isoformat()}"
+        )
+
+    def _slot_drop(self, actor: Actor, params: dict[str, Any], reason: str | None) -> str:
+        self._same_slot(params)
+        if not self.services.wal_slots.drop(actor, reason):
+            return f"there was no replication slot {params['slot']}: nothing to drop"
+        return (
+            f"the replication slot {params['slot']} was dropped: the primary keeps no WAL for "
+            "the bot, and WAL streaming here stays stopped until the slot is recreated"
+        )
+
+    def _same_slot(self, params: dict[str, Any]) -> None:
+        from core.errors import PlanChangedError
+
+        if params.get("slot") != self.services.settings.wal_slot_name:
+            raise PlanChangedError(
+                f"the approval was for slot {params.get('slot')!r}, the bot now uses "
+                f"{self.services.settings.wal_slot_name!r}: nothing was done; ask again"
+            )
 
 
 def _required(value: str | None, what: str) -> str:

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from core.restore.service import RestoreService
     from core.store.s3 import S3Store
     from core.wal.basebackup import BaseBackupService
-    from core.wal.receiver import WalReceiver
+    from core.wal.receiver import ReceiverThread, WalReceiver
     from core.wal.recovery import PointInTimeRecovery
+    from core.wal.slot import SlotOperations
 
 T = TypeVar("T")
 log = logging.getLogger("blnk_backup.services")
@@ -73,6 +74,8 @@ class Services:
         self._parts: dict[str, Any] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._lock = threading.Lock()
+        # the WAL receiver this process runs (the service's leader), if it runs one
+        self.receiver_thread: ReceiverThread | None = None
 
     @_built_once
     def audit(self) -> AuditLog:
@@ -226,6 +229,19 @@ class Services:
             slot=self.settings.wal_slot_name,
             bin_dir=self.settings.pg_bin_dir,
             ship_partial_every=self.settings.wal_ship_partial_seconds,
+            synchronous_standby=self.settings.wal_synchronous_standby,
+        )
+
+    @_built_once
+    def wal_slots(self) -> SlotOperations:
+        from core.wal.slot import SlotOperations
+
+        self.settings.require("database_url", "s3_bucket")
+        return SlotOperations(
+            self.audit,
+            self.wal_receiver,
+            lambda: self.base_backups,
+            lambda: self.receiver_thread,
         )
 
     @_built_once

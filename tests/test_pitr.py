@@ -36,7 +36,8 @@ from core.prune import plan_for_approval
 from core.scheduled import ScheduledJobs
 from core.services import Services
 from core.wal.names import Segment, parse_lsn
-from core.wal.receiver import WalReceiver
+from core.wal.receiver import ReceiverThread, WalReceiver
+from core.wal.slot import read_slot
 from tests.conftest import SettingsFactory
 from tests.support.helpers import shell_block_after
 from tests.support.pgcluster import PasswordCluster
@@ -536,7 +537,9 @@ def test_retention_deletes_old_base_backups_and_exactly_the_wal_only_they_needed
         assert services.store.head(old.key) is None
 
         window = services.pitr.window()
-        assert window.earliest == new.finished
+        assert window.earliest == new.finished, window
+        again = services.pitr.window()
+        assert again.earliest == new.finished, (again, services.pitr.archive.listing())
         with pytest.raises(UsageError, match="before the recoverable window"):
             services.pitr.check_target(early)
         result = services.pitr.recover(ACTOR, target)
@@ -564,3 +567,123 @@ def test_retention_deletes_old_base_backups_and_exactly_the_wal_only_they_needed
         assert behind < 16 * 1024 * 1024
     finally:
         services.close()
+
+
+def _caught_up(thread: ReceiverThread, source: PgTarget, timeout: float = 30) -> None:
+    with source.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    wanted = parse_lsn(row[0])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        receiver = thread.receiver
+        if receiver is not None and (receiver.state.position or 0) >= wanted:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the store did not reach {row[0]}")
+
+
+def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_stays_restorable(
+    start_app: Any, fake: Any, source: PasswordCluster, tmp_path: Path, secrets: list[str]
+) -> None:
+    """The bot down while the primary writes past max_slot_wal_keep_size: the slot is lost and
+    the chain broken. `/blnk-backups wal-slot recreate`, approved by a second person, makes
+    the slot again (the service's receiver paused around it), takes a base backup, and
+    streaming resumes; the time before the break still recovers exactly, a time inside it is
+    refused with where the chain broke."""
+    from bot.render.blocks import APPROVE_ACTION
+    from tests.support.slack_requests import APPROVER1, buttons, visible, wait_message
+
+    secrets += [REPLICATOR_PASSWORD, source.password]
+    admin = PgTarget.from_url(source.url())
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    app = start_app(**settings_for(lambda **o: o, source, tmp_path))
+    services = app.services
+    thread = ReceiverThread(services.wal_receiver)
+    services.receiver_thread = thread  # as the service's leader runs it
+    slot = services.settings.wal_slot_name
+    try:
+        thread.start()
+        first = services.base_backups.run(ACTOR)
+        before_break, rows_then = commits_around_a_moment(ledger, "lost_before", 5)
+        _caught_up(thread, admin)
+        thread.stop()  # the bot is down ...
+        with ledger.connect(autocommit=True) as conn:  # ... while the primary writes on
+            conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '48MB'")
+            conn.execute("SELECT pg_reload_conf()")
+            for n in range(6):
+                transfer(conn, f"lost_during_{n}")
+                conn.execute("SELECT pg_switch_wal()")
+            during = datetime.now(UTC)
+            conn.execute("CHECKPOINT")
+        lost = read_slot(admin, slot)
+        assert lost is not None and lost.wal_status == "lost"
+        thread.start()  # pg_receivewal cannot stream from a lost slot
+
+        app.command("/blnk-backups", "wal-slot recreate slot lost overnight")
+        message = wait_message(fake, "Approval needed")
+        assert f"`{slot}`" in visible(message) and "base backup" in visible(message)
+        approval_id = buttons(message)[APPROVE_ACTION]
+        app.click(message, approve=True, user=APPROVER1)
+        done = app.wait_status(approval_id, "executed", "failed", timeout=240)
+        assert done.status == "executed", done.outcome
+        assert "made again" in (done.outcome or "")
+        remade = read_slot(admin, slot)
+        assert remade is not None and remade.wal_status != "lost"
+        [audited] = [e for e in app.events("wal_slot") if e.outcome == "succeeded"]
+        assert audited.reason == "slot lost overnight" and audited.trigger == "slack"
+
+        bases = services.base_backups.list_in(services.store)
+        assert len(bases) == 2 and bases[0].stamp == first.stamp
+        with ledger.connect(autocommit=True) as conn:
+            transfer(conn, "after_recreate")
+        _caught_up(thread, admin)  # streaming resumed from the new slot
+        thread.stop()
+
+        window = services.pitr.window()
+        assert window.earliest == first.finished and len(window.breaks) == 1
+        wal_until, again_from = window.breaks[0]
+        assert again_from == bases[1].finished
+        assert wal_until is not None and wal_until < during
+        with pytest.raises(UsageError, match="chain broke"):
+            services.pitr.check_target(during)
+        result = services.pitr.recover(ACTOR, before_break)
+        assert result.proof is not None and result.proof.passed
+        assert result.last_transaction_at is not None
+        assert result.last_transaction_at <= before_break
+        assert result.base == first.key and rows_then > 0
+    finally:
+        thread.stop()
+        with admin.connect(autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def test_the_receiver_is_never_a_synchronous_standby_unless_that_is_chosen(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    """A primary whose synchronous_standby_names would take the receiver (``*``) gets a loud
+    warning naming the way out; WAL_SYNCHRONOUS_STANDBY=true accepts it; a primary that does
+    not name it gets none."""
+    settings = settings_for(make_settings, source, tmp_path)
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    plain = Services(settings).wal_receiver()
+    chosen = Services(settings.model_copy(update={"wal_synchronous_standby": True})).wal_receiver()
+    assert plain.source.params["application_name"] == settings.wal_slot_name
+    assert plain.check_synchronous() is None  # the test cluster names no standby
+    try:
+        with ledger.connect(autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (replica, *)'")
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        warning = None
+        while warning is None and time.monotonic() < deadline:
+            warning = plain.check_synchronous()
+            time.sleep(0.1)
+        assert warning is not None and "WAL_SYNCHRONOUS_STANDBY=true" in warning
+        assert warning in plain.state.errors
+        assert chosen.check_synchronous() is None
+    finally:
+        with ledger.connect(autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            conn.execute("SELECT pg_reload_conf()")

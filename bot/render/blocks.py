@@ -795,6 +795,8 @@ _ACTIONS = {
     "delete": "Delete a backup",
     "prune_apply": "Apply the retention plan (delete backups)",
     "bucket_apply": "Apply the recommended bucket policies",
+    "wal_slot_recreate": "Recreate the WAL replication slot (and take a base backup)",
+    "wal_slot_drop": "Drop the WAL replication slot",
     "restore_at": "Recover the ledger to a point in time into a new database",
 }
 

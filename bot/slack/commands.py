@@ -14,7 +14,15 @@ import shlex
 from dataclasses import dataclass
 
 from core.errors import UsageError
-from core.operations import BUCKET_APPLY, DELETE, PRUNE_APPLY, RESTORE_AT, RISKY_ACTIONS
+from core.operations import (
+    BUCKET_APPLY,
+    DELETE,
+    PRUNE_APPLY,
+    RESTORE_AT,
+    RISKY_ACTIONS,
+    WAL_SLOT_DROP,
+    WAL_SLOT_RECREATE,
+)
 from core.operations import RESTORE as RESTORE_ACTION
 from core.redact import MAX_REASON_LENGTH, check_plain_text
 
@@ -84,6 +92,20 @@ SPECS = (
     ),
     Spec(
         BACKUPS, "bucket apply", "[reason]", BUCKET_APPLY, "apply the recommended bucket settings"
+    ),
+    Spec(
+        BACKUPS,
+        "wal-slot recreate",
+        "[reason]",
+        WAL_SLOT_RECREATE,
+        "make the WAL slot again (after it was lost) and take a base backup",
+    ),
+    Spec(
+        BACKUPS,
+        "wal-slot drop",
+        "[reason]",
+        WAL_SLOT_DROP,
+        "drop the WAL slot: the primary stops keeping WAL for the bot",
     ),
     Spec(BACKUPS, "audit", "", "audit", "the newest audit events"),
     Spec(BACKUPS, "help", "", "help", "this message"),

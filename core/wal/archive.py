@@ -6,7 +6,7 @@ like a dump: size and checksum read back), the segment being written as ``NAME.p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -26,10 +26,23 @@ class ArchivedWal:
     histories: list[str]
     newest_written: datetime | None
     names: tuple[str, ...] = ()  # every object under wal/, by name (for retention)
+    # every partial segment with no finished one of its name: the newest is being written;
+    # an older one is where a chain broke (the slot was lost with it)
+    partials: tuple[Segment, ...] = ()
+    written: dict[Segment, datetime] = field(default_factory=dict)  # when each was shipped
 
     def has(self, segment: Segment) -> bool:
-        """True if the store holds ``segment``, finished or as the newest partial."""
-        return segment in set(self.segments) or segment == self.partial
+        """True if the store holds ``segment``, finished or as a partial segment."""
+        return segment in set(self.segments) or segment in self.partials
+
+    def chain_from(self, start: Segment) -> tuple[list[Segment], Segment | None]:
+        """The finished segments of ``start``'s timeline from ``start`` on with no gap, and
+        the first one missing after them (None when none is missing up to the newest)."""
+        gaps = self.gaps(start)
+        have = sorted(s for s in self.segments if s.timeline == start.timeline and s >= start)
+        if not gaps:
+            return have, None
+        return [s for s in have if s < gaps[0]], gaps[0]
 
     def gaps(self, start: Segment) -> list[Segment]:
         """The segments missing from ``start`` to the newest one of its timeline."""
@@ -57,15 +70,28 @@ class WalArchive:
         self.store.put_verified(wal_key(self.store.prefix, path.name), body)
         return len(body)
 
+    def shipped_since_written(self, path: Path) -> bool:
+        """True when the store's copy of ``path`` was written after the file last changed
+        (shipping it again would only make it look newer than what it holds). Stores keep
+        whole seconds: a copy written in the second of the last change counts as after it
+        (the receiver ships once more when it stops, after its last write)."""
+        info = self.store.head(wal_key(self.store.prefix, path.name))
+        if info is None or info.last_modified is None:
+            return False
+        return info.last_modified.timestamp() + 1.0 > path.stat().st_mtime
+
     def listing(self) -> ArchivedWal:
         segments: list[Segment] = []
         partials: list[Segment] = []
         histories: list[str] = []
         names: list[str] = []
+        written: dict[Segment, datetime] = {}
         newest: datetime | None = None
         for obj in self.store.list_objects(WAL_DIR):
             name = obj.key.removeprefix(self.store.prefix + WAL_DIR)
             names.append(name)
+            if (shipped := Segment.parse(name.removesuffix(PARTIAL_SUFFIX))) is not None:
+                written[shipped] = max(obj.last_modified, written.get(shipped, obj.last_modified))
             newest = obj.last_modified if newest is None else max(newest, obj.last_modified)
             if is_history(name):
                 histories.append(name)
@@ -78,7 +104,13 @@ class WalArchive:
         complete = set(segments)
         live = [p for p in partials if p not in complete]
         return ArchivedWal(
-            sorted(segments), max(live) if live else None, histories, newest, tuple(names)
+            sorted(segments),
+            max(live) if live else None,
+            histories,
+            newest,
+            tuple(names),
+            tuple(sorted(live)),
+            written,
         )
 
     def fetch(self, name: str, destination: Path) -> bool:

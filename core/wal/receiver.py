@@ -16,11 +16,13 @@ growing pause, and resumes from the slot with no gap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +45,7 @@ log = logging.getLogger("blnk_backup.wal")
 
 POSITION = "position.json"  # wal/position.json: what the newest shipped WAL holds
 _TICK = 1.0
+_GONE = "has already been removed"  # the server's word for WAL it no longer has
 _RESTART_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -72,9 +75,13 @@ class WalReceiver:
         slot: str,
         bin_dir: str | None = None,
         ship_partial_every: float = 10.0,
+        synchronous_standby: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.source = source
+        # The receiver's application_name is the slot's name: what synchronous_standby_names
+        # would have to list, and what pg_stat_replication shows.
+        self.source = source.with_params(application_name=slot)
+        self.synchronous_standby = synchronous_standby
         self.archive = archive
         self.spool = spool
         self.slot = slot
@@ -108,12 +115,85 @@ class WalReceiver:
                 f"{self.source.display}: {said}"
             )
 
+    def check_synchronous(self) -> str | None:
+        """Warn (and return the warning) when the primary would treat this receiver as a
+        synchronous standby without WAL_SYNCHRONOUS_STANDBY: its synchronous_standby_names
+        lists ``*`` or the slot's name, so while the bot is down every commit may wait."""
+        try:
+            with self.source.connect(autocommit=True) as conn:
+                row = conn.execute("SHOW synchronous_standby_names").fetchone()
+        except EngineError:
+            return None
+        if not names_standby(str(row[0] if row else ""), self.slot):
+            if self.synchronous_standby:
+                log.warning(
+                    "WAL_SYNCHRONOUS_STANDBY is on but the primary's synchronous_standby_names "
+                    "does not name %s: it is an ordinary (asynchronous) receiver",
+                    self.slot,
+                )
+            return None
+        if self.synchronous_standby:
+            log.warning(
+                "this receiver is a synchronous standby (WAL_SYNCHRONOUS_STANDBY): every "
+                "commit on the primary waits for it, and blocks while the bot is down"
+            )
+            return None
+        warning = (
+            f"the primary's synchronous_standby_names ({row[0] if row else ''}) matches this "
+            f"receiver ({self.slot}): every commit may wait for the bot and block while it is "
+            "down. Name only your replicas there, or set WAL_SYNCHRONOUS_STANDBY=true to "
+            "accept it"
+        )
+        log.error("%s", warning)
+        self._note(warning)
+        return warning
+
+    def drop_slot(self) -> bool:
+        """Drop the slot (the primary then keeps no WAL for it); False if there was none.
+        Raise PreflightError when it is in use (a receiver streams from it) or the server
+        refuses."""
+        done = run(
+            [
+                self.binary,
+                "--drop-slot",
+                f"--slot={self.slot}",
+                f"--dbname={self.source.conninfo}",
+                "--no-password",
+            ],
+            env=self.source.libpq_env(dict(os.environ)),
+            timeout=60,
+        )
+        if done.returncode == 0:
+            return True
+        said = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        if "does not exist" in said:
+            return False
+        raise PreflightError(
+            f"the replication slot {self.slot} could not be dropped on "
+            f"{self.source.display}: {said}"
+        )
+
+    def discard_partials(self) -> None:
+        """Ship the spool's ``.partial`` files one last time, then remove them: after the slot
+        was lost (or made again) they name WAL the server no longer has, and pg_receivewal,
+        which resumes from the newest file in its directory, would ask for it at every start
+        and be refused. It then starts from the slot."""
+        for path in sorted(self.spool.glob("*" + PARTIAL_SUFFIX)):
+            try:
+                if not self.archive.shipped_since_written(path):
+                    self.archive.ship(path)
+            except (EngineError, OSError) as exc:
+                log.warning("%s could not be shipped before it goes: %s", path.name, exc)
+            log.warning("%s names WAL the server no longer has: removed from the spool", path.name)
+            path.unlink()
+
     # --- running ------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Receive and ship until ``stop`` is set; then stop pg_receivewal (it flushes) and
         ship what it wrote. Never returns early: a receiver that stops is started again."""
         self.spool.mkdir(parents=True, exist_ok=True)
         self.ensure_slot()
+        self.check_synchronous()
         pauses = 0
         while not stop.is_set():
             began = self.clock()
@@ -130,6 +210,8 @@ class WalReceiver:
             finally:
                 process.close()
             self.ship()
+            if _GONE in tail:  # it resumed from WAL the server removed: the slot is new
+                self.discard_partials()
             self.state.restarts += 1
             if self.clock() - began > 60:
                 pauses = 0  # it ran a while: a fresh failure, not a loop
@@ -211,6 +293,13 @@ class WalReceiver:
         position = self._flushed_position()  # before the file is read: it holds at least this
         stat = path.stat()
         seen = (path.name, stat.st_size, stat.st_mtime_ns)
+        if self._partial_seen is None and self.archive.shipped_since_written(path):
+            # Shipped as it is before this receiver started (the bot restarted): not again,
+            # which would only make it look newer than the WAL it holds.
+            self._partial_seen = seen
+            segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
+            if segment is not None and position is not None:
+                self._record_position(segment.timeline, min(position, segment.end_lsn))
         if seen == self._partial_seen:
             # No WAL since the last one: the store is as current as the database. Say so (a
             # recovery point that is now, not the time of the last write), once a period.
@@ -259,6 +348,19 @@ class WalReceiver:
         self.state.errors = [*self.state.errors[-9:], error]
 
 
+def names_standby(synchronous_standby_names: str, application_name: str) -> bool:
+    """True when a primary's ``synchronous_standby_names`` (``s1, s2``, ``FIRST 2 (s1, *)``,
+    ``ANY 1 ("a b")``) lists ``application_name`` or ``*``: a standby of that name may be
+    made synchronous."""
+    quoted = re.findall(r'"((?:[^"]|"")*)"', synchronous_standby_names)
+    bare = re.sub(r'"(?:[^"]|"")*"', " ", synchronous_standby_names)
+    words = [w.lower() for w in re.split(r"[\s,()]+", bare) if w]
+    names = {q.replace('""', '"') for q in quoted} | {
+        w for w in words if not w.isdigit() and w not in ("first", "any")
+    }
+    return bool(names & {"*", application_name.lower(), application_name})
+
+
 def _timeline_of(path: Path) -> int:
     segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
     return segment.timeline if segment is not None else 1
@@ -271,16 +373,33 @@ def _segment_order(name: str) -> tuple[int, int]:
 
 
 class ReceiverThread:
-    """The receiver in a thread of its own, as the service runs it while it leads."""
+    """The receiver in a thread of its own, as the service runs it while it leads. It can be
+    paused around an operation on its slot, and held stopped (the slot dropped) until the slot
+    is made again."""
 
     def __init__(self, build: Callable[[], WalReceiver]) -> None:
         self._build = build
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self._wanted = False  # this process leads: the receiver should run
+        self.held: str | None = None  # why it is kept stopped, if it is
         self.receiver: WalReceiver | None = None
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        with self._lock:
+            self._wanted = True
+            if self.held:
+                log.warning("the WAL receiver stays stopped: %s", self.held)
+                return
+            self._launch()
+
+    def _launch(self) -> None:
+        if self.running:
             return
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-receiver", daemon=True)
@@ -298,7 +417,29 @@ class ReceiverThread:
                 pause = min(pause * 2, 300.0)
 
     def stop(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._wanted = False
+            self._halt(timeout)
+
+    def _halt(self, timeout: float = 30.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    @contextlib.contextmanager
+    def paused(self, hold: str | None = None) -> Iterator[None]:
+        """Stop the receiver (pg_receivewal flushes, the spool is shipped) for the duration;
+        then start it again if this process leads — unless ``hold`` says why it must stay
+        stopped (the slot was dropped), until a later pause without one."""
+        with self._lock:
+            self._halt()
+            done = False
+            try:
+                yield
+                done = True
+            finally:
+                if done:
+                    self.held = hold
+                if self._wanted and not self.held:
+                    self._launch()

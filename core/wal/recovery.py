@@ -38,7 +38,7 @@ from core.localserver import ServerUser, free_port, run_base, server_user
 from core.processes import run, run_tool, tool_version
 from core.restore.ledger_proof import LedgerProof, prove_ledger
 from core.store.s3 import S3Store
-from core.wal.archive import WalArchive
+from core.wal.archive import ArchivedWal, WalArchive
 from core.wal.basebackup import BaseBackup, BaseBackupService
 from core.wal.names import PARTIAL_SUFFIX, WAL_DIR, Segment, format_lsn, parse_lsn
 from core.wal.receiver import POSITION
@@ -64,6 +64,16 @@ class RecoverableWindow:
     latest_lsn: str | None
     base_backups: int
     last_base_backup: datetime | None
+    # where the chain broke (a slot lost or dropped): the WAL before it reaches about the
+    # first time; recovery works again from the second (the next base backup's end)
+    breaks: tuple[tuple[datetime | None, datetime | None], ...] = ()
+
+    def in_break(self, target: datetime) -> tuple[datetime | None, datetime | None] | None:
+        """The break ``target`` falls in, if any."""
+        for after, until in self.breaks:
+            if (after is None or target > after) and (until is None or target < until):
+                return after, until
+        return None
 
     def lag_seconds(self, now: datetime | None = None) -> float | None:
         """How far behind now the newest recoverable point is (None: nothing recoverable)."""
@@ -80,6 +90,13 @@ class RecoverableWindow:
             "last_base_backup": self.last_base_backup.isoformat()
             if self.last_base_backup
             else None,
+            "breaks": [
+                {
+                    "wal_until": after.isoformat() if after else None,
+                    "recoverable_again_from": until.isoformat() if until else None,
+                }
+                for after, until in self.breaks
+            ],
         }
 
 
@@ -184,6 +201,7 @@ class PointInTimeRecovery:
             latest_lsn=latest_lsn if usable else None,
             base_backups=len(bases),
             last_base_backup=bases[-1].finished if bases else None,
+            breaks=_breaks(usable, listing),
         )
 
     # --- recovering -------------------------------------------------------------------------
@@ -220,11 +238,18 @@ class PointInTimeRecovery:
             base = self._choose_base(target)
             run.note(key=base.key)
             with _Scratch(self.bin_dir_for(base.server_major)) as scratch:
-                self._prepare(scratch, base, target)
+                missing = self._prepare(scratch, base, target)
                 to_the_end = False
                 try:
                     scratch.start(self.source.params.get("user"))
                 except _NotReached:
+                    if missing is not None:
+                        raise RestoreCheckError(
+                            f"{target.isoformat()} lies after a break in the archived WAL "
+                            f"(segment {missing.name} and on are missing: the slot was lost "
+                            "or dropped there), so its state cannot be recovered; choose a "
+                            "time before the break, or after the next base backup"
+                        ) from None
                     # No commit after ``target`` is in the store, and the store's WAL reaches
                     # past it (the window said so): the end of the archived WAL is the state
                     # at ``target``.
@@ -267,10 +292,21 @@ class PointInTimeRecovery:
                 f"{target.isoformat()} is after the newest WAL in the store "
                 f"({window.latest.isoformat()})"
             )
+        broken = window.in_break(target)
+        if broken is not None:
+            after, until = broken
+            raise UsageError(
+                f"{target.isoformat()} falls where the WAL chain broke (a replication slot "
+                f"lost or dropped): the WAL before the break reaches about "
+                f"{after.isoformat() if after else 'an unknown time'}, and recovery works "
+                f"again from {until.isoformat() if until else 'the next base backup'}"
+            )
         bases = [b for b in BaseBackupService.list_in(self.store) if b.finished <= target]
         return bases[-1]
 
-    def _prepare(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> None:
+    def _prepare(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> Segment | None:
+        """Put the base backup and its WAL into ``scratch`` and set the target; return the
+        first segment missing after the base backup (None: the chain is whole)."""
         tar = scratch.root / "base.tar"
         with tar.open("wb") as out:
             _size, sha256 = self.store.download(base.key, out)
@@ -281,29 +317,37 @@ class PointInTimeRecovery:
         tar.unlink()
         scratch.verify()
         first = Segment.of(base.timeline, base.start)
-        fetched = self._fetch_wal(scratch.wal, first)
+        fetched, missing = self._fetch_wal(scratch.wal, first)
         if not fetched:
             raise RestoreCheckError(f"no WAL from {first.name} on is in the store")
         scratch.configure(target)
+        return missing
 
-    def _fetch_wal(self, into: Path, first: Segment) -> int:
-        """Fetch every history file, the segments from ``first`` on (any timeline after it),
-        and the newest partial segment; return how many segments."""
+    def _fetch_wal(self, into: Path, first: Segment) -> tuple[int, Segment | None]:
+        """Fetch every history file and the WAL from ``first`` on: with no gap, every segment
+        from there (and of the timelines after it) and the newest partial segment; with a gap
+        (the chain broke: a slot lost), the segments before it and the partial segment where
+        it broke. Return how many segments, and the first one missing (None: no gap)."""
         listing = self.archive.listing()
         for name in listing.histories:
             self.archive.fetch(name, into / name)
-        wanted = [s for s in listing.segments if s >= first or s.timeline > first.timeline]
-        gaps = listing.gaps(first)
-        if gaps:
-            raise RestoreCheckError(
-                f"the WAL archive has a gap: {', '.join(g.name for g in gaps[:3])} missing"
+        chain, missing = listing.chain_from(first)
+        if missing is None:
+            wanted = [s for s in listing.segments if s >= first or s.timeline > first.timeline]
+            tail = (
+                listing.partial
+                if listing.partial is not None and listing.partial >= first
+                else None
             )
+        else:
+            wanted = chain
+            tail = missing if missing in listing.partials else None
         for segment in wanted:
             self.archive.fetch(segment.name, into / segment.name)
-        if listing.partial is not None and listing.partial >= first:
-            name = listing.partial.name + PARTIAL_SUFFIX
+        if tail is not None:
+            name = tail.name + PARTIAL_SUFFIX
             self.archive.fetch(name, into / name)
-        return len(wanted) + (listing.partial is not None)
+        return len(wanted) + (tail is not None), missing
 
     def _reached(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> RecoveryResult:
         said = scratch.log_text()
@@ -590,6 +634,28 @@ class _Scratch:
         if cluster.exists():
             cluster.rmdir()
         shutil.move(str(self.data), str(cluster))
+
+
+def _breaks(
+    usable: list[BaseBackup], listing: ArchivedWal
+) -> tuple[tuple[datetime | None, datetime | None], ...]:
+    """Where the chain from the oldest usable base backup breaks, and where the next base
+    backup after each break makes recovery possible again."""
+    found: list[tuple[datetime | None, datetime | None]] = []
+    at = 0
+    while at < len(usable):
+        first = Segment.of(usable[at].timeline, usable[at].start)
+        chain, missing = listing.chain_from(first)
+        if missing is None:
+            break
+        last = missing if missing in listing.partials else (chain[-1] if chain else None)
+        after = listing.written.get(last) if last is not None else None
+        later = [i for i, b in enumerate(usable) if Segment.of(b.timeline, b.start) > missing]
+        found.append((after, usable[later[0]].finished if later else None))
+        if not later:
+            break
+        at = later[0]
+    return tuple(found)
 
 
 def parse_target(text: str) -> datetime:

@@ -63,6 +63,13 @@ PARSED: list[tuple[str, str, Request]] = [
         ),
     ),
     (RESTORE_TEST, "pitr", Request("restore_test", key="pitr")),
+    (BACKUPS, "wal-slot recreate", Request("wal_slot_recreate")),
+    (
+        BACKUPS,
+        "WAL-SLOT recreate slot lost overnight",
+        Request("wal_slot_recreate", reason="slot lost overnight"),
+    ),
+    (BACKUPS, "wal-slot drop disk 91% full", Request("wal_slot_drop", reason="disk 91% full")),
     (
         RESTORE_TEST,
         "PITR at 2026-12-02T14:02:59Z",
@@ -110,7 +117,15 @@ def test_every_command_and_subcommand_is_among_the_parsed_examples() -> None:
 
 def test_only_what_changes_something_is_risky() -> None:
     risky = {request.action for _c, _t, request in PARSED if request.risky}
-    assert risky == {"prune_apply", "delete", "bucket_apply", "restore", "restore_at"}
+    assert risky == {
+        "prune_apply",
+        "delete",
+        "bucket_apply",
+        "restore",
+        "restore_at",
+        "wal_slot_recreate",
+        "wal_slot_drop",
+    }
 
 
 REFUSED: list[tuple[str, str, str]] = [
@@ -121,6 +136,8 @@ REFUSED: list[tuple[str, str, str]] = [
     (BACKUPS, "audit 5", "usage"),
     (BACKUPS, "help me", "usage"),
     (BACKUPS, "bucket", "usage"),
+    (BACKUPS, "wal-slot", "usage"),
+    (BACKUPS, "wal-slot delete", "usage"),
     (BACKUPS, "prune now", "usage"),  # only `prune apply` takes a reason
     (BACKUPS, "delete", "usage"),  # delete needs its KEY
     (BACKUPS, 'delete "a key', "a quote is opened and never closed"),

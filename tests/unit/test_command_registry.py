@@ -129,7 +129,7 @@ def test_tab_completes_slash_commands_subcommands_keys_and_users() -> None:
     completer = SlashCompleter(lambda: keys, lambda: ["U1", "U2"])
     assert completer.candidates("/blnk-res")[1][:2] == ["/blnk-backup", "/blnk-backups"]
     assert completer.candidates("/blnk-backups ")[1] == [
-        "list", "status", "prune", "delete", "bucket", "audit", "help"
+        "list", "status", "prune", "delete", "bucket", "wal-slot", "audit", "help"
     ]  # fmt: skip
     assert completer.candidates("/blnk-backups bucket a") == ("a", ["check", "apply"])
     assert completer.candidates("/blnk-backups delete blnk_b") == ("blnk_b", keys)
