@@ -69,8 +69,8 @@ RECREATE = (
     "`blnk-backup wal-slot recreate`), then `blnk-backup base-backup`"
 )
 START_RECEIVER = (
-    "start the receiver: restart `blnk-backup-bot` (its leader runs it), or run "
-    "`blnk-backup -v wal-stream` on the bot's host to see why it stops"
+    "restart `blnk-backup-bot` (its leader runs the receiver), or run "
+    "`blnk-backup -v wal-stream` on the bot's host: it shows why the receiver stops"
 )
 
 
@@ -192,9 +192,8 @@ class WalStatus:
                     "wal_lag",
                     f"the newest recoverable point is {_age(lag)} old "
                     f"(WAL_MAX_LAG_SECONDS={self.limits.max_lag_seconds:g})",
-                    "see why WAL stops reaching the bucket: the receiver's errors in the "
-                    "bot's log (`blnk_backup.wal`); if the receiver is down, "
-                    + START_RECEIVER.removeprefix("start the receiver: "),
+                    "look for the receiver's errors in the bot's log (`blnk_backup.wal`) and "
+                    "check the bucket and the database; if the receiver is down, " + START_RECEIVER,
                 )
             ]
         return []
@@ -235,10 +234,12 @@ class WalStatus:
                     "slot_retention",
                     f"the slot {slot.name} keeps {_size(retained)} of WAL on the database "
                     f"host, {share:.0%} of max_slot_wal_keep_size ({_size(slot.max_keep_bytes)}"
-                    f"; WAL_SLOT_ALERT_SHARE={self.limits.slot_alert_share:g}): at 100 % "
+                    f"; WAL_SLOT_ALERT_SHARE={self.limits.slot_alert_share:g}): at 100% "
                     "PostgreSQL invalidates it and the chain breaks",
-                    "get the receiver streaming so the slot lets go of WAL ("
-                    f"{START_RECEIVER}); if it cannot catch up in time, {RECREATE}",
+                    "get the receiver streaming so that the slot lets go of WAL (`blnk-backup "
+                    "-v wal-stream` shows why it stops); if it cannot catch up before the "
+                    "cap, the slot is lost: then recreate it (`/blnk-wal slot recreate`) and "
+                    "take a base backup (`blnk-backup base-backup`)",
                 )
             ]
         if retained < self.limits.slot_alert_bytes:
@@ -250,9 +251,9 @@ class WalStatus:
                 f"(WAL_SLOT_ALERT_BYTES={_size(self.limits.slot_alert_bytes)}) and nothing caps "
                 "it (max_slot_wal_keep_size = -1): a stalled receiver can fill the database's "
                 "disk",
-                f"get the receiver streaming ({START_RECEIVER}); and cap the slot on the "
-                "database: `ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; "
-                "SELECT pg_reload_conf();`",
+                "get the receiver streaming (`blnk-backup -v wal-stream` shows why it stops), "
+                "and cap the slot on the database: `ALTER SYSTEM SET max_slot_wal_keep_size "
+                "= '10GB'; SELECT pg_reload_conf();`",
             )
         ]
 
