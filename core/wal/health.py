@@ -24,7 +24,6 @@ pg_monitor and a file-reading function), so an uncapped slot is judged by its si
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
     from core.config import Settings
     from core.store.s3 import S3Store
     from core.wal.recovery import RecoverableWindow
-
-log = logging.getLogger("blnk_backup.wal")
 
 ProblemCode = Literal[
     "wal_lag", "no_recovery_window", "slot_retention", "receiver_down", "chain_broken"
@@ -225,15 +222,16 @@ class WalStatus:
         retained = slot.retained_bytes
         if retained is None or slot.lost:
             return []
-        if slot.max_keep_bytes:
-            share = retained / slot.max_keep_bytes
+        if slot.max_keep_bytes is not None:
+            cap = slot.max_keep_bytes
+            share = retained / cap if cap else float(retained > 0)  # a cap of 0 keeps nothing
             if share < self.limits.slot_alert_share:
                 return []
             return [
                 WalProblem(
                     "slot_retention",
                     f"the slot {slot.name} keeps {_size(retained)} of WAL on the database "
-                    f"host, {share:.0%} of max_slot_wal_keep_size ({_size(slot.max_keep_bytes)}"
+                    f"host, {share:.0%} of max_slot_wal_keep_size ({_size(cap)}"
                     f"; WAL_SLOT_ALERT_SHARE={self.limits.slot_alert_share:g}): at 100% "
                     "PostgreSQL invalidates it and the chain breaks",
                     "get the receiver streaming so that the slot lets go of WAL (`blnk-backup "
