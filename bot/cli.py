@@ -114,26 +114,23 @@ def cmd_list(services: Services, args: argparse.Namespace) -> int:
 def cmd_status(services: Services, args: argparse.Namespace) -> int:
     status = services.catalog.status()
     runs = _next_runs(services)
-    window = services.pitr.window() if services.settings.wal_archive else None
-    lag = window.lag_seconds() if window is not None else None
-    max_lag = services.settings.wal_max_lag_seconds
-    stale_wal = window is not None and (lag is None or lag > max_lag)
+    wal = services.wal_health.check() if services.settings.wal_archive else None
+    problems = wal.problems() if wal is not None else []
 
     def as_json() -> dict[str, Any]:
         body = render_json.status(status, runs)
-        if window is not None:
-            body["recoverable_window"] = window.as_dict()
-            body["recovery_point_lag_seconds"] = round(lag, 3) if lag is not None else None
+        if wal is not None:
+            body |= render_json.wal(wal)
         return body
 
     def as_text() -> str:
         text = render_text.status(status, runs)
-        if window is not None:
-            text += "\n" + render_text.recoverable_window(window, lag, max_lag)
+        if wal is not None:
+            text += "\n" + render_text.wal(wal)
         return text
 
     _show(args, as_json, as_text)
-    return EXIT_OK if status.healthy and not stale_wal else EXIT_FAILED
+    return EXIT_OK if status.healthy and not problems else EXIT_FAILED
 
 
 def cmd_wal_stream(services: Services, args: argparse.Namespace) -> int:

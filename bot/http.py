@@ -231,24 +231,22 @@ class HttpApi:
         return _json(start_response, 200, body)
 
     def _recovery_point(self, body: dict[str, Any]) -> None:
-        """With WAL_ARCHIVE: the recovery point's lag, and a breach (``wal_lag``) when it is
-        older than WAL_MAX_LAG_SECONDS or nothing is recoverable (``no_recovery_window``)."""
+        """With WAL_ARCHIVE: the recovery point's lag, and a breach for each problem of
+        continuous protection (core/wal/health.py): ``wal_lag``, ``no_recovery_window``,
+        ``chain_broken``, ``slot_retention``, ``receiver_down`` — codes only, read at most once
+        per cache period."""
         try:
-            window = self.services.pitr.window(max_age=self.health_cache_seconds)
+            wal = self.services.wal_health.check(max_age=self.health_cache_seconds)
         except EngineError as exc:
             body["backups_fresh"] = False
             body["breaches"] = [*body.get("breaches", []), f"wal_{exc.code}"]
             return
-        lag = window.lag_seconds()
+        lag = wal.recovery_point_lag_seconds
         body["recovery_point_lag_seconds"] = round(lag, 3) if lag is not None else None
-        if lag is None:
-            code = "no_recovery_window"
-        elif lag > self.services.settings.wal_max_lag_seconds:
-            code = "wal_lag"
-        else:
-            return
-        body["backups_fresh"] = False
-        body["breaches"] = [*body.get("breaches", []), code]
+        codes = list(dict.fromkeys(p.code for p in wal.problems()))
+        if codes:
+            body["backups_fresh"] = False
+            body["breaches"] = [*body.get("breaches", []), *codes]
 
     # --- Slack --------------------------------------------------------------------------------
     def _slack(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -15,6 +15,9 @@ every replica reports the same figures) plus this process's scheduler and outbox
     blnk_api_key_failures_total, blnk_api_key_throttled_total   (bot/api_keys.py, this process)
     blnk_wal_recovery_point_lag_seconds, blnk_wal_recoverable_{earliest,latest}_timestamp_seconds,
     blnk_base_backup_last_timestamp_seconds                     (with WAL_ARCHIVE)
+    blnk_wal_slot_retained_bytes, blnk_wal_slot_retained_ratio (of max_slot_wal_keep_size),
+    blnk_wal_slot_active, blnk_wal_chain_broken, blnk_wal_receiver_last_seen_timestamp_seconds
+                                                                (with WAL_ARCHIVE)
 """
 
 from __future__ import annotations
@@ -129,9 +132,11 @@ class EngineCollector(Collector):
                 yield from self._recovery()
 
     def _recovery(self) -> Iterator[Metric]:
-        """With WAL_ARCHIVE: the recoverable window, the recovery point's lag and the last
-        base backup (the bucket read at most every 30 s)."""
-        window = self.services.pitr.window(max_age=30.0)
+        """With WAL_ARCHIVE: the recoverable window, the recovery point's lag, the last base
+        backup, the slot and the chain (the bucket and the slot read at most every 30 s).
+        What could not be read is absent, not zero."""
+        wal = self.services.wal_health.check(max_age=30.0)
+        window = wal.window
         gauges = {
             "blnk_wal_recoverable_earliest_timestamp_seconds": (
                 "Unix time of the earliest point a recovery can reach",
@@ -145,26 +150,58 @@ class EngineCollector(Collector):
                 "Unix time the newest base backup finished",
                 window.last_base_backup,
             ),
+            "blnk_wal_receiver_last_seen_timestamp_seconds": (
+                "Unix time the WAL receiver last refreshed its position in the store",
+                wal.receiver_last_seen,
+            ),
         }
         for name, (text, when) in gauges.items():
             if when is not None:
-                gauge = GaugeMetricFamily(name, text)
-                gauge.add_metric([], when.timestamp())
-                yield gauge
-        lag = window.lag_seconds()
+                yield _gauge(name, text, when.timestamp())
+        lag = wal.recovery_point_lag_seconds
         if lag is not None:
-            gauge = GaugeMetricFamily(
+            yield _gauge(
                 "blnk_wal_recovery_point_lag_seconds",
                 "How far behind now the newest recoverable point is",
+                lag,
             )
-            gauge.add_metric([], lag)
-            yield gauge
+        slot = wal.slot
+        if slot.retained_bytes is not None:
+            yield _gauge(
+                "blnk_wal_slot_retained_bytes",
+                "WAL the replication slot keeps on the database host",
+                float(slot.retained_bytes),
+            )
+        share = slot.retained_share
+        if share is not None:
+            yield _gauge(
+                "blnk_wal_slot_retained_ratio",
+                "Share of max_slot_wal_keep_size the slot keeps (absent when uncapped)",
+                share,
+            )
+        if slot.error is None:
+            yield _gauge(
+                "blnk_wal_slot_active",
+                "1 while something streams from the replication slot",
+                1.0 if slot.active else 0.0,
+            )
+        yield _gauge(
+            "blnk_wal_chain_broken",
+            "1 when WAL is missing (the slot invalidated, or a gap in the store)",
+            1.0 if wal.chain_broken else 0.0,
+        )
 
     def _backup_running(self) -> bool:
         try:
             return self.services.backups.running
         except Exception:  # no database configured: nothing can run
             return False
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, text)
+    gauge.add_metric([], value)
+    return gauge
 
 
 def _aware_ts(when: datetime) -> float:

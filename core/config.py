@@ -40,6 +40,8 @@ SseMode = Literal["none", "AES256", "aws:kms"]
 ChecksumMode = Literal["crc32", "sha256", "md5"]
 AddressingStyle = Literal["auto", "path", "virtual"]
 
+_BYTE_SIZE = re.compile(r"(\d{1,16})\s*([kKMGT]i?B|B)?")
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 _DEFAULT_SCHEDULES = {"0 3 * * *", "0 4 * * 0", "0 */6 * * *", "0 5 1 * *"}
 
@@ -102,6 +104,20 @@ class Settings(BaseSettings):
     # the bot on every commit, and block every commit while the bot is down). On: the operator
     # chose that, naming WAL_SLOT_NAME in synchronous_standby_names, for a zero recovery point.
     wal_synchronous_standby: bool = Field(False, validation_alias=_env("WAL_SYNCHRONOUS_STANDBY"))
+    # The slot's retained WAL is a problem (slot_retention) from this share of
+    # max_slot_wal_keep_size on, or, when the database sets no cap, from this many bytes (its
+    # free disk space cannot be read over a connection without superuser).
+    wal_slot_alert_share: float = Field(
+        0.8, gt=0, le=1, allow_inf_nan=False, validation_alias=_env("WAL_SLOT_ALERT_SHARE")
+    )
+    wal_slot_alert_bytes: int = Field(
+        8 << 30, ge=16 << 20, validation_alias=_env("WAL_SLOT_ALERT_BYTES")
+    )
+    # The receiver is down (receiver_down) when wal/position.json, refreshed every
+    # WAL_SHIP_PARTIAL_SECONDS, is older than this and the slot is not active.
+    wal_receiver_down_minutes: float = Field(
+        5.0, gt=0, le=10080, allow_inf_nan=False, validation_alias=_env("WAL_RECEIVER_DOWN_MINUTES")
+    )
     restore_jobs: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1),
         ge=1,
@@ -284,6 +300,30 @@ class Settings(BaseSettings):
             # backing that up and calling it healthy is worse than refusing.
             raise ValueError("names no database: add it, e.g. postgresql://user@host:5432/blnk")
         return SecretStr(raw)
+
+    @field_validator("wal_slot_alert_bytes", mode="before")
+    @classmethod
+    def _byte_size(cls, value: Any) -> Any:
+        """A number of bytes, or with PostgreSQL's units (kB, MB, GB, TB: powers of 1024, as
+        in max_slot_wal_keep_size) or KiB, MiB, GiB, TiB."""
+        if not isinstance(value, str):
+            return value
+        match = _BYTE_SIZE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError("must be a size in bytes, or with a unit: 8GB, 512MB, 8GiB")
+        number, unit = match[1], (match[2] or "").lower().replace("ib", "b")
+        return int(number) * _BYTE_UNITS[unit]
+
+    @field_validator("wal_receiver_down_minutes")
+    @classmethod
+    def _longer_than_refresh(cls, value: float, info: ValidationInfo) -> float:
+        every = info.data.get("wal_ship_partial_seconds")
+        if isinstance(every, float | int) and value * 60 < 2 * every:
+            raise ValueError(
+                "must be at least twice WAL_SHIP_PARTIAL_SECONDS (the receiver refreshes "
+                "wal/position.json that often)"
+            )
+        return value
 
     @field_validator("blnk_api_key")
     @classmethod

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from core.restore.service import RestoreService
     from core.store.s3 import S3Store
     from core.wal.basebackup import BaseBackupService
+    from core.wal.health import WalHealth
     from core.wal.receiver import ReceiverThread, WalReceiver
     from core.wal.recovery import PointInTimeRecovery
     from core.wal.slot import SlotOperations
@@ -93,7 +94,7 @@ class Services:
                 s.slack_signing_secret,
             )
         ]
-        for url in (s.database_url, s.restore_test_database_url):
+        for url in (s.database_url, s.restore_test_database_url, s.replication_database_url):
             if url is not None:
                 secrets.append(PgTarget.from_url(url.get_secret_value()).password)
         return AuditLog(s.audit_database_url, secrets=secrets)
@@ -106,7 +107,11 @@ class Services:
 
         targets = [
             PgTarget.from_url(url.get_secret_value())
-            for url in (self.settings.database_url, self.settings.restore_test_database_url)
+            for url in (
+                self.settings.database_url,
+                self.settings.restore_test_database_url,
+                self.settings.replication_database_url,
+            )
             if url is not None
         ]
         return EndpointScrubber([t.params.get("host") for t in targets])
@@ -242,6 +247,7 @@ class Services:
             self.wal_receiver,
             lambda: self.base_backups,
             lambda: self.receiver_thread,
+            lambda: self.wal_health.read_slot(),
         )
 
     @_built_once
@@ -255,6 +261,20 @@ class Services:
             self.target,
             bin_dir_for=lambda major: server_bin_dir(major, self.settings.pg_bin_dir),
             restore_file=self.restores.restore_file,
+        )
+
+    @_built_once
+    def wal_health(self) -> WalHealth:
+        """Continuous protection's health: the window, the slot, the receiver, the chain."""
+        from core.wal.health import WalHealth, WalLimits
+
+        self.settings.require("database_url", "s3_bucket")
+        return WalHealth(
+            self.store,
+            self.replication_source,
+            slot=self.settings.wal_slot_name,
+            window=lambda max_age: self.pitr.window(max_age),
+            limits=WalLimits.from_settings(self.settings),
         )
 
     def stop_backup(self, why: str, wait_seconds: float, grace_seconds: float = 0.0) -> bool:

@@ -37,7 +37,6 @@ from core.scheduled import ScheduledJobs
 from core.services import Services
 from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import ReceiverThread, WalReceiver
-from core.wal.slot import read_slot
 from tests.conftest import SettingsFactory
 from tests.support.helpers import shell_block_after
 from tests.support.pgcluster import PasswordCluster
@@ -616,8 +615,11 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
                 conn.execute("SELECT pg_switch_wal()")
             during = datetime.now(UTC)
             conn.execute("CHECKPOINT")
-        lost = read_slot(admin, slot)
+        lost = services.wal_health.read_slot()
         assert lost is not None and lost.wal_status == "lost"
+        broken = services.wal_health.problems()
+        assert "chain_broken" in [p.code for p in broken]
+        assert any("wal-slot recreate" in p.next_step for p in broken)
         thread.start()  # pg_receivewal cannot stream from a lost slot
 
         app.command("/blnk-backups", "wal-slot recreate slot lost overnight")
@@ -628,7 +630,7 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
         done = app.wait_status(approval_id, "executed", "failed", timeout=240)
         assert done.status == "executed", done.outcome
         assert "made again" in (done.outcome or "")
-        remade = read_slot(admin, slot)
+        remade = services.wal_health.read_slot()
         assert remade is not None and remade.wal_status != "lost"
         [audited] = [e for e in app.events("wal_slot") if e.outcome == "succeeded"]
         assert audited.reason == "slot lost overnight" and audited.trigger == "slack"
@@ -638,6 +640,7 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
         with ledger.connect(autocommit=True) as conn:
             transfer(conn, "after_recreate")
         _caught_up(thread, admin)  # streaming resumed from the new slot
+        assert "chain_broken" not in [p.code for p in services.wal_health.problems()]
         thread.stop()
 
         window = services.pitr.window()

@@ -53,7 +53,7 @@ from bot.render.slack_limits import (
     validate_message,
     validate_view,
 )
-from bot.render.text import human_duration, human_size
+from bot.render.text import human_duration, human_size, receiver_line, slot_line
 from core.redact import neutralise
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from core.manifest import Manifest
     from core.prune import PruneReport
     from core.restore.service import RestoreReport
+    from core.wal.health import WalStatus
     from core.wal.recovery import RecoveryResult
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "restore_result",
     "status",
     "usage",
+    "wal_blocks",
 ]
 
 APPROVE_ACTION = "approval_approve"
@@ -509,18 +511,26 @@ def _entry_line(entry: BackupEntry) -> str:
     return line + (f" · {clip(manifest.reason, 200)}" if manifest.reason else "")
 
 
-def backups_list(entries: list[BackupEntry]) -> Message:
-    """The backups given (newest first), one line each; incomplete ones say why."""
+def backups_list(
+    entries: list[BackupEntry],
+    *,
+    wal: WalStatus | None = None,
+    wal_error: str | None = None,
+) -> Message:
+    """The backups given (newest first), one line each; incomplete ones say why. With
+    WAL_ARCHIVE, point-in-time recovery after them (``wal_blocks``)."""
+    pitr = wal_blocks(wal, wal_error)
     if not entries:
         text = "No backups yet. `/blnk-backup [reason]` makes one."
-        return _message(text, [_section(text)])
+        return _message(text, [_section(text), *pitr])
     complete = sum(1 for e in entries if e.complete)
     head = [_header(f"Backups, newest first ({len(entries)})")]
     tail = [
+        *pitr,
         _context(
             f"{complete} complete, {len(entries) - complete} incomplete. Only backups with a "
             "verified manifest count. `/blnk-restore-test KEY` proves one restorable."
-        )
+        ),
     ]
     lines = [_entry_line(e) for e in entries]
     newest = entries[0].key.key
@@ -560,10 +570,19 @@ def _next_runs_lines(next_runs: dict[str, datetime] | None) -> list[str]:
     return [f"• {clip(name, 80)}: {_utc(when, seconds=False)}" for name, when in runs]
 
 
-def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None) -> Message:
+def status(
+    state: FreshnessStatus,
+    next_runs: dict[str, datetime] | None = None,
+    *,
+    wal: WalStatus | None = None,
+    wal_error: str | None = None,
+) -> Message:
     """Freshness: healthy or the breaches, newest and oldest backup, last restore test, counts,
-    incomplete backups and the next scheduled runs."""
-    if state.healthy:
+    incomplete backups and the next scheduled runs; with WAL_ARCHIVE (``wal``, or the error
+    reading it) point-in-time recovery and its problems with their next steps."""
+    wal_problems = [p.code for p in wal.problems()] if wal is not None else []
+    healthy = state.healthy and not wal_problems and wal_error is None
+    if healthy:
         head = [_header(":white_check_mark: Backups are healthy")]
     else:
         head = [_header(":warning: Backups need attention")]
@@ -583,6 +602,7 @@ def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None)
         ("Checked", _utc(state.checked_at)),
     ]
     head += _fields(pairs)
+    head += wal_blocks(wal, wal_error)
     runs = _next_runs_lines(next_runs)
     if runs:
         head.append(_section("*Next runs*\n" + "\n".join(runs[:20])))
@@ -590,8 +610,56 @@ def status(state: FreshnessStatus, next_runs: dict[str, datetime] | None = None)
     if len(lines) > 10:  # keep it short: the incomplete backups are listed elsewhere
         lines = [*lines[:10], f"_… and {len(lines) - 10} more incomplete_"]
     blocks = _with_list(head, lines, [])
-    summary = "healthy" if state.healthy else "; ".join(clip(b, 300) for b in state.breaches)
+    said = [clip(b, 300) for b in state.breaches] + [clip(c, 40) for c in wal_problems]
+    said += ["the WAL archive could not be read"] if wal_error is not None else []
+    summary = "healthy" if healthy else "; ".join(said)
     return _message(f"Backup status: {summary}", blocks)
+
+
+# --- point-in-time recovery -----------------------------------------------------------------------
+def wal_blocks(wal: WalStatus | None, error: str | None = None) -> list[Block]:
+    """Point-in-time recovery for status, the list and App Home: the recoverable window, the
+    recovery point now, the slot's retained WAL (and share of its cap), the receiver, the last
+    base backup, then each problem with what to do next. Nothing without WAL_ARCHIVE."""
+    if wal is None and error is None:
+        return []
+    head = _section("*Point-in-time recovery*")
+    if wal is None:
+        return [
+            head,
+            _section(f":warning: *Could not read the WAL archive:* {clip(error, 1000)}"),
+        ]
+    window, limit = wal.window, wal.limits.max_lag_seconds
+    if window.earliest is not None and window.latest is not None:
+        span = f"{_utc(window.earliest)} →\n{_utc(window.latest)}"
+    else:
+        span = "_nothing recoverable yet (no base backup with its WAL)_"
+    lag = wal.recovery_point_lag_seconds
+    point = "-" if lag is None else f"{lag:,.1f} s behind now"
+    if lag is not None and lag > limit:
+        point += f" :warning: over {limit:,.0f} s"
+    base = (
+        f"{_utc(window.last_base_backup)} ({window.base_backups:,} in all)"
+        if window.last_base_backup is not None
+        else "none yet"
+    )
+    blocks = [
+        head,
+        *_fields(
+            [
+                ("Restorable window", span),
+                ("Recovery point", point),
+                ("Replication slot", clip(slot_line(wal.slot), 600)),
+                ("WAL receiver", clip(receiver_line(wal), 300)),
+                ("Last base backup", base),
+            ]
+        ),
+    ]
+    lines = [
+        f":warning: *{clip(p.code, 40)}*: {clip(p.message, 800)}\n→ {clip(p.next_step, 800)}"
+        for p in wal.problems()
+    ]
+    return blocks + _lines(lines, max_blocks=3, budget=None)
 
 
 def audit(events: list[AuditEvent]) -> Message:
@@ -940,20 +1008,27 @@ def home_view(
     error: str | None = None,
     *,
     now: datetime | None = None,
+    wal: WalStatus | None = None,
+    wal_error: str | None = None,
 ) -> dict[str, Any]:
-    """The App Home tab: freshness, last restore test, newest backups, pending approvals and
-    the next scheduled runs, within a view's 100 blocks. Decisions are taken on the request's
-    channel message, not here."""
+    """The App Home tab: freshness, last restore test, point-in-time recovery (with
+    WAL_ARCHIVE), newest backups, pending approvals and the next scheduled runs, within a
+    view's 100 blocks. Decisions are taken on the request's channel message, not here."""
     now = now or datetime.now(UTC)
+    wal_problems = wal.problems(now) if wal is not None else []
     blocks: list[Block] = [_header("Blnk backups")]
     if error:
         blocks.append(_section(f":warning: *Could not read the backups:* {clip(error, 1000)}"))
     if state is not None:
-        if state.healthy:
+        breaches = [clip(b, 400) for b in state.breaches]
+        breaches += [f"point-in-time recovery: {clip(p.code, 40)}" for p in wal_problems]
+        if wal_error is not None:
+            breaches.append("point-in-time recovery: the WAL archive could not be read")
+        if not breaches:
             health = ":white_check_mark: *Healthy*"
         else:
-            shown = [clip(b, 400) for b in state.breaches[:5]]
-            more = len(state.breaches) - len(shown)
+            shown = breaches[:5]
+            more = len(breaches) - len(shown)
             health = ":warning: *Needs attention*\n" + "\n".join(f"• {b}" for b in shown)
             health += f"\n_… and {more} more_" if more > 0 else ""
         blocks.append(_section(health))
@@ -978,6 +1053,7 @@ def home_view(
                 ("Checked", _utc(state.checked_at)),
             ]
         )
+    blocks += wal_blocks(wal, wal_error)
     runs = _next_runs_lines(next_runs)
     if runs:
         blocks.append(_section("*Next runs*\n" + "\n".join(runs[:20])))

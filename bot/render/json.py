@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from core.manifest import Manifest
     from core.prune import PruneReport
     from core.restore.service import RestoreReport
+    from core.wal.health import WalProblem, WalStatus
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -183,4 +184,43 @@ def policies(results: list[StorePolicies]) -> dict[str, Any]:
     return {
         r.location: {"ok": r.ok, "items": [policy_item(i) for i in r.items], "errors": r.errors}
         for r in results
+    }
+
+
+MAX_GAPS_SHOWN = 20  # segment names; the count is always whole
+
+
+def wal_problem(problem: WalProblem) -> dict[str, Any]:
+    return {"code": problem.code, "message": problem.message, "next_step": problem.next_step}
+
+
+def wal(status: WalStatus) -> dict[str, Any]:
+    """Continuous protection's health, for ``status --json``: ``recoverable_window`` and
+    ``recovery_point_lag_seconds`` (a fixed interface, as they were), the slot, the receiver,
+    the archive's gaps, the last base backup and the problems with their next steps."""
+    lag = status.recovery_point_lag_seconds
+    slot = status.slot
+    share = slot.retained_share
+    return {
+        "recoverable_window": status.window.as_dict(),
+        "recovery_point_lag_seconds": round(lag, 3) if lag is not None else None,
+        "last_base_backup": _iso(status.last_base_backup),
+        "slot": {
+            "name": slot.name,
+            "exists": slot.exists,
+            "active": slot.active,
+            "wal_status": slot.wal_status,
+            "retained_bytes": slot.retained_bytes,
+            "safe_wal_size": slot.safe_wal_size,
+            "max_slot_wal_keep_size": slot.max_keep_bytes,
+            "retained_share": round(share, 4) if share is not None else None,
+            "error": slot.error,
+        },
+        "receiver_last_seen": _iso(status.receiver_last_seen),
+        "wal_gaps": {
+            "count": len(status.gaps),
+            "segments": [g.name for g in status.gaps[:MAX_GAPS_SHOWN]],
+        },
+        "chain_broken": status.chain_broken,
+        "problems": [wal_problem(p) for p in status.problems()],
     }

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from core.manifest import Manifest
     from core.prune import PruneReport
     from core.restore.service import RestoreReport
-    from core.wal.recovery import RecoverableWindow, RecoveryResult
+    from core.wal.health import SlotState, WalStatus
+    from core.wal.recovery import RecoveryResult
 
 
 def _safe(value: Any) -> str:
@@ -345,16 +346,62 @@ def error_line(exc: EngineError) -> str:
     return f"✗ {exc.code}: {exc}"
 
 
-def recoverable_window(window: RecoverableWindow, lag: float | None, max_lag: float) -> str:
-    """The point-in-time recovery lines of ``status``."""
+def wal(status: WalStatus) -> str:
+    """The point-in-time recovery lines of ``status``: the recoverable window, the recovery
+    point's lag, the slot, the receiver, the last base backup, then each problem and what to
+    do next."""
+    window = status.window
+    limits = status.limits
+    lines = []
     if window.earliest is None or window.latest is None:
-        return "Point-in-time recovery: nothing recoverable yet (no base backup with its WAL)"
-    state = "" if lag is not None and lag <= max_lag else f"  ✗ older than {max_lag:,.0f} s"
-    return (
-        f"Point-in-time recovery: {_when(window.earliest)} .. {_when(window.latest)}\n"
-        f"  recovery point {lag or 0:,.1f} s behind now{state}; "
-        f"{window.base_backups:,} base backup(s), the last {_when(window.last_base_backup)}"
-    )
+        lines.append(
+            "Point-in-time recovery: nothing recoverable yet (no base backup with its WAL)"
+        )
+    else:
+        lag = status.recovery_point_lag_seconds or 0.0
+        over = f"  ✗ over {limits.max_lag_seconds:,.0f} s" if lag > limits.max_lag_seconds else ""
+        lines += [
+            f"Point-in-time recovery: {_when(window.earliest)} .. {_when(window.latest)}",
+            f"  recovery point {lag:,.1f} s behind now{over}",
+        ]
+    lines += [
+        f"  slot           {slot_line(status.slot)}",
+        f"  receiver       {receiver_line(status)}",
+        f"  base backups   {window.base_backups:,}, the last {_when(window.last_base_backup)}",
+    ]
+    if status.gaps:
+        lines.append(f"  archive        {len(status.gaps):,} WAL segment(s) missing")
+    for problem in status.problems():
+        lines.append(f"✗ {problem.code}: {_safe(problem.message)}")
+        lines.append(f"    next: {_safe(problem.next_step)}")
+    return "\n".join(lines)
+
+
+def slot_line(slot: SlotState) -> str:
+    """The replication slot in one line: active or not, wal_status, the WAL it keeps and the
+    share of its cap (shared by the terminal and Slack renderers: our own wording)."""
+    if slot.error is not None:
+        return f"{slot.name}: could not be read ({_safe(slot.error)})"
+    if not slot.exists:
+        return f"{slot.name}: does not exist"
+    state = "active" if slot.active else "NOT active"
+    line = f"{slot.name}: {state}, {slot.wal_status or 'no WAL reserved'}"
+    if slot.retained_bytes is not None:
+        line += f"; keeps {human_size(slot.retained_bytes)}"
+        share = slot.retained_share
+        if slot.max_keep_bytes and share is not None:
+            line += f", {share:.0%} of its {human_size(slot.max_keep_bytes)} cap"
+    if slot.max_keep_bytes is None:
+        line += "; no cap (max_slot_wal_keep_size = -1)"
+    return line
+
+
+def receiver_line(status: WalStatus) -> str:
+    """When the WAL receiver last refreshed its position in the bucket."""
+    age = status.receiver_age_seconds()
+    if status.receiver_last_seen is None or age is None:
+        return "never seen (no wal/position.json)"
+    return f"last seen {_when(status.receiver_last_seen)} ({human_duration(age)} ago)"
 
 
 def behind_primary(result: RecoveryResult) -> str:

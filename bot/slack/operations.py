@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.render import blocks
 from bot.slack.auth import Authorizer
@@ -30,6 +30,9 @@ from core.errors import (
 )
 from core.services import Services
 from core.wal.recovery import parse_target
+
+if TYPE_CHECKING:
+    from core.wal.health import WalStatus
 
 log = logging.getLogger("blnk_backup.slack.operations")
 
@@ -123,10 +126,24 @@ class SlackOperations:
         caller.respond(blocks.help_message())
 
     def _run_list(self, _request: Request, caller: Caller) -> None:
-        caller.respond(blocks.backups_list(self.services.catalog.list(limit=20)))
+        entries = self.services.catalog.list(limit=20)
+        wal, wal_error = self._wal()
+        caller.respond(blocks.backups_list(entries, wal=wal, wal_error=wal_error))
 
     def _run_status(self, _request: Request, caller: Caller) -> None:
-        caller.respond(blocks.status(self.services.catalog.status(), self.next_runs()))
+        state = self.services.catalog.status()
+        wal, wal_error = self._wal()
+        caller.respond(blocks.status(state, self.next_runs(), wal=wal, wal_error=wal_error))
+
+    def _wal(self, max_age: float = 0.0) -> tuple[WalStatus | None, str | None]:
+        """With WAL_ARCHIVE, continuous protection's health (read now, or at most ``max_age``
+        seconds ago), or why it could not be read; (None, None) without."""
+        if not self.services.settings.wal_archive:
+            return None, None
+        try:
+            return self.services.wal_health.check(max_age), None
+        except EngineError as exc:
+            return None, self.services.scrub(exc.message)
 
     def _run_audit(self, _request: Request, caller: Caller) -> None:
         caller.respond(blocks.audit(self.services.audit.events(limit=20)))
@@ -345,6 +362,9 @@ class SlackOperations:
             error = None
         except EngineError as exc:
             state, backups, error = None, [], self.services.scrub(exc.message)
+        wal, wal_error = self._wal(HOME_CACHE_SECONDS)
         self.expire_overdue()
         pending = self.services.approvals.pending()
-        return blocks.home_view(state, backups, pending, self.next_runs(), error=error)
+        return blocks.home_view(
+            state, backups, pending, self.next_runs(), error=error, wal=wal, wal_error=wal_error
+        )

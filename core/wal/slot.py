@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.actor import Actor
@@ -25,8 +24,8 @@ from core.errors import UsageError
 
 if TYPE_CHECKING:
     from core.audit import AuditLog
-    from core.database import PgTarget
     from core.wal.basebackup import BaseBackup, BaseBackupService
+    from core.wal.health import SlotState
     from core.wal.receiver import ReceiverThread, WalReceiver
 
 log = logging.getLogger("blnk_backup.wal")
@@ -34,39 +33,18 @@ log = logging.getLogger("blnk_backup.wal")
 RECREATE, DROP = "recreate", "drop"
 
 
-@dataclass(frozen=True)
-class SlotInfo:
-    """The slot as pg_replication_slots shows it (readable by any role)."""
-
-    name: str
-    active: bool
-    active_pid: int | None
-    wal_status: str | None  # reserved, extended, unreserved, lost
-    retained_bytes: int | None
-
-    def describe(self) -> str:
-        state = f"wal_status {self.wal_status or 'unknown'}"
-        if self.retained_bytes is not None:
-            state += f", keeping {self.retained_bytes / 2**20:,.0f} MiB of WAL"
-        if self.active:
-            state += f", in use by PID {self.active_pid}"
-        return state
-
-
-def read_slot(source: PgTarget, name: str) -> SlotInfo | None:
-    """The slot ``name`` on ``source``, or None when there is none."""
-    with source.connect(autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT active, active_pid, wal_status, "
-            "CASE WHEN restart_lsn IS NULL THEN NULL ELSE pg_wal_lsn_diff("
-            "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() "
-            "ELSE pg_current_wal_lsn() END, restart_lsn)::bigint END "
-            "FROM pg_replication_slots WHERE slot_name = %s",
-            (name,),
-        ).fetchone()
-    if row is None:
-        return None
-    return SlotInfo(name, bool(row[0]), row[1], row[2], int(row[3]) if row[3] is not None else None)
+def describe(slot: SlotState) -> str:
+    """The slot as an approver reads it."""
+    if slot.error:
+        return f"not readable: {slot.error}"
+    if not slot.exists:
+        return "there is no such slot"
+    state = f"wal_status {slot.wal_status or 'unknown'}"
+    if slot.retained_bytes is not None:
+        state += f", keeping {slot.retained_bytes / 2**20:,.0f} MiB of WAL"
+    if slot.active:
+        state += ", in use by a receiver"
+    return state
 
 
 class SlotOperations:
@@ -78,8 +56,10 @@ class SlotOperations:
         receiver: Callable[[], WalReceiver],
         base_backups: Callable[[], BaseBackupService],
         running_here: Callable[[], ReceiverThread | None],
+        slot_state: Callable[[], SlotState],
     ) -> None:
         self.audit = audit
+        self.slot_state = slot_state
         self.receiver = receiver
         self.base_backups = base_backups
         self.running_here = running_here
@@ -88,9 +68,8 @@ class SlotOperations:
         """The lines an approver reads for ``what`` (RECREATE or DROP), from the slot as it is
         now. Raise UsageError for anything else."""
         receiver = self.receiver()
-        slot = read_slot(receiver.source, receiver.slot)
         where = f"slot `{receiver.slot}` on {receiver.source.display}"
-        now = f"now: {slot.describe()}" if slot else "now: there is no such slot"
+        now = f"now: {describe(self.slot_state())}"
         if what == DROP:
             return [
                 f"Drop the replication {where} ({now})",

@@ -32,6 +32,10 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         env["WAL_ARCHIVE"] = "true"
         env["WAL_SLOT_NAME"] = settings.wal_slot_name
         env["WAL_MAX_LAG_SECONDS"] = str(settings.wal_max_lag_seconds)
+        env["WAL_SHIP_PARTIAL_SECONDS"] = str(settings.wal_ship_partial_seconds)
+        env["WAL_SLOT_ALERT_SHARE"] = str(settings.wal_slot_alert_share)
+        env["WAL_SLOT_ALERT_BYTES"] = str(settings.wal_slot_alert_bytes)
+        env["WAL_RECEIVER_DOWN_MINUTES"] = str(settings.wal_receiver_down_minutes)
         if settings.wal_spool_dir is not None:
             env["WAL_SPOOL_DIR"] = settings.wal_spool_dir
     if settings.replication_database_url is not None:
