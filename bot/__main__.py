@@ -119,20 +119,24 @@ def run_service(settings: Settings, *, with_scheduler: bool = True) -> int:
     server = serve(
         api, settings.http_host, settings.http_port, trusted_proxy=settings.http_trusted_proxy
     )
-    wal = None
+    wal = watch = None
     if settings.wal_archive:
         from core.wal.receiver import ReceiverThread
+        from core.wal.watch import WatchThread
 
         wal = ReceiverThread(services.wal_receiver)
         services.receiver_thread = wal  # paused around the slot commands
+        watch = WatchThread(lambda: services.wal_watch)  # problems → audit → alerts
 
     def lead() -> None:
         scheduler.start()
-        if wal is not None:
+        if wal is not None and watch is not None:
             wal.start()  # one receiver per slot: the leader's
+            watch.start()
 
     def step_down() -> None:
-        if wal is not None:
+        if wal is not None and watch is not None:
+            watch.stop()
             wal.stop()
         scheduler.stop()
 

@@ -68,6 +68,7 @@ ACTIONS = (
     "base_backup",
     "pitr_restore",
     "wal_slot",
+    "wal_problem",
 )
 
 ENDED = ("succeeded", "failed", "abandoned", "planned")

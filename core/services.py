@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from core.wal.receiver import ReceiverThread, WalReceiver
     from core.wal.recovery import PointInTimeRecovery
     from core.wal.slot import SlotOperations
+    from core.wal.watch import WalWatch
 
 T = TypeVar("T")
 log = logging.getLogger("blnk_backup.services")
@@ -276,6 +277,12 @@ class Services:
             window=lambda max_age: self.pitr.window(max_age),
             limits=WalLimits.from_settings(self.settings),
         )
+
+    @_built_once
+    def wal_watch(self) -> WalWatch:
+        from core.wal.watch import WalWatch
+
+        return WalWatch(lambda: self.wal_health.problems(), self.audit)
 
     def stop_backup(self, why: str, wait_seconds: float, grace_seconds: float = 0.0) -> bool:
         """Let the backup running in this process, if any, end within ``grace_seconds``; then

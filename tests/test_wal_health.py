@@ -213,5 +213,12 @@ def test_a_slot_invalidated_by_its_cap_breaks_the_chain_in_status_health_and_met
         assert "blnk_wal_slot_active 0.0" in metrics
         assert "blnk_wal_slot_retained_bytes" not in metrics  # lost: nothing kept, not 0
         assert "blnk_wal_recoverable_earliest_timestamp_seconds" in metrics
+
+        # The leader's watch reports each problem once, as the audit events alerts come from.
+        appeared = services.wal_watch.check()
+        assert {"chain_broken", "receiver_down"} <= {p.code for p in appeared}
+        assert services.wal_watch.check() == []
+        reported = {e.error_code for e in services.audit.events(action="wal_problem")}
+        assert {"chain_broken", "receiver_down"} <= reported
     finally:
         services.close()

@@ -37,6 +37,9 @@ _ALERTS: dict[tuple[str, str], tuple[str, str]] = {
     ("late_end", "recorded"): ("A run declared dead had in fact gone on, and has ended", "medium"),
     ("base_backup", "failed"): ("A base backup failed (point-in-time recovery)", "high"),
     ("pitr_restore", "failed"): ("A point-in-time recovery failed", "high"),
+    ("wal_problem", "failed"): ("Point-in-time recovery needs attention", "high"),
+    ("wal_problem", "succeeded"): ("Point-in-time recovery: resolved", "low"),
+    ("wal_slot", "failed"): ("Dropping or recreating the WAL slot failed", "high"),
 }
 # Refusals a person already sees in their own reply; alert only when the scheduler hits them.
 _PERSONAL = {"usage_error", "already_running", "config_error", "approval_refused"}
@@ -67,6 +70,14 @@ def alert_for(
         first = neutralise(scrub((event.error_cause.strip().splitlines() or [""])[0]))
         lines.append(f"*Cause:* {event.error_code}: {first[:500]}")
     lines += _side_effects(event, scrub)
+    details = event.details_dict()
+    if event.action == "wal_problem":
+        code = neutralise(str(details.get("code", event.error_code or "")))[:40]
+        if event.outcome == "succeeded":
+            lines.append(f"*Resolved:* {code}")
+        next_step = details.get("next_step")
+        if isinstance(next_step, str):
+            lines.append(f"*Next:* {neutralise(scrub(next_step))[:800]}")
     return title, lines, severity
 
 
