@@ -248,7 +248,7 @@ def _restore_to_time(services: Services, args: argparse.Namespace, actor: Actor)
     return EXIT_OK if result.passed else EXIT_FAILED
 
 
-def _parse_time(text: str) -> datetime:
+def _parse_time(text: str) -> datetime | None:
     from core.wal.recovery import parse_target
 
     return parse_target(text)

@@ -93,7 +93,7 @@ class RiskyOperations:
     def _plan_restore_at(self, at: str, into: str) -> ApprovalPlan:
         """Refuse now a time outside the recoverable window and a name the recovery would
         refuse; the approval is for exactly that time."""
-        from core.wal.recovery import parse_target
+        from core.wal.recovery import LATEST, parse_target
 
         if not self.services.settings.wal_archive:
             raise UsageError("point-in-time recovery needs WAL_ARCHIVE=true")
@@ -102,12 +102,16 @@ class RiskyOperations:
         self.services.restores.check_target(into, server)
         base = self.services.pitr.check_target(target)
         self.services.restores.check_target_free(into, server)
+        if target is None:
+            at, what = LATEST, "at the newest point in the store (the end of the archived WAL)"
+        else:
+            at, what = target.isoformat(), f"as it was at {at} (the last commit before it)"
         return ApprovalPlan(
             RESTORE_AT,
-            {"at": target.isoformat(), "into": into},
+            {"at": at, "into": into},
             [
-                f"Recover the ledger as it was at {target.isoformat()} (the last commit before "
-                f"it) from base backup `{base.key}` and the WAL after it, in a scratch cluster",
+                f"Recover the ledger {what} from base backup `{base.key}` and the WAL after "
+                "it, in a scratch cluster",
                 f"Prove the ledger there, then create the new database `{into}` beside the "
                 f"source database `{server.dbname}` with it; the source is not touched",
             ],

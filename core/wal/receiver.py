@@ -209,7 +209,9 @@ class WalReceiver:
                 tail = process.stderr_tail(3) or "no reason given"
             finally:
                 process.close()
-            self.ship()
+            # The stream broke — perhaps the database is gone: what was received is the WAL
+            # that matters most, so it goes to the store now, not when the timer says.
+            self.ship(final=True)
             if _GONE in tail:  # it resumed from WAL the server removed: the slot is new
                 self.discard_partials()
             self.state.restarts += 1
@@ -313,8 +315,21 @@ class WalReceiver:
         self._partial_due = now + self.ship_partial_every
         self.state.partial_shipped_at = datetime.now(UTC)
         segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
-        if segment is not None and position is not None:
+        if segment is None:
+            return
+        if position is not None:
             self._record_position(segment.timeline, min(position, segment.end_lsn))
+        else:
+            # The database cannot be asked (it may be gone: this is the WAL that matters
+            # most). The file holds all that was received until it last changed: that is
+            # how recent the store now is, whatever the position was.
+            written = datetime.fromtimestamp(stat.st_mtime, UTC)
+            self._record_position(
+                segment.timeline,
+                self.state.position or segment.start_lsn,
+                refresh=True,
+                at=written,
+            )
 
     def _flushed_position(self) -> int | None:
         """How far the receiver has flushed, as the server saw it acknowledged: the slot's
@@ -330,7 +345,11 @@ class WalReceiver:
             return None
         return parse_lsn(row[0]) if row and row[0] else None
 
-    def _record_position(self, timeline: int, lsn: int, *, refresh: bool = False) -> None:
+    def _record_position(
+        self, timeline: int, lsn: int, *, refresh: bool = False, at: datetime | None = None
+    ) -> None:
+        """Write wal/position.json: the store holds the WAL up to ``lsn``, as it was at
+        ``at`` (now by default)."""
         if self.state.position is not None and lsn <= self.state.position and not refresh:
             return
         self.state.position = lsn
@@ -340,7 +359,7 @@ class WalReceiver:
             {
                 "timeline": timeline,
                 "lsn": format_lsn(lsn),
-                "shipped_at": datetime.now(UTC).isoformat(),
+                "shipped_at": (at or datetime.now(UTC)).isoformat(),
             },
         )
 

@@ -208,7 +208,7 @@ class PointInTimeRecovery:
     def recover(
         self,
         actor: Actor,
-        target: datetime,
+        target: datetime | None,
         *,
         into: str | None = None,
         server: PgTarget | None = None,
@@ -216,10 +216,12 @@ class PointInTimeRecovery:
         reason: str | None = None,
         against_primary: bool = False,
     ) -> RecoveryResult:
-        """Recover to ``target`` (aware). With ``into`` (and ``server``), copy the Blnk
-        database into that new database; with ``cluster``, leave the recovered cluster's data
-        directory there (stopped); otherwise prove the ledger and remove it all."""
-        if target.tzinfo is None:
+        """Recover to ``target`` (aware), or with None to the newest point in the store (the
+        end of the archived WAL: no time target, so no clock of the bot's against the
+        database's commit times). With ``into`` (and ``server``), copy the Blnk database into
+        that new database; with ``cluster``, leave the recovered cluster's data directory
+        there (stopped); otherwise prove the ledger and remove it all."""
+        if target is not None and target.tzinfo is None:
             raise UsageError("the recovery target needs a time zone (for example 14:02:59Z)")
         if into is not None and cluster is not None:
             raise UsageError("recover either into a new database or into a cluster, not both")
@@ -233,7 +235,8 @@ class PointInTimeRecovery:
             raise UsageError(f"{cluster} is not empty")
         began = time.monotonic()
         primary = self._primary_position() if against_primary else None
-        details = {"at": target.isoformat(), "into": into, "cluster": str(cluster or "")}
+        at = target.isoformat() if target is not None else LATEST
+        details = {"at": at, "into": into, "cluster": str(cluster or "")}
         with self.audit.run("pitr_restore", actor, reason=reason, details=details) as run:
             base = self._choose_base(target)
             run.note(key=base.key)
@@ -245,7 +248,7 @@ class PointInTimeRecovery:
                 except _NotReached:
                     if missing is not None:
                         raise RestoreCheckError(
-                            f"{target.isoformat()} lies after a break in the archived WAL "
+                            f"{at} lies after a break in the archived WAL "
                             f"(segment {missing.name} and on are missing: the slot was lost "
                             "or dropped there), so its state cannot be recovered; choose a "
                             "time before the break, or after the next base backup"
@@ -257,6 +260,12 @@ class PointInTimeRecovery:
                     scratch.start(self.source.params.get("user"))
                     to_the_end = True
                 result = self._reached(scratch, base, target)
+                if target is None and missing is not None:
+                    result.notes.append(
+                        f"the archived WAL breaks at segment {missing.name} (the slot was lost "
+                        "or dropped there, with no base backup after it yet): recovered to the "
+                        "last WAL before the break"
+                    )
                 if to_the_end:
                     result.notes.append(
                         "no commit in the store is later than the target: recovered to the end "
@@ -264,7 +273,7 @@ class PointInTimeRecovery:
                     )
                 if primary is not None:
                     self._compare(result, primary)
-                result.proof = self._prove(scratch, target)
+                result.proof = self._prove(scratch, result.target)
                 if into is not None and server is not None:
                     result.database = into
                     result.notes += self._copy_into(scratch, server, into, result)
@@ -278,10 +287,18 @@ class PointInTimeRecovery:
                 run.end("failed", error_code="ledger_not_proven", error_cause="ledger proof failed")
         return result
 
-    def _choose_base(self, target: datetime) -> BaseBackup:
+    def _choose_base(self, target: datetime | None) -> BaseBackup:
         window = self.window()
         if window.earliest is None:
             raise UsageError("there is nothing to recover from yet: no base backup with its WAL")
+        if target is None:  # the newest point: from the newest base backup with its WAL
+            listing = self.archive.listing()
+            usable = [
+                b
+                for b in BaseBackupService.list_in(self.store)
+                if listing.has(Segment.of(b.timeline, b.end - 1))
+            ]
+            return usable[-1]
         if target < window.earliest:
             raise UsageError(
                 f"{target.isoformat()} is before the recoverable window, which starts at "
@@ -304,7 +321,9 @@ class PointInTimeRecovery:
         bases = [b for b in BaseBackupService.list_in(self.store) if b.finished <= target]
         return bases[-1]
 
-    def _prepare(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> Segment | None:
+    def _prepare(
+        self, scratch: _Scratch, base: BaseBackup, target: datetime | None
+    ) -> Segment | None:
         """Put the base backup and its WAL into ``scratch`` and set the target; return the
         first segment missing after the base backup (None: the chain is whole)."""
         tar = scratch.root / "base.tar"
@@ -349,7 +368,9 @@ class PointInTimeRecovery:
             self.archive.fetch(name, into / name)
         return len(wanted) + (tail is not None), missing
 
-    def _reached(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> RecoveryResult:
+    def _reached(
+        self, scratch: _Scratch, base: BaseBackup, target: datetime | None
+    ) -> RecoveryResult:
         said = scratch.log_text()
         stopped = _STOPPED.search(said)
         last = _LAST_TXN.search(said)
@@ -359,14 +380,16 @@ class PointInTimeRecovery:
         # The last transaction the recovered state holds (when recovery stopped *before* a
         # commit, that commit is not in it: its time is the first one past the target).
         when = last[1] if last else None
+        last_at = _pg_time(when) if when else None
         return RecoveryResult(
-            target=target,
+            # to the newest point: the target is the point reached
+            target=target or last_at or datetime.now(UTC),
             base=base.key,
             timeline=int(row[0]) if row else base.timeline,
             stopped=f"{stopped[1]} commit of transaction {stopped[2]}"
             if stopped
             else "at the end of the archived WAL",
-            last_transaction_at=_pg_time(when) if when else None,
+            last_transaction_at=last_at,
             last_xid=int(stopped[2]) if stopped else None,
             lsn=redo[1] if redo else None,
             seconds=0.0,
@@ -393,7 +416,7 @@ class PointInTimeRecovery:
                 conn, None, [(k, a) for k, a in anchors if a is not None], notes=notes
             )
 
-    def check_target(self, target: datetime) -> BaseBackup:
+    def check_target(self, target: datetime | None) -> BaseBackup:
         """Raise UsageError unless ``target`` lies in the recoverable window; return the base
         backup a recovery to it starts from."""
         return self._choose_base(target)
@@ -403,16 +426,8 @@ class PointInTimeRecovery:
         point) in a scratch cluster, prove the ledger there (the chain extending every older
         dump's anchor), remove it. Audited as a ``pitr_restore`` that fails when the proof
         does."""
-        target = at
-        if target is None:
-            latest = self.window().latest
-            if latest is None:
-                raise UsageError(
-                    "there is nothing to recover from yet: no base backup with its WAL"
-                )
-            target = latest
         return self.recover(
-            actor, target, reason="point-in-time restore test", against_primary=at is None
+            actor, at, reason="point-in-time restore test", against_primary=at is None
         )
 
     @staticmethod
@@ -502,7 +517,8 @@ class _Scratch:
         if done.returncode != 0:
             raise RestoreCheckError(f"pg_verifybackup: {(done.stderr or done.stdout).strip()}")
 
-    def configure(self, target: datetime) -> None:
+    def configure(self, target: datetime | None) -> None:
+        """Recovery settings: to ``target``, or (None) to the end of the archived WAL."""
         wal = str(self.wal)
         restore = (
             f"test -f '{wal}/%f' && cp '{wal}/%f' '%p' || "
@@ -510,7 +526,11 @@ class _Scratch:
         )
         settings = {
             "restore_command": restore,
-            "recovery_target_time": target.astimezone(UTC).isoformat(sep=" "),
+            **(
+                {"recovery_target_time": target.astimezone(UTC).isoformat(sep=" ")}
+                if target is not None
+                else {}
+            ),
             "recovery_target_action": "promote",
             "recovery_target_timeline": "latest",
             "port": str(self.port),
@@ -658,13 +678,21 @@ def _breaks(
     return tuple(found)
 
 
-def parse_target(text: str) -> datetime:
+LATEST = "latest"  # the newest point in the store: the end of the archived WAL
+
+
+def parse_target(text: str) -> datetime | None:
     """A recovery target as a person writes it: RFC 3339 (``2026-12-02 14:02:59Z``,
-    ``…T14:02:59+01:00``); a zone is required. Raise UsageError saying how to write it."""
+    ``…T14:02:59+01:00``; a zone is required), or ``latest`` (None: the newest point in the
+    store). Raise UsageError saying how to write it."""
+    if text.strip().lower() == LATEST:
+        return None
     try:
         when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"{text!r} is not a time (write 2026-12-02 14:02:59Z)") from None
+        raise UsageError(
+            f"{text!r} is not a time (write 2026-12-02 14:02:59Z, or latest)"
+        ) from None
     if when.tzinfo is None:
         raise UsageError(f"{text!r} has no time zone (write 2026-12-02 14:02:59Z)")
     return when

@@ -38,6 +38,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         env["WAL_RECEIVER_DOWN_MINUTES"] = str(settings.wal_receiver_down_minutes)
         if settings.wal_spool_dir is not None:
             env["WAL_SPOOL_DIR"] = settings.wal_spool_dir
+        if settings.replication_database_url is not None:
+            env["REPLICATION_DATABASE_URL"] = settings.replication_database_url.get_secret_value()
     if settings.replication_database_url is not None:
         env["REPLICATION_DATABASE_URL"] = settings.replication_database_url.get_secret_value()
     return env | extra
