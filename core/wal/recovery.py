@@ -42,7 +42,14 @@ from core.restore.ledger_proof import LedgerProof, prove_ledger
 from core.store.s3 import S3Store
 from core.wal.archive import ArchivedWal, WalArchive
 from core.wal.basebackup import BaseBackup, BaseBackupService
-from core.wal.names import PARTIAL_SUFFIX, WAL_DIR, Segment, format_lsn, parse_lsn
+from core.wal.names import (
+    PARTIAL_SUFFIX,
+    SEGMENT_SIZE,
+    WAL_DIR,
+    Segment,
+    format_lsn,
+    parse_lsn,
+)
 from core.wal.receiver import POSITION
 
 log = logging.getLogger("blnk_backup.wal")
@@ -54,6 +61,7 @@ _LAST_TXN = re.compile(r"last completed transaction was at log time ([0-9: .+-]+
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
 PROMOTE_TIMEOUT = 3600.0
+_OURS = "\n# blnk-backup point-in-time recovery\n"  # our settings in postgresql.auto.conf
 # What a recovery runs of the source's major version.
 _SERVER_TOOLS = ("postgres", "pg_ctl", "pg_verifybackup")
 
@@ -239,10 +247,14 @@ class PointInTimeRecovery:
         primary = self._primary_position() if against_primary else None
         details = {"at": target.isoformat(), "into": into, "cluster": str(cluster or "")}
         with self.audit.run("pitr_restore", actor, reason=reason, details=details) as run:
-            base = self._choose_base(target)
+            window = self.window()
+            base = self._choose_base(target, window)
             run.note(key=base.key)
+            # The newest point the store holds is all of its WAL: replayed to the end, not to
+            # a time (a commit in it may be stamped a moment after the time recorded for it).
+            newest = window.latest is not None and target >= window.latest
             with _Scratch(self.bin_dir_for(base.server_major)) as scratch:
-                missing = self._prepare(scratch, base, target)
+                missing = self._prepare(scratch, base, None if newest else target)
                 to_the_end = False
                 try:
                     scratch.start(self.source.params.get("user"))
@@ -260,6 +272,10 @@ class PointInTimeRecovery:
                     scratch.to_the_end()
                     scratch.start(self.source.params.get("user"))
                     to_the_end = True
+                if newest or to_the_end:
+                    # The replay must have reached the newest position the store recorded
+                    # (else a segment is missing or unreadable, and the end came too soon).
+                    scratch.check_reached(window.latest_lsn)
                 result = self._reached(scratch, base, target)
                 if to_the_end:
                     result.notes.append(
@@ -282,8 +298,8 @@ class PointInTimeRecovery:
                 run.end("failed", error_code="ledger_not_proven", error_cause="ledger proof failed")
         return result
 
-    def _choose_base(self, target: datetime) -> BaseBackup:
-        window = self.window()
+    def _choose_base(self, target: datetime, window: RecoverableWindow | None = None) -> BaseBackup:
+        window = window or self.window()
         if window.earliest is None:
             raise UsageError("there is nothing to recover from yet: no base backup with its WAL")
         if target < window.earliest:
@@ -308,9 +324,12 @@ class PointInTimeRecovery:
         bases = [b for b in BaseBackupService.list_in(self.store) if b.finished <= target]
         return bases[-1]
 
-    def _prepare(self, scratch: _Scratch, base: BaseBackup, target: datetime) -> Segment | None:
-        """Put the base backup and its WAL into ``scratch`` and set the target; return the
-        first segment missing after the base backup (None: the chain is whole)."""
+    def _prepare(
+        self, scratch: _Scratch, base: BaseBackup, target: datetime | None
+    ) -> Segment | None:
+        """Put the base backup and its WAL into ``scratch`` and set the target (None: the end
+        of that WAL); return the first segment missing after the base backup (None: the chain
+        is whole)."""
         tar = scratch.root / "base.tar"
         with tar.open("wb") as out:
             _size, sha256 = self.store.download(base.key, out)
@@ -506,15 +525,20 @@ class _Scratch:
         if done.returncode != 0:
             raise RestoreCheckError(f"pg_verifybackup: {(done.stderr or done.stdout).strip()}")
 
-    def configure(self, target: datetime) -> None:
+    def configure(self, target: datetime | None) -> None:
+        """Recovery settings: replay to ``target`` (None: to the end of the WAL fetched), then
+        promote."""
         wal = str(self.wal)
         restore = (
             f"test -f '{wal}/%f' && cp '{wal}/%f' '%p' || "
             f"{{ test -f '{wal}/%f{PARTIAL_SUFFIX}' && cp '{wal}/%f{PARTIAL_SUFFIX}' '%p'; }}"
         )
+        targets = {}
+        if target is not None:
+            targets["recovery_target_time"] = target.astimezone(UTC).isoformat(sep=" ")
         settings = {
             "restore_command": restore,
-            "recovery_target_time": target.astimezone(UTC).isoformat(sep=" "),
+            **targets,
             "recovery_target_action": "promote",
             "recovery_target_timeline": "latest",
             "port": str(self.port),
@@ -531,7 +555,7 @@ class _Scratch:
             "logging_collector": "off",
         }
         with (self.data / "postgresql.auto.conf").open("a") as conf:
-            conf.write("\n# blnk-backup point-in-time recovery\n")
+            conf.write(_OURS)
             for name, value in settings.items():
                 conf.write(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n")
         (self.data / "pg_hba.conf").write_text("local all all trust\n")
@@ -625,6 +649,26 @@ class _Scratch:
             return (self.root / "server.log").read_text(errors="replace")
         except OSError:
             return ""
+
+    def check_reached(self, newest: str | None) -> None:
+        """After a replay to the end of the fetched WAL: raise RestoreCheckError unless it
+        reached the segment of ``newest``, the newest position the store recorded. The end of
+        the replay is where the new timeline branched off (its history file's last line)."""
+        if newest is None:
+            return
+        histories = sorted(
+            (self.data / "pg_wal").glob("*.history"), key=lambda h: int(h.name[:8], 16)
+        )
+        lines = histories[-1].read_text().split("\n") if histories else []
+        entries = [line.split() for line in lines if line.strip() and not line.startswith("#")]
+        if not entries:
+            raise RestoreCheckError("the recovered cluster has no timeline history to check")
+        end, wanted = parse_lsn(entries[-1][1]), parse_lsn(newest)
+        if end // SEGMENT_SIZE < max(wanted - 1, 0) // SEGMENT_SIZE:
+            raise RestoreCheckError(
+                f"the replay ended at {format_lsn(end)}, before the newest WAL the store "
+                f"recorded ({newest}): a segment is missing or unreadable"
+            )
 
     def stop(self) -> None:
         if not self.running:
