@@ -324,9 +324,9 @@ def test_the_primary_killed_right_after_a_commit_loses_no_commit_the_receiver_ha
             result = services.pitr.recover(ACTOR, newest, cluster=recovered.data)
             assert result.stopped == "at the end of the archived WAL"
             assert result.proof is not None and result.proof.passed
-            recovered.restart()
+            recovered.restart()  # as the source's cluster: its settings, its pg_hba.conf
             had = paid if received_last else paid[:-1]
-            assert references(recovered.local("blnk"), "crash") == had
+            assert references(PgTarget.from_url(recovered.url(dbname="blnk")), "crash") == had
     finally:
         recovered.stop()
         source.restart()  # for the module's other tests: crash recovery, every commit kept

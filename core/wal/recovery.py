@@ -527,7 +527,8 @@ class _Scratch:
 
     def configure(self, target: datetime | None) -> None:
         """Recovery settings: replay to ``target`` (None: to the end of the WAL fetched), then
-        promote."""
+        promote. The cluster's own settings and pg_hba.conf stay as they are, for a hand-over
+        (ours live beside them and go)."""
         wal = str(self.wal)
         restore = (
             f"test -f '{wal}/%f' && cp '{wal}/%f' '%p' || "
@@ -553,12 +554,13 @@ class _Scratch:
             "hot_standby": "off",
             "log_destination": "stderr",
             "logging_collector": "off",
+            "hba_file": str(self.root / "pg_hba.conf"),
         }
         with (self.data / "postgresql.auto.conf").open("a") as conf:
             conf.write(_OURS)
             for name, value in settings.items():
                 conf.write(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n")
-        (self.data / "pg_hba.conf").write_text("local all all trust\n")
+        (self.root / "pg_hba.conf").write_text("local all all trust\n")
         for leftover in ("standby.signal", "postmaster.pid", "postmaster.opts"):
             (self.data / leftover).unlink(missing_ok=True)
         (self.data / "recovery.signal").touch()
@@ -677,7 +679,12 @@ class _Scratch:
         self.running = False
 
     def hand_over(self, cluster: Path) -> None:
-        """Move the (stopped) data directory to ``cluster``."""
+        """Move the (stopped) data directory to ``cluster``, with its own settings and
+        pg_hba.conf again (those of the scratch cluster — a socket in a directory about to be
+        removed, no TCP, trust — removed), so it starts as the source's cluster did."""
+        auto = self.data / "postgresql.auto.conf"
+        if auto.exists():
+            auto.write_text(auto.read_text().split(_OURS)[0])
         cluster.parent.mkdir(parents=True, exist_ok=True)
         if cluster.exists():
             cluster.rmdir()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 
-from core.database import PgTarget
 from core.localserver import run_base, server_user
 from core.processes import run
 from tests.support.s3server import free_port
@@ -146,14 +145,6 @@ class PasswordCluster:
         return (
             f"postgresql://{user or self.user}:{password or self.password}@127.0.0.1:"
             f"{self.port}/{dbname}"
-        )
-
-    def local(self, dbname: str = "postgres") -> PgTarget:
-        """A connection over the cluster's Unix socket as its superuser, without a password
-        (for a recovered cluster, whose pg_hba.conf trusts local connections alone)."""
-        return PgTarget(
-            {"host": str(self.dir), "port": str(self.port), "dbname": dbname, "user": self.user},
-            None,
         )
 
     def stop(self) -> None:
