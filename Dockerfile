@@ -1,11 +1,17 @@
 # blnk-backup-bot: the Slack bot, scheduler and Blnk-compatible HTTP API (and the blnk-backup
-# CLI), with the PostgreSQL client tools of a chosen major version. pg_dump must be at least as
-# new as the server it dumps (the preflight refuses an older one, naming both versions), so build
-# with the major of your Blnk database: docker build --build-arg PG_MAJOR=16 -t blnk-backup-bot .
+# CLI), with the PostgreSQL client tools and server of a chosen major version. pg_dump must be at
+# least as new as the server it dumps (the preflight refuses an older one, naming both versions),
+# and a recovery to a time replays WAL in a scratch cluster of exactly the source's major, so
+# build with the major of your Blnk database: docker build --build-arg PG_MAJOR=16 -t blnk-backup-bot .
 # Not built in this project's CI (no Docker engine there); linted and reviewed by hand.
 FROM python:3.12-slim-bookworm
 
 ARG PG_MAJOR=16
+# The client tools (pg_dump, pg_restore, pg_receivewal, pg_basebackup, pg_verifybackup) and the
+# server of PG_MAJOR (postgres, pg_ctl: restore-to-time clusters, started by the bot as its own
+# user in TMPDIR and removed after; never a cluster of the image's own: postgresql-common is told
+# not to create one). The en_US.UTF-8 locale is the one the stock postgres image initialises its
+# clusters with: a recovered cluster's databases refuse connections where it does not exist.
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates curl gnupg; \
@@ -15,7 +21,11 @@ RUN set -eux; \
     echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
         > /etc/apt/sources.list.d/pgdg.list; \
     apt-get update; \
-    apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}"; \
+    apt-get install -y --no-install-recommends postgresql-common; \
+    sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' /etc/postgresql-common/createcluster.conf; \
+    apt-get install -y --no-install-recommends locales \
+        "postgresql-client-${PG_MAJOR}" "postgresql-${PG_MAJOR}"; \
+    localedef -i en_US -c -f UTF-8 en_US.UTF-8; \
     apt-get purge -y gnupg; apt-get autoremove -y; rm -rf /var/lib/apt/lists/*
 
 # An unprivileged user owns the data directory (the SQLite audit log lives there by default),

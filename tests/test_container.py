@@ -1,6 +1,7 @@
 """The container image, checked without a Docker engine: the Dockerfile passes hadolint, keeps
 the promises the README makes (non-root, writable /data, PostgreSQL client major as a build
-argument, blnk-backup-bot as the entrypoint) and its health check command works against the
+argument, blnk-backup-bot as the entrypoint), carries the PostgreSQL server of that major for
+recoveries to a time (and no cluster of its own), and its health check command works against the
 real HTTP server; the Slack app manifest matches the commands the app registers."""
 
 from __future__ import annotations
@@ -55,6 +56,46 @@ def test_the_image_runs_the_bot_as_a_non_root_user_with_a_writable_data_volume()
     assert "postgresql-client-${PG_MAJOR}" in DOCKERFILE
     assert "PG_BIN_DIR=/usr/lib/postgresql/${PG_MAJOR}/bin" in DOCKERFILE
     assert "AUDIT_DATABASE_URL=sqlite:////data/audit.sqlite3" in DOCKERFILE
+
+
+def test_the_image_carries_the_server_of_its_pg_major_for_recoveries_to_a_time(
+    tmp_path: Path,
+) -> None:
+    """A recovery to a time runs PostgreSQL's server of exactly the source's major (restore
+    tests, restore --at): the image installs postgresql-PG_MAJOR from PGDG beside the client,
+    where PG_BIN_DIR points (server_bin_dir looks there first), without the cluster Debian's
+    postgresql-common would create, and with the locale the stock postgres image's clusters
+    use."""
+    [apt] = [r for r in _instruction("RUN") if "apt-get install" in r]
+    steps = [s.strip() for s in apt.split(";")]
+    installs = [s for s in steps if s.startswith("apt-get install")]
+    packages = [p.strip('"') for s in installs for p in s.split()[2:] if not p.startswith("-")]
+    assert "postgresql-${PG_MAJOR}" in packages and "postgresql-client-${PG_MAJOR}" in packages
+    assert "locales" in packages
+    assert "apt.postgresql.org" in apt  # PGDG: every supported major, not only Debian's 15
+
+    # No cluster of the image's own: postgresql-common installed first and told not to make
+    # one, before the server package whose installation would make it.
+    def installing(package: str) -> int:
+        [n] = [n for n, s in enumerate(steps) if s in installs and package in s.split()]
+        return n
+
+    common, server = installing("postgresql-common"), installing('"postgresql-${PG_MAJOR}"')
+    [sed] = [s for s in steps if "create_main_cluster" in s]
+    assert common < steps.index(sed) < server
+    conf = tmp_path / "createcluster.conf"
+    for line in ("create_main_cluster = true", "#create_main_cluster = true"):
+        conf.write_text(f"# Create a main cluster\n{line}\nstart_conf = 'auto'\n")
+        script = sed.replace("/etc/postgresql-common/createcluster.conf", str(conf))
+        subprocess.run(["sh", "-c", script], check=True)
+        assert conf.read_text().splitlines()[1:] == [
+            "create_main_cluster = false",
+            "start_conf = 'auto'",
+        ]
+    assert "localedef -i en_US -c -f UTF-8 en_US.UTF-8" in steps
+    assert steps.index("localedef -i en_US -c -f UTF-8 en_US.UTF-8") > server
+    env = " ".join(_instruction("ENV"))
+    assert "PG_BIN_DIR=/usr/lib/postgresql/${PG_MAJOR}/bin" in env  # the server's too
 
 
 @pytest.fixture

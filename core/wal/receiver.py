@@ -6,8 +6,12 @@ pg_receivewal writes each segment into the spool directory as ``NAME.partial`` a
 uploaded, read back, then removed from the spool. The segment being written is shipped as
 ``NAME.partial`` on a timer, only when it changed, so the recovery point in the store stays
 within ``WAL_SHIP_PARTIAL_SECONDS`` of the database while WAL flows; after each, the position
-it holds is written to ``wal/position.json``. With ``--synchronous`` the receiver flushes
-each write at once and tells the server, so the slot only lets go of WAL that is on this host.
+it holds is written to ``wal/position.json`` with the time before which every commit is in the
+store: when the server reported that position (the segment being written), or when the file
+was last written (a finished segment; the segment being written when pg_receivewal has stopped
+and the server cannot be asked — it is down). With ``--synchronous`` the receiver flushes each
+write at once and tells the server, so the slot only lets go of WAL that is on this host.
+When pg_receivewal stops (the database went away), what it wrote is shipped at once.
 
 The store may be down: files stay in the spool and are shipped when it is back, in order.
 pg_receivewal may stop (the database restarts, the network drops): it is started again with a
@@ -24,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.database import PgTarget
@@ -43,9 +47,12 @@ from core.wal.names import (
 
 log = logging.getLogger("blnk_backup.wal")
 
-POSITION = "position.json"  # wal/position.json: what the newest shipped WAL holds
+# wal/position.json: the newest shipped WAL's timeline and position (``lsn``), and the time
+# before which every commit is in the store (``shipped_at``: the newest recoverable point).
+POSITION = "position.json"
 _TICK = 1.0
 _GONE = "has already been removed"  # the server's word for WAL it no longer has
+_FILE_TIME_SLACK = timedelta(milliseconds=10)  # a kernel tick at HZ=100, the coarsest
 _RESTART_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -58,6 +65,7 @@ class ReceiverState:
     last_shipped: str | None = None
     partial_shipped_at: datetime | None = None
     position: int | None = None  # LSN the newest shipped WAL holds
+    position_at: datetime | None = None  # every commit before it is in the store
     restarts: int = 0
     store_failures: int = 0
     errors: list[str] = field(default_factory=list)
@@ -203,15 +211,14 @@ class WalReceiver:
                     self.ship()
                 if stop.is_set():
                     process.interrupt()
-                    self.ship(final=True)
-                    return
+                    break
                 code = process.poll()
                 tail = process.stderr_tail(3) or "no reason given"
             finally:
                 process.close()
-            # The stream broke — perhaps the database is gone: what was received is the WAL
-            # that matters most, so it goes to the store now, not when the timer says.
-            self.ship(final=True)
+            # It stopped (the database went away, the network dropped): what it wrote is all
+            # there is until it runs again, and may be all there ever is. Ship it now.
+            self.ship(final=True, stopped=True)
             if _GONE in tail:  # it resumed from WAL the server removed: the slot is new
                 self.discard_partials()
             self.state.restarts += 1
@@ -222,6 +229,7 @@ class WalReceiver:
             self._note(f"pg_receivewal exited ({code}): {' | '.join(tail.splitlines())}")
             log.warning("pg_receivewal exited (%s), starting again in %.0f s", code, pause)
             stop.wait(pause)
+        self.ship(final=True, stopped=True)
 
     def _start(self) -> StreamingProcess:
         self._mend_torn_partials()
@@ -248,20 +256,24 @@ class WalReceiver:
         past what it holds: padding it with the zeros pg_receivewal was writing makes it what
         pg_receivewal expects, and it resumes from that segment's start."""
         for path in self.spool.glob("*" + PARTIAL_SUFFIX):
-            size = path.stat().st_size
-            if 0 < size < SEGMENT_SIZE:
+            stat = path.stat()
+            if 0 < stat.st_size < SEGMENT_SIZE:
                 log.warning(
-                    "%s was cut short (%s bytes): padded to a full segment", path.name, size
+                    "%s was cut short (%s bytes): padded to a full segment", path.name, stat.st_size
                 )
                 os.truncate(path, SEGMENT_SIZE)
+                # Its time stays when its WAL came in (what a stopped receiver's position says).
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     # --- shipping -----------------------------------------------------------------------------
-    def ship(self, *, final: bool = False) -> None:
+    def ship(self, *, final: bool = False, stopped: bool = False) -> None:
         """Ship finished segments and history files (then drop them from the spool), and the
-        segment being written when it is due (always when ``final``). A store that fails
-        leaves everything in the spool for the next call."""
+        segment being written when it is due (always when ``final``; ``stopped``: pg_receivewal
+        is not running, so that file is complete as it is). A store that fails leaves
+        everything in the spool for the next call."""
         try:
             for path in self._finished():
+                written_at = _written_at(path)
                 size = self.archive.ship(path)
                 path.unlink()
                 self.state.shipped_segments += 1
@@ -269,8 +281,8 @@ class WalReceiver:
                 self.state.last_shipped = path.name
                 segment = Segment.parse(path.name)
                 if segment is not None:
-                    self._record_position(segment.timeline, segment.end_lsn)
-            self._ship_partial(final)
+                    self._record_position(segment.timeline, segment.end_lsn, written_at)
+            self._ship_partial(final, stopped)
         except (EngineError, OSError) as exc:
             self.state.store_failures += 1
             self._note(f"shipping WAL failed: {exc}")
@@ -284,7 +296,7 @@ class WalReceiver:
         segments = [n for n in names if Segment.parse(n) is not None]
         return [self.spool / n for n in histories + sorted(segments, key=_segment_order)]
 
-    def _ship_partial(self, final: bool) -> None:
+    def _ship_partial(self, final: bool, stopped: bool) -> None:
         partials = sorted(self.spool.glob("*" + PARTIAL_SUFFIX))
         if not partials:
             return
@@ -292,51 +304,52 @@ class WalReceiver:
         now = self.clock()
         if not final and now < self._partial_due:
             return
-        position = self._flushed_position()  # before the file is read: it holds at least this
+        segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
         stat = path.stat()
         seen = (path.name, stat.st_size, stat.st_mtime_ns)
         if self._partial_seen is None and self.archive.shipped_since_written(path):
             # Shipped as it is before this receiver started (the bot restarted): not again,
             # which would only make it look newer than the WAL it holds.
             self._partial_seen = seen
-            segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
-            if segment is not None and position is not None:
-                self._record_position(segment.timeline, min(position, segment.end_lsn))
+        if stopped:
+            # pg_receivewal is not running: the file is all there is of this WAL for now. It
+            # holds everything up to its last byte written, and every commit made before that
+            # byte came in — known without the server, which may be down or out of reach.
+            if seen != self._partial_seen:
+                self.archive.ship(path)
+                self._partial_seen = seen
+                self.state.partial_shipped_at = datetime.now(UTC)
+            if segment is not None:
+                held = segment.start_lsn + _written_length(path)
+                self._record_position(segment.timeline, held, _written_at(path))
+            return
+        asked_at = datetime.now(UTC)
+        position = self._flushed_position()  # before the file is read: it holds at least this
+        stat = path.stat()
+        seen = (path.name, stat.st_size, stat.st_mtime_ns)
         if seen == self._partial_seen:
             # No WAL since the last one: the store is as current as the database. Say so (a
             # recovery point that is now, not the time of the last write), once a period.
             self._partial_due = now + self.ship_partial_every
             shipped = self.state.position
+            if position is not None and segment is not None and shipped is None:
+                shipped = min(position, segment.end_lsn)  # shipped before a restart
             if shipped is not None and position is not None and position <= shipped:
-                self._record_position(_timeline_of(path), shipped, refresh=True)
+                self._record_position(_timeline_of(path), shipped, asked_at)
             return
         self.archive.ship(path)
         self._partial_seen = seen
         self._partial_due = now + self.ship_partial_every
         self.state.partial_shipped_at = datetime.now(UTC)
-        segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
-        if segment is None:
-            return
-        if position is not None:
-            self._record_position(segment.timeline, min(position, segment.end_lsn))
-        else:
-            # The database cannot be asked (it may be gone: this is the WAL that matters
-            # most). The file holds all that was received until it last changed: that is
-            # how recent the store now is, whatever the position was.
-            written = datetime.fromtimestamp(stat.st_mtime, UTC)
-            self._record_position(
-                segment.timeline,
-                self.state.position or segment.start_lsn,
-                refresh=True,
-                at=written,
-            )
+        if segment is not None and position is not None:
+            self._record_position(segment.timeline, min(position, segment.end_lsn), asked_at)
 
     def _flushed_position(self) -> int | None:
         """How far the receiver has flushed, as the server saw it acknowledged: the slot's
         restart_lsn (a physical slot moves on with each flush the receiver reports; readable
         by any role)."""
         try:
-            with self.source.connect(autocommit=True) as conn:
+            with self.source.connect(autocommit=True, connect_timeout=10) as conn:
                 row = conn.execute(
                     "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
                     (self.slot,),
@@ -345,23 +358,20 @@ class WalReceiver:
             return None
         return parse_lsn(row[0]) if row and row[0] else None
 
-    def _record_position(
-        self, timeline: int, lsn: int, *, refresh: bool = False, at: datetime | None = None
-    ) -> None:
-        """Write wal/position.json: the store holds the WAL up to ``lsn``, as it was at
-        ``at`` (now by default)."""
-        if self.state.position is not None and lsn <= self.state.position and not refresh:
-            return
-        self.state.position = lsn
+    def _record_position(self, timeline: int, lsn: int, at: datetime) -> None:
+        """Record that the store holds WAL up to ``lsn`` and every commit made before ``at``;
+        never a position or a time older than one recorded before (the store only grows)."""
+        state = self.state
+        if state.position is not None and state.position_at is not None:
+            if lsn < state.position or (lsn == state.position and at <= state.position_at):
+                return
+            at = max(at, state.position_at)
         store = self.archive.store
         store.put_json(
             f"{store.prefix}{WAL_DIR}{POSITION}",
-            {
-                "timeline": timeline,
-                "lsn": format_lsn(lsn),
-                "shipped_at": (at or datetime.now(UTC)).isoformat(),
-            },
+            {"timeline": timeline, "lsn": format_lsn(lsn), "shipped_at": at.isoformat()},
         )
+        state.position, state.position_at = lsn, at
 
     def _note(self, error: str) -> None:
         self.state.errors = [*self.state.errors[-9:], error]
@@ -378,6 +388,30 @@ def names_standby(synchronous_standby_names: str, application_name: str) -> bool
         w for w in words if not w.isdigit() and w not in ("first", "any")
     }
     return bool(names & {"*", application_name.lower(), application_name})
+
+
+def _written_at(path: Path) -> datetime:
+    """When ``path`` was last written, at the latest: for a WAL file pg_receivewal wrote (and
+    flushed at once, --synchronous), when the last of its WAL had come in. A file's time comes
+    from the kernel's coarse clock, up to a tick behind (seen here: a commit stamped after the
+    time of the file it was in)."""
+    return datetime.fromtimestamp(path.stat().st_mtime_ns / 1e9, UTC) + _FILE_TIME_SLACK
+
+
+def _written_length(path: Path) -> int:
+    """How much of a segment file holds WAL: up to its last byte that is not zero
+    (pg_receivewal fills a new segment file with zeros before it writes WAL into it)."""
+    block = 1 << 20
+    with path.open("rb") as wal:
+        end = wal.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - block)
+            wal.seek(start)
+            data = wal.read(end - start).rstrip(b"\0")
+            if data:
+                return start + len(data)
+            end = start
+    return 0
 
 
 def _timeline_of(path: Path) -> int:

