@@ -10,6 +10,7 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from rich.console import Console as RichConsole
 
 from bot.console_render import render
@@ -25,15 +26,7 @@ from core.wal.recovery import RecoverableWindow
 from tests.support.fake_slack import block_texts
 from tests.support.manifests import make_manifest
 
-NOW = datetime.now(UTC)
 GiB = 1 << 30
-WINDOW = RecoverableWindow(
-    earliest=datetime(2026, 12, 1, 2, 0, 7, tzinfo=UTC),
-    latest=NOW - timedelta(seconds=3),
-    latest_lsn="0/5000000",
-    base_backups=2,
-    last_base_backup=datetime(2026, 12, 2, 2, 0, 9, tzinfo=UTC),
-)
 SLOT = SlotState(
     "blnk_backup",
     True,
@@ -43,15 +36,39 @@ SLOT = SlotState(
     safe_wal_size=8 * GiB,
     max_keep_bytes=10 * GiB,
 )
-HEALTHY = WalStatus(WINDOW, SLOT, NOW - timedelta(seconds=2), (), NOW, WalLimits())
-BROKEN = replace(
-    HEALTHY,
-    window=replace(WINDOW, latest=NOW - timedelta(minutes=20)),
-    slot=replace(SLOT, active=False, wal_status="lost", retained_bytes=None, safe_wal_size=None),
-    receiver_last_seen=NOW - timedelta(minutes=20),
-    gaps=(Segment(1, 9), Segment(1, 10)),
-)
-FRESH = FreshnessStatus(NOW, 24, 1, 0, 8, None, None)
+
+
+def _readings() -> None:
+    """The readings the tests render, as of now: the renderers count ages to the clock, so
+    they are made again for each test (a module imported minutes before would age)."""
+    global NOW, WINDOW, HEALTHY, BROKEN, FRESH
+    NOW = datetime.now(UTC)
+    WINDOW = RecoverableWindow(
+        earliest=datetime(2026, 12, 1, 2, 0, 7, tzinfo=UTC),
+        latest=NOW - timedelta(seconds=3),
+        latest_lsn="0/5000000",
+        base_backups=2,
+        last_base_backup=datetime(2026, 12, 2, 2, 0, 9, tzinfo=UTC),
+    )
+    HEALTHY = WalStatus(WINDOW, SLOT, NOW - timedelta(seconds=2), (), NOW, WalLimits())
+    BROKEN = replace(
+        HEALTHY,
+        window=replace(WINDOW, latest=NOW - timedelta(minutes=20)),
+        slot=replace(
+            SLOT, active=False, wal_status="lost", retained_bytes=None, safe_wal_size=None
+        ),
+        receiver_last_seen=NOW - timedelta(minutes=20),
+        gaps=(Segment(1, 9), Segment(1, 10)),
+    )
+    FRESH = FreshnessStatus(NOW, 24, 1, 0, 8, None, None)
+
+
+_readings()
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    _readings()
 
 
 def shown(message: blocks.Message) -> str:
