@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,7 +39,7 @@ from core.services import Services
 from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import ReceiverThread, WalReceiver
 from tests.conftest import SettingsFactory
-from tests.support.helpers import shell_block_after
+from tests.support.helpers import shell_block_after, wait_until
 from tests.support.pgcluster import PasswordCluster
 from tests.support.slack_requests import AppServer
 
@@ -641,6 +642,20 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
             transfer(conn, "after_recreate")
         _caught_up(thread, admin)  # streaming resumed from the new slot
         assert "chain_broken" not in [p.code for p in services.wal_health.problems()]
+
+        # Dropping it (the way out when the primary's disk fills): approved, the slot gone,
+        # the service's receiver held stopped until the slot is recreated.
+        app.command("/blnk-backups", "wal-slot drop disk filling")
+        message = wait_message(fake, "Approval needed")
+        assert "Drop the replication slot" in visible(message)
+        approval_id = buttons(message)[APPROVE_ACTION]
+        app.click(message, approve=True, user=APPROVER1)
+        done = app.wait_status(approval_id, "executed", "failed", timeout=120)
+        assert done.status == "executed" and "dropped" in (done.outcome or ""), done.outcome
+        assert services.wal_health.read_slot().exists is False
+        assert thread.held and not thread.running
+        thread.start()  # a new leadership does not bring it back while held
+        assert not thread.running
         thread.stop()
 
         window = services.pitr.window()
@@ -690,3 +705,60 @@ def test_the_receiver_is_never_a_synchronous_standby_unless_that_is_chosen(
         with ledger.connect(autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
             conn.execute("SELECT pg_reload_conf()")
+
+
+def test_the_bot_killed_outright_resumes_from_its_slot_with_no_gap(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    """``blnk-backup wal-stream`` SIGKILLed while payments go on (its pg_receivewal is told
+    to stop as its parent dies, never left holding the slot), started again: it resumes from
+    the slot, the archive has no gap, and the store reaches the primary's position."""
+    from tests.support.settings import settings_env
+
+    settings = settings_for(make_settings, source, tmp_path)
+    services = Services(settings)
+    ledger = PgTarget.from_url(source.url(dbname="blnk"))
+    admin = PgTarget.from_url(source.url())
+    cli = str(Path(sys.executable).parent / "blnk-backup")
+    env = settings_env(settings)
+    out = (tmp_path / "wal-stream.log").open("wb")
+    first = subprocess.Popen([cli, "wal-stream"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        base = services.base_backups.run(ACTOR)
+        with ledger.connect(autocommit=True) as conn:
+            for n in range(20):
+                transfer(conn, f"botkill_before_{n}")
+            _receiver_process(settings.wal_slot_name)  # it streams
+            first.send_signal(signal.SIGKILL)
+            assert first.wait(10) == -signal.SIGKILL
+            for n in range(20):
+                transfer(conn, f"botkill_down_{n}")
+            conn.execute("SELECT pg_switch_wal()")
+        # The slot is let go of (no orphaned pg_receivewal holds it) and keeps the WAL.
+        wait_until(
+            lambda: services.wal_health.read_slot().active is False, 10, "the slot is let go"
+        )
+        second = subprocess.Popen(
+            [cli, "wal-stream"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        with admin.connect(autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        wanted = parse_lsn(row[0])
+
+        def caught_up() -> bool:
+            position = services.store.get_json(f"{services.store.prefix}wal/position.json")
+            return isinstance(position, dict) and parse_lsn(position["lsn"]) >= wanted
+
+        wait_until(caught_up, 30, "the restarted bot's store reaches the primary")
+        listing = services.pitr.archive.listing()
+        first_segment = Segment.of(base.timeline, base.start)
+        assert listing.has(first_segment) and listing.gaps(first_segment) == []
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(30)
+        out.close()
+        services.close()
