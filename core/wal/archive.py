@@ -6,14 +6,24 @@ like a dump: size and checksum read back), the segment being written as ``NAME.p
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from core.store.s3 import S3Store
-from core.wal.names import PARTIAL_SUFFIX, WAL_DIR, Segment, is_history, wal_key
+from core.wal.names import (
+    PARTIAL_SUFFIX,
+    SEGMENT_SIZE,
+    WAL_DIR,
+    Segment,
+    is_history,
+    wal_key,
+)
 
 log = logging.getLogger("blnk_backup.wal")
+
+WAL_PAGE = 8192  # XLOG_BLCKSZ: a partial segment is cut after its last written page
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,26 @@ class WalArchive:
 
     def ship(self, path: Path) -> int:
         """Put one WAL file (a finished segment, a ``.partial`` or a ``.history``) into the
-        bucket, verified; return its size. The local file is the caller's."""
+        bucket, verified; return its size. The local file is the caller's.
+
+        A ``.partial`` goes without the zeros after its written part (pg_receivewal fills a
+        segment file with zeros before it writes into it), cut at a WAL page boundary: it is
+        shipped every few seconds while WAL flows, and a full 16 MiB each time would make the
+        upload follow the timer instead of the WAL. ``fetch`` (and the stock-tools recipe,
+        ``truncate -s 16M``) gives it back its full size."""
         body = path.read_bytes()
+        if path.name.endswith(PARTIAL_SUFFIX):
+            written = len(body.rstrip(b"\0"))
+            body = body[: min(len(body), -(-written // WAL_PAGE) * WAL_PAGE)]
         self.store.put_verified(wal_key(self.store.prefix, path.name), body)
         return len(body)
+
+    def forget_partial(self, name: str) -> None:
+        """Delete ``NAME.partial`` once ``NAME`` itself is in the store (best effort: a
+        leftover is only storage, and retention deletes it with its segment)."""
+        failed = self.store.delete_many([wal_key(self.store.prefix, name + PARTIAL_SUFFIX)])
+        if failed:
+            log.info("the partial copy of %s stays: %s", name, failed[0])
 
     def shipped_since_written(self, path: Path) -> bool:
         """True when the store's copy of ``path`` was written after the file last changed
@@ -120,4 +146,6 @@ class WalArchive:
             return False
         with destination.open("wb") as out:
             self.store.download(key, out)
+        if name.endswith(PARTIAL_SUFFIX) and destination.stat().st_size < SEGMENT_SIZE:
+            os.truncate(destination, SEGMENT_SIZE)  # the zeros it was shipped without
         return True

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
+
 from core.database import PgTarget
 from core.errors import EngineError, PreflightError
 from core.processes import StreamingProcess, find_tool, run
@@ -102,8 +104,26 @@ class WalReceiver:
 
     # --- the slot -----------------------------------------------------------------------------
     def ensure_slot(self) -> None:
-        """Create the physical replication slot if it does not exist yet. Raise
+        """Create the physical replication slot if it does not exist yet, keeping WAL from
+        the moment it is made (``pg_create_physical_replication_slot(name, true)``: a slot
+        made by ``pg_receivewal --create-slot`` keeps nothing until a stream first connects,
+        so a base backup begun in between could lose its first WAL). Over a replication
+        connection alone (no normal one allowed) it falls back to pg_receivewal. Raise
         PreflightError with the server's reason (no REPLICATION role, no pg_hba line, ...)."""
+        try:
+            with self.source.connect(autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                    "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                    (self.slot, self.slot),
+                )
+            return
+        except EngineError:
+            pass  # no normal connection for this role: pg_receivewal's own way
+        except psycopg.Error as exc:
+            if "already exists" in str(exc):  # made in between by another receiver
+                return
+            log.info("making the slot over SQL failed (%s): with pg_receivewal", type(exc).__name__)
         done = run(
             [
                 self.binary,
@@ -282,6 +302,8 @@ class WalReceiver:
                 segment = Segment.parse(path.name)
                 if segment is not None:
                     self._record_position(segment.timeline, segment.end_lsn, written_at)
+                    # its partial copies, shipped while it was written, are no longer needed
+                    self.archive.forget_partial(path.name)
             self._ship_partial(final, stopped)
         except (EngineError, OSError) as exc:
             self.state.store_failures += 1
