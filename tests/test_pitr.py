@@ -29,7 +29,6 @@ import pytest
 from bot.cli import main as cli_main
 from bot.http import HttpApi
 from core.actor import Actor
-from core.blnkgen import generate
 from core.database import PgTarget, database_exists, drop_database
 from core.errors import PlanChangedError, UsageError
 from core.localserver import free_port, run_base, server_user
@@ -40,37 +39,27 @@ from core.wal.names import Segment, parse_lsn
 from core.wal.receiver import ReceiverThread, WalReceiver
 from tests.conftest import SettingsFactory
 from tests.support.helpers import shell_block_after, wait_until
-from tests.support.pgcluster import PasswordCluster
+from tests.support.pgcluster import (
+    REPLICATOR,
+    REPLICATOR_PASSWORD,
+    PasswordCluster,
+    start_ledger_source,
+)
 from tests.support.slack_requests import AppServer
 
 ACTOR = Actor("grace", "cli")
-REPLICATOR, REPLICATOR_PASSWORD = "replicator", "replicator-password-123"
 
 
 @pytest.fixture(scope="module")
 def source() -> Iterator[PasswordCluster]:
     """The database host: wal_level replica, a replication pg_hba line for the bot's address,
     a capped slot, and a Blnk ledger in database ``blnk``."""
-    cluster = PasswordCluster()
-    cluster.start(
-        conf={
-            "wal_level": "replica",
-            "max_wal_senders": "10",
-            "max_replication_slots": "20",  # a slot per test (each is left behind)
-            "max_slot_wal_keep_size": "1GB",
-        },
-        hba=[f"host replication {REPLICATOR} 127.0.0.1/32 scram-sha-256"],
+    # a slot per test (each is left behind)
+    cluster = start_ledger_source(
+        2_000, {"max_replication_slots": "20", "max_slot_wal_keep_size": "1GB"}
     )
-    try:
-        admin = PgTarget.from_url(cluster.url())
-        with admin.connect(autocommit=True) as conn:
-            conn.execute(
-                f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{REPLICATOR_PASSWORD}'"
-            )
-        generate(admin, "blnk", 2_000)
-        yield cluster
-    finally:
-        cluster.stop()
+    yield cluster
+    cluster.stop()
 
 
 def settings_for(make_settings: SettingsFactory, cluster: PasswordCluster, tmp: Path) -> Any:
@@ -433,8 +422,7 @@ def test_the_stock_tools_recipe_recovers_the_same_state_as_the_bot(
 def test_a_recovery_to_a_time_from_slack_is_approved_by_a_second_person_and_proven(
     start_app: Any, fake: Any, source: PasswordCluster, tmp_path: Path, secrets: list[str]
 ) -> None:
-    from bot.render.blocks import APPROVE_ACTION
-    from tests.support.slack_requests import APPROVER1, buttons, visible, wait_message
+    from tests.support.slack_requests import visible
 
     secrets += [REPLICATOR_PASSWORD, source.password]  # never in anything sent to Slack
     admin = PgTarget.from_url(source.url())
@@ -453,13 +441,12 @@ def test_a_recovery_to_a_time_from_slack_is_approved_by_a_second_person_and_prov
             target, before = commits_around_a_moment(ledger, "slack", 10)
             streaming.caught_up(admin)
 
-        app.command("/blnk-restore", f'latest at "{target.isoformat()}" into {into} bad deploy')
-        message = wait_message(fake, "Approval needed")
-        assert target.isoformat() in visible(message) and into in visible(message)
-        approval_id = buttons(message)[APPROVE_ACTION]
-        app.click(message, approve=True, user=APPROVER1)
-        done = app.wait_status(approval_id, "executed", "failed", timeout=240)
-        assert done.status == "executed", done.outcome
+        done = approved_by_another(
+            app,
+            fake,
+            ("/blnk-restore", f'latest at "{target.isoformat()}" into {into} bad deploy'),
+            [target.isoformat(), into],
+        )
         assert "ledger proven" in (done.outcome or "")
         assert count(admin.with_dbname(into)) == before
         [recovered] = [e for e in app.events("pitr_restore") if e.outcome == "succeeded"]
@@ -569,6 +556,23 @@ def test_retention_deletes_old_base_backups_and_exactly_the_wal_only_they_needed
         services.close()
 
 
+def approved_by_another(app: Any, fake: Any, command: tuple[str, str], shown: list[str]) -> Any:
+    """Ask with ``command`` as the requester; the approval request must show each of
+    ``shown``; a second person approves; return the approval once executed."""
+    from bot.render.blocks import APPROVE_ACTION
+    from tests.support.slack_requests import APPROVER1, buttons, visible, wait_message
+
+    app.command(*command)
+    message = wait_message(fake, "Approval needed")
+    for text in shown:
+        assert text in visible(message), text
+    approval_id = buttons(message)[APPROVE_ACTION]
+    app.click(message, approve=True, user=APPROVER1)
+    done = app.wait_status(approval_id, "executed", "failed", timeout=240)
+    assert done.status == "executed", done.outcome
+    return done
+
+
 def _caught_up(thread: ReceiverThread, source: PgTarget, timeout: float = 30) -> None:
     with source.connect(autocommit=True) as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
@@ -591,8 +595,6 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
     the slot again (the service's receiver paused around it), takes a base backup, and
     streaming resumes; the time before the break still recovers exactly, a time inside it is
     refused with where the chain broke."""
-    from bot.render.blocks import APPROVE_ACTION
-    from tests.support.slack_requests import APPROVER1, buttons, visible, wait_message
 
     secrets += [REPLICATOR_PASSWORD, source.password]
     admin = PgTarget.from_url(source.url())
@@ -623,13 +625,12 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
         assert any("wal-slot recreate" in p.next_step for p in broken)
         thread.start()  # pg_receivewal cannot stream from a lost slot
 
-        app.command("/blnk-backups", "wal-slot recreate slot lost overnight")
-        message = wait_message(fake, "Approval needed")
-        assert f"`{slot}`" in visible(message) and "base backup" in visible(message)
-        approval_id = buttons(message)[APPROVE_ACTION]
-        app.click(message, approve=True, user=APPROVER1)
-        done = app.wait_status(approval_id, "executed", "failed", timeout=240)
-        assert done.status == "executed", done.outcome
+        done = approved_by_another(
+            app,
+            fake,
+            ("/blnk-backups", "wal-slot recreate slot lost overnight"),
+            [f"`{slot}`", "base backup"],
+        )
         assert "made again" in (done.outcome or "")
         remade = services.wal_health.read_slot()
         assert remade is not None and remade.wal_status != "lost"
@@ -645,13 +646,10 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
 
         # Dropping it (the way out when the primary's disk fills): approved, the slot gone,
         # the service's receiver held stopped until the slot is recreated.
-        app.command("/blnk-backups", "wal-slot drop disk filling")
-        message = wait_message(fake, "Approval needed")
-        assert "Drop the replication slot" in visible(message)
-        approval_id = buttons(message)[APPROVE_ACTION]
-        app.click(message, approve=True, user=APPROVER1)
-        done = app.wait_status(approval_id, "executed", "failed", timeout=120)
-        assert done.status == "executed" and "dropped" in (done.outcome or ""), done.outcome
+        done = approved_by_another(
+            app, fake, ("/blnk-backups", "wal-slot drop disk filling"), ["Drop the replication"]
+        )
+        assert "dropped" in (done.outcome or ""), done.outcome
         assert services.wal_health.read_slot().exists is False
         assert thread.held and not thread.running
         thread.start()  # a new leadership does not bring it back while held

@@ -31,15 +31,19 @@ import psutil
 import pytest
 
 from core.actor import Actor
-from core.blnkgen import generate
 from core.database import PgTarget, database_exists, drop_database
 from core.services import Services
 from core.wal.names import parse_lsn
 from tests.conftest import SettingsFactory
 from tests.support.helpers import wait_until
-from tests.support.pgcluster import PasswordCluster
+from tests.support.pgcluster import (
+    REPLICATOR,
+    REPLICATOR_PASSWORD,
+    PasswordCluster,
+    start_ledger_source,
+)
 from tests.support.settings import settings_env
-from tests.test_pitr import REPLICATOR, REPLICATOR_PASSWORD, Streaming, transfer
+from tests.test_pitr import Streaming, transfer
 
 ACTOR = Actor("grace", "cli")
 CLI = str(Path(sys.executable).parent / "blnk-backup")
@@ -55,21 +59,9 @@ class Payment:
 
 @pytest.fixture
 def source() -> Iterator[PasswordCluster]:
-    cluster = PasswordCluster()
-    cluster.start(
-        conf={"wal_level": "replica", "max_wal_senders": "10", "max_replication_slots": "10"},
-        hba=[f"host replication {REPLICATOR} 127.0.0.1/32 scram-sha-256"],
-    )
-    try:
-        admin = PgTarget.from_url(cluster.url())
-        with admin.connect(autocommit=True) as conn:
-            conn.execute(
-                f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{REPLICATOR_PASSWORD}'"
-            )
-        generate(admin, "blnk", 500)
-        yield cluster
-    finally:
-        cluster.stop()
+    cluster = start_ledger_source(500)
+    yield cluster
+    cluster.stop()
 
 
 def _settings(

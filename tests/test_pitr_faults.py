@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from core import pgwheel
-from core.blnkgen import generate
 from core.database import PgTarget, database_exists, drop_database
 from core.localserver import server_user
 from core.processes import tool_version
@@ -30,7 +29,7 @@ from core.wal.names import PARTIAL_SUFFIX, Segment, parse_lsn
 from core.wal.recovery import server_bin_dir
 from tests.conftest import SettingsFactory
 from tests.support.faultproxy import FaultProxy
-from tests.support.pgcluster import PasswordCluster
+from tests.support.pgcluster import PasswordCluster, start_ledger_source
 from tests.test_pitr import (
     ACTOR,
     REPLICATOR,
@@ -42,37 +41,19 @@ from tests.test_pitr import (
     transfer,
 )
 
-SOURCE_CONF = {
-    "wal_level": "replica",
-    "max_wal_senders": "10",
-    "max_replication_slots": "20",
-    "max_slot_wal_keep_size": "1GB",
-}
+SOURCE_CONF = {"max_replication_slots": "20", "max_slot_wal_keep_size": "1GB"}
 
 
 def make_source(bin_dir: Path | None = None) -> PasswordCluster:
     """A database host as test_pitr's: a replication pg_hba line for the bot's address, a
     REPLICATION-only role, a capped slot, and a Blnk ledger in database ``blnk``; its
     superuser may take a standby of it."""
-    cluster = PasswordCluster(bin_dir)
-    cluster.start(
-        conf=SOURCE_CONF,
-        hba=[
-            f"host replication {REPLICATOR} 127.0.0.1/32 scram-sha-256",
-            f"host replication {PasswordCluster.user} 127.0.0.1/32 scram-sha-256",
-        ],
+    return start_ledger_source(
+        500,
+        SOURCE_CONF,
+        extra_hba=(f"host replication {PasswordCluster.user} 127.0.0.1/32 scram-sha-256",),
+        bin_dir=bin_dir,
     )
-    try:
-        admin = PgTarget.from_url(cluster.url())
-        with admin.connect(autocommit=True) as conn:
-            conn.execute(
-                f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{REPLICATOR_PASSWORD}'"
-            )
-        generate(admin, "blnk", 500)
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
 
 
 @pytest.fixture(scope="module")

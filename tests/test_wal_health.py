@@ -18,13 +18,12 @@ import pytest
 
 from bot.cli import main as cli_main
 from bot.http import HttpApi
-from core.blnkgen import generate
 from core.database import PgTarget
 from core.services import Services
 from core.wal.health import WalHealth
 from tests.conftest import SettingsFactory
 from tests.support.fake_slack import FakeSlack, block_texts
-from tests.support.pgcluster import PasswordCluster
+from tests.support.pgcluster import PasswordCluster, start_ledger_source
 from tests.support.slack_requests import OPERATOR, AppServer, visible
 from tests.test_pitr import (
     ACTOR,
@@ -43,26 +42,9 @@ CAP = 32 << 20
 def capped() -> Iterator[PasswordCluster]:
     """A database host whose slots may keep 32 MiB of WAL (two segments), with a replication
     role and a small Blnk ledger."""
-    cluster = PasswordCluster()
-    cluster.start(
-        conf={
-            "wal_level": "replica",
-            "max_wal_senders": "10",
-            "max_replication_slots": "10",
-            "max_slot_wal_keep_size": "32MB",
-        },
-        hba=[f"host replication {REPLICATOR} 127.0.0.1/32 scram-sha-256"],
-    )
-    try:
-        admin = PgTarget.from_url(cluster.url())
-        with admin.connect(autocommit=True) as conn:
-            conn.execute(
-                f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{REPLICATOR_PASSWORD}'"
-            )
-        generate(admin, "blnk", 200)
-        yield cluster
-    finally:
-        cluster.stop()
+    cluster = start_ledger_source(200, {"max_slot_wal_keep_size": "32MB"})
+    yield cluster
+    cluster.stop()
 
 
 def write_wal(admin: PgTarget, size: int) -> None:

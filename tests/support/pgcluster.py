@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psutil
 
+from core.blnkgen import generate
+from core.database import PgTarget
 from core.localserver import run_base, server_user
 from core.processes import run
 from tests.support.s3server import free_port
@@ -153,3 +155,36 @@ class PasswordCluster:
             check=False,
         )
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# The bot's replication role on the database hosts of the WAL tests: REPLICATION and nothing else.
+REPLICATOR, REPLICATOR_PASSWORD = "replicator", "replicator-password-123"
+REPLICA_CONF = {"wal_level": "replica", "max_wal_senders": "10", "max_replication_slots": "10"}
+
+
+def start_ledger_source(
+    transactions: int,
+    conf: dict[str, str] | None = None,
+    *,
+    extra_hba: tuple[str, ...] = (),
+    bin_dir: Path | None = None,
+) -> PasswordCluster:
+    """A database host for continuous protection: ``wal_level = replica`` (and ``conf``), a
+    ``host replication`` pg_hba line for the bot's address, the REPLICATOR role, and a Blnk
+    ledger of ``transactions`` in database ``blnk``. The caller stops it."""
+    cluster = PasswordCluster(bin_dir)
+    cluster.start(
+        conf=REPLICA_CONF | (conf or {}),
+        hba=[f"host replication {REPLICATOR} 127.0.0.1/32 scram-sha-256", *extra_hba],
+    )
+    try:
+        admin = PgTarget.from_url(cluster.url())
+        with admin.connect(autocommit=True) as conn:
+            conn.execute(
+                f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{REPLICATOR_PASSWORD}'"
+            )
+        generate(admin, "blnk", transactions)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
