@@ -124,11 +124,19 @@ class WalReceiver:
             if "already exists" in str(exc):  # made in between by another receiver
                 return
             log.info("making the slot over SQL failed (%s): with pg_receivewal", type(exc).__name__)
+        done, said = self._slot_command("--create-slot", "--if-not-exists")
+        if done != 0:
+            raise PreflightError(
+                f"the replication slot {self.slot} could not be made on "
+                f"{self.source.display}: {said}"
+            )
+
+    def _slot_command(self, *flags: str) -> tuple[int, str]:
+        """Run pg_receivewal with ``flags`` on the slot; its exit status and its last word."""
         done = run(
             [
                 self.binary,
-                "--create-slot",
-                "--if-not-exists",
+                *flags,
                 f"--slot={self.slot}",
                 f"--dbname={self.source.conninfo}",
                 "--no-password",
@@ -136,12 +144,7 @@ class WalReceiver:
             env=self.source.libpq_env(dict(os.environ)),
             timeout=60,
         )
-        if done.returncode != 0:
-            said = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
-            raise PreflightError(
-                f"the replication slot {self.slot} could not be made on "
-                f"{self.source.display}: {said}"
-            )
+        return done.returncode, (done.stderr.strip().splitlines() or ["no reason given"])[-1]
 
     def check_synchronous(self) -> str | None:
         """Warn (and return the warning) when the primary would treat this receiver as a
@@ -180,20 +183,9 @@ class WalReceiver:
         """Drop the slot (the primary then keeps no WAL for it); False if there was none.
         Raise PreflightError when it is in use (a receiver streams from it) or the server
         refuses."""
-        done = run(
-            [
-                self.binary,
-                "--drop-slot",
-                f"--slot={self.slot}",
-                f"--dbname={self.source.conninfo}",
-                "--no-password",
-            ],
-            env=self.source.libpq_env(dict(os.environ)),
-            timeout=60,
-        )
-        if done.returncode == 0:
+        done, said = self._slot_command("--drop-slot")
+        if done == 0:
             return True
-        said = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
         if "does not exist" in said:
             return False
         raise PreflightError(
