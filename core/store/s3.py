@@ -118,6 +118,7 @@ class ObjectInfo:
     checksum_type: str | None = None  # FULL_OBJECT or COMPOSITE, when the store says
     # the encryption the store applied (AES256, aws:kms, aws:kms:dsse), None when it says none
     sse: str | None = None
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ class S3Store:
             response.get("ChecksumCRC32"),
             response.get("ChecksumType"),
             response.get("ServerSideEncryption"),
+            response.get("ETag"),
         )
 
     def exists(self, key: str) -> bool:
@@ -334,6 +336,24 @@ class S3Store:
         if found is not None and found != wanted:
             raise VerificationError(f"{key}: the store's {self.checksum} is not the bytes' one")
         return info
+
+    def holds(self, key: str, body: bytes) -> bool:
+        """True when ``key`` holds exactly ``body``: the same size and the same checksum as
+        the store reports it (CRC32 or SHA-256, as ``put_verified`` wrote it; in md5 mode a
+        plain ETag). False when it cannot tell: the caller writes it again."""
+        info = self.head(key)
+        if info is None or info.size != len(body):
+            return False
+        if self.checksum == "crc32" and info.checksum_crc32:
+            crc = (zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "big")
+            return info.checksum_crc32 == base64.b64encode(crc).decode()
+        if self.checksum == "sha256" and info.checksum_sha256:
+            digest = hashlib.sha256(body).digest()
+            return info.checksum_sha256 == base64.b64encode(digest).decode()
+        # A store that keeps no additional checksum: a one-part PUT's ETag is its MD5 (not
+        # under SSE-KMS, where this answers False and the caller writes it again).
+        md5 = hashlib.md5(body).hexdigest()  # noqa: S324 - compared with the store's ETag
+        return (info.etag or "").strip('"') == md5
 
     def incomplete_uploads(self) -> list[IncompleteUpload]:
         """Return the store's in-progress multipart uploads of backup keys under the prefix

@@ -74,20 +74,27 @@ class WalArchive:
         self.store = store
 
     def ship(self, path: Path) -> int:
-        """Put one WAL file (a finished segment, a ``.partial`` or a ``.history``) into the
-        bucket, verified; return its size. The local file is the caller's.
+        """Put one finished WAL file (a segment or a ``.history``) into the bucket, verified;
+        return its size. The local file is the caller's."""
+        body = path.read_bytes()
+        self.store.put_verified(wal_key(self.store.prefix, path.name), body)
+        return len(body)
 
-        A ``.partial`` goes without the zeros after its written part (pg_receivewal fills a
+    def ship_partial(self, name: str, body: bytes) -> int:
+        """Put the segment being written (``NAME.partial``, its bytes ``body``) into the
+        bucket, verified, without the zeros after its written part (pg_receivewal fills a
         segment file with zeros before it writes into it), cut at a WAL page boundary: it is
         shipped every few seconds while WAL flows, and a full 16 MiB each time would make the
         upload follow the timer instead of the WAL. ``fetch`` (and the stock-tools recipe,
-        ``truncate -s 16M``) gives it back its full size."""
-        body = path.read_bytes()
-        if path.name.endswith(PARTIAL_SUFFIX):
-            written = len(body.rstrip(b"\0"))
-            body = body[: min(len(body), -(-written // WAL_PAGE) * WAL_PAGE)]
-        self.store.put_verified(wal_key(self.store.prefix, path.name), body)
-        return len(body)
+        ``truncate -s 16M``) gives it back its full size. Return the bytes sent."""
+        trimmed = _trimmed(body)
+        self.store.put_verified(wal_key(self.store.prefix, name), trimmed)
+        return len(trimmed)
+
+    def holds_partial(self, name: str, body: bytes) -> bool:
+        """True when the bucket's ``NAME.partial`` is exactly ``body`` as shipped (the same
+        size and checksum): shipping it again would add nothing."""
+        return self.store.holds(wal_key(self.store.prefix, name), _trimmed(body))
 
     def forget_partial(self, name: str) -> None:
         """Delete ``NAME.partial`` once ``NAME`` itself is in the store (best effort: a
@@ -95,16 +102,6 @@ class WalArchive:
         failed = self.store.delete_many([wal_key(self.store.prefix, name + PARTIAL_SUFFIX)])
         if failed:
             log.info("the partial copy of %s stays: %s", name, failed[0])
-
-    def shipped_since_written(self, path: Path) -> bool:
-        """True when the store's copy of ``path`` was written after the file last changed
-        (shipping it again would only make it look newer than what it holds). Stores keep
-        whole seconds: a copy written in the second of the last change counts as after it
-        (the receiver ships once more when it stops, after its last write)."""
-        info = self.store.head(wal_key(self.store.prefix, path.name))
-        if info is None or info.last_modified is None:
-            return False
-        return info.last_modified.timestamp() + 1.0 > path.stat().st_mtime
 
     def listing(self) -> ArchivedWal:
         segments: list[Segment] = []
@@ -149,3 +146,9 @@ class WalArchive:
         if name.endswith(PARTIAL_SUFFIX) and destination.stat().st_size < SEGMENT_SIZE:
             os.truncate(destination, SEGMENT_SIZE)  # the zeros it was shipped without
         return True
+
+
+def _trimmed(body: bytes) -> bytes:
+    """A partial segment without the zeros after its last written WAL page."""
+    written = len(body.rstrip(b"\0"))
+    return body[: min(len(body), -(-written // WAL_PAGE) * WAL_PAGE)]

@@ -99,7 +99,8 @@ class WalReceiver:
         self.ship_partial_every = ship_partial_every
         self.clock = clock
         self.state = ReceiverState()
-        self._partial_seen: tuple[str, int, int] | None = None  # name, size, mtime_ns shipped
+        # the segment being written as last shipped: its name and how many bytes of WAL
+        self._partial_shipped: tuple[str, int] | None = None
         self._partial_due = 0.0
 
     # --- the slot -----------------------------------------------------------------------------
@@ -200,8 +201,9 @@ class WalReceiver:
         and be refused. It then starts from the slot."""
         for path in sorted(self.spool.glob("*" + PARTIAL_SUFFIX)):
             try:
-                if not self.archive.shipped_since_written(path):
-                    self.archive.ship(path)
+                body = path.read_bytes()
+                if not self.archive.holds_partial(path.name, body):
+                    self.archive.ship_partial(path.name, body)
             except (EngineError, OSError) as exc:
                 log.warning("%s could not be shipped before it goes: %s", path.name, exc)
             log.warning("%s names WAL the server no longer has: removed from the spool", path.name)
@@ -311,6 +313,9 @@ class WalReceiver:
         return [self.spool / n for n in histories + sorted(segments, key=_segment_order)]
 
     def _ship_partial(self, final: bool, stopped: bool) -> None:
+        """Ship the segment being written when it is due and holds WAL the store does not
+        have yet, and record the position the store now holds — never more than the bytes
+        it was sent (a write landing just after a shipment is in the next one)."""
         partials = sorted(self.spool.glob("*" + PARTIAL_SUFFIX))
         if not partials:
             return
@@ -319,43 +324,28 @@ class WalReceiver:
         if not final and now < self._partial_due:
             return
         segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
-        stat = path.stat()
-        seen = (path.name, stat.st_size, stat.st_mtime_ns)
-        if self._partial_seen is None and self.archive.shipped_since_written(path):
-            # Shipped as it is before this receiver started (the bot restarted): not again,
-            # which would only make it look newer than the WAL it holds.
-            self._partial_seen = seen
-        if stopped:
-            # pg_receivewal is not running: the file is all there is of this WAL for now. It
-            # holds everything up to its last byte written, and every commit made before that
-            # byte came in — known without the server, which may be down or out of reach.
-            if seen != self._partial_seen:
-                self.archive.ship(path)
-                self._partial_seen = seen
-                self.state.partial_shipped_at = datetime.now(UTC)
-            if segment is not None:
-                held = segment.start_lsn + _written_length(path)
-                self._record_position(segment.timeline, held, _written_at(path))
-            return
         asked_at = datetime.now(UTC)
-        position = self._flushed_position()  # before the file is read: it holds at least this
-        stat = path.stat()
-        seen = (path.name, stat.st_size, stat.st_mtime_ns)
-        if seen == self._partial_seen:
-            # No WAL since the last one: the store is as current as the database. Say so (a
-            # recovery point that is now, not the time of the last write), once a period.
-            self._partial_due = now + self.ship_partial_every
-            shipped = self.state.position
-            if position is not None and segment is not None and shipped is None:
-                shipped = min(position, segment.end_lsn)  # shipped before a restart
-            if shipped is not None and position is not None and position <= shipped:
-                self._record_position(_timeline_of(path), shipped, asked_at)
-            return
-        self.archive.ship(path)
-        self._partial_seen = seen
+        # Asked before the file is read: the file holds at least what the server saw flushed.
+        position = None if stopped else self._flushed_position()
+        written_at = _written_at(path)
+        body = path.read_bytes()
+        written = len(body.rstrip(b"\0"))  # WAL only grows: more WAL, a later last byte
+        shipped = self._partial_shipped
+        if shipped is None and self.archive.holds_partial(path.name, body):
+            shipped = (path.name, written)  # shipped as it is before this receiver started
+        if shipped != (path.name, written):
+            self.archive.ship_partial(path.name, body)
+            self.state.partial_shipped_at = datetime.now(UTC)
+        self._partial_shipped = (path.name, written)
         self._partial_due = now + self.ship_partial_every
-        self.state.partial_shipped_at = datetime.now(UTC)
-        if segment is not None and position is not None:
+        if segment is None:
+            return
+        if stopped:
+            # pg_receivewal is not running: what was shipped is all there is of this WAL for
+            # now, everything up to its last byte, and every commit made before that byte
+            # came in — known without the server, which may be down or out of reach.
+            self._record_position(segment.timeline, segment.start_lsn + written, written_at)
+        elif position is not None:
             self._record_position(segment.timeline, min(position, segment.end_lsn), asked_at)
 
     def _flushed_position(self) -> int | None:
@@ -410,22 +400,6 @@ def _written_at(path: Path) -> datetime:
     from the kernel's coarse clock, up to a tick behind (seen here: a commit stamped after the
     time of the file it was in)."""
     return datetime.fromtimestamp(path.stat().st_mtime_ns / 1e9, UTC) + _FILE_TIME_SLACK
-
-
-def _written_length(path: Path) -> int:
-    """How much of a segment file holds WAL: up to its last byte that is not zero
-    (pg_receivewal fills a new segment file with zeros before it writes WAL into it)."""
-    block = 1 << 20
-    with path.open("rb") as wal:
-        end = wal.seek(0, os.SEEK_END)
-        while end > 0:
-            start = max(0, end - block)
-            wal.seek(start)
-            data = wal.read(end - start).rstrip(b"\0")
-            if data:
-                return start + len(data)
-            end = start
-    return 0
 
 
 def _timeline_of(path: Path) -> int:
