@@ -30,7 +30,7 @@ from bot.cli import main as cli_main
 from bot.http import HttpApi
 from core.actor import Actor
 from core.database import PgTarget, database_exists, drop_database
-from core.errors import PlanChangedError, UsageError
+from core.errors import AlreadyRunningError, PlanChangedError, UsageError
 from core.localserver import free_port, run_base, server_user
 from core.prune import plan_for_approval
 from core.scheduled import ScheduledJobs
@@ -236,6 +236,11 @@ def test_a_target_outside_the_recoverable_window_is_refused_and_changes_nothing(
     try:
         with pytest.raises(UsageError, match="nothing to recover from yet"):
             services.pitr.recover(ACTOR, datetime.now(UTC), into="blnk_never", server=admin)
+        # one is running (a Slack test, the scheduler's): refused, not a second beside it
+        with services.pitr._recovering, pytest.raises(AlreadyRunningError, match="one at a time"):
+            services.pitr.recover(ACTOR, None, into="blnk_never", server=admin)
+        with pytest.raises(UsageError, match="not a directory"):
+            services.pitr.recover(ACTOR, None, cluster=Path(__file__))
         with Streaming(services.wal_receiver()) as streaming:
             base = services.base_backups.run(ACTOR)
             streaming.caught_up(admin)
@@ -655,6 +660,16 @@ def test_a_slot_lost_to_its_cap_is_recreated_from_slack_and_the_older_window_sta
         thread.start()  # a new leadership does not bring it back while held
         assert not thread.running
         thread.stop()
+        # Nor does a bot started afresh (the drop is kept in the bucket, not in a process).
+        restarted = ReceiverThread(services.wal_receiver)
+        restarted.start()
+        try:
+            time.sleep(2.0)
+            assert services.wal_health.read_slot().exists is False
+            codes = [p.code for p in services.wal_health.problems()]
+            assert "slot_dropped" in codes and "receiver_down" not in codes
+        finally:
+            restarted.stop()
 
         window = services.pitr.window()
         assert window.earliest == first.finished and len(window.breaks) == 1

@@ -35,10 +35,10 @@ import psycopg
 
 from core.database import PgTarget
 from core.errors import EngineError, StorageError
-from core.redact import first_line, mask
+from core.redact import first_line, mask, neutralise
 from core.wal.archive import WalArchive
 from core.wal.basebackup import BaseBackupService
-from core.wal.names import WAL_DIR, Segment
+from core.wal.names import SLOT_DROPPED, WAL_DIR, Segment
 from core.wal.receiver import POSITION
 
 if TYPE_CHECKING:
@@ -47,10 +47,18 @@ if TYPE_CHECKING:
     from core.wal.recovery import RecoverableWindow
 
 ProblemCode = Literal[
-    "wal_lag", "no_recovery_window", "slot_retention", "receiver_down", "chain_broken"
+    "wal_lag",
+    "no_recovery_window",
+    "slot_retention",
+    "receiver_down",
+    "chain_broken",
+    "slot_dropped",
+    "store_unreadable",
 ]
 PROBLEM_CODES: tuple[ProblemCode, ...] = (
     "chain_broken",
+    "slot_dropped",
+    "store_unreadable",
     "no_recovery_window",
     "receiver_down",
     "slot_retention",
@@ -137,6 +145,8 @@ class WalStatus:
     gaps: tuple[Segment, ...]  # missing since the newest usable base backup's start
     checked_at: datetime
     limits: WalLimits = field(default_factory=WalLimits)
+    dropped: str | None = None  # the slot was dropped on purpose: by whom, when, why
+    store_error: str | None = None  # the bucket could not be read (the rest is the slot's)
 
     @property
     def last_base_backup(self) -> datetime | None:
@@ -163,12 +173,36 @@ class WalStatus:
     def problems(self, now: datetime | None = None) -> list[WalProblem]:
         """What needs the on-call person now, the most serious first."""
         now = now or datetime.now(UTC)
-        found = [
-            *self._chain(),
-            *self._window(now),
-            *self._receiver(now),
-            *self._retention(),
-        ]
+        if self.store_error is not None:
+            # Only the slot can be judged; the rest would be guesses about the bucket.
+            found = [
+                WalProblem(
+                    "store_unreadable",
+                    f"the bucket cannot be read ({self.store_error}): WAL waits in the spool "
+                    "while the slot keeps it on the database host",
+                    "check the bucket and the credentials (`blnk-backup status` says what the "
+                    "store answers); watch the slot's retained WAL meanwhile",
+                ),
+                *self._retention(),
+            ]
+        elif self.dropped is not None:
+            found = [
+                WalProblem(
+                    "slot_dropped",
+                    f"the slot {self.slot.name} was dropped on purpose ({self.dropped}): no "
+                    "WAL is streamed and the primary keeps none for the bot; recovery ends at "
+                    "the last WAL in the store",
+                    "once the database can keep WAL again: " + RECREATE,
+                ),
+                *self._window(now),
+            ]
+        else:
+            found = [
+                *self._chain(),
+                *self._window(now),
+                *self._receiver(now),
+                *self._retention(),
+            ]
         return sorted(found, key=lambda p: PROBLEM_CODES.index(p.code))
 
     # --- the rules ----------------------------------------------------------------------------
@@ -342,8 +376,24 @@ class WalHealth:
         return self.check(max_age).problems()
 
     def _read(self, max_age: float) -> WalStatus:
+        slot = self.read_slot()  # from the database: judged even when the bucket is not there
+        try:
+            return self._read_store(max_age, slot)
+        except EngineError as exc:
+            from core.wal.recovery import RecoverableWindow
+
+            return WalStatus(
+                window=RecoverableWindow(None, None, None, 0, None),
+                slot=slot,
+                receiver_last_seen=None,
+                gaps=(),
+                checked_at=datetime.now(UTC),
+                limits=self.limits,
+                store_error=mask(str(exc), self._secrets),
+            )
+
+    def _read_store(self, max_age: float, slot: SlotState) -> WalStatus:
         window = self._window(max_age)
-        slot = self.read_slot()
         bases = BaseBackupService.list_in(self.store)
         listing = WalArchive(self.store).listing()
         usable = [b for b in bases if listing.has(Segment.of(b.timeline, b.end - 1))]
@@ -357,7 +407,15 @@ class WalHealth:
             gaps=tuple(gaps),
             checked_at=datetime.now(UTC),
             limits=self.limits,
+            dropped=self._dropped(),
         )
+
+    def _dropped(self) -> str | None:
+        marker = self.store.get_json(f"{self.store.prefix}{WAL_DIR}{SLOT_DROPPED}")
+        if not isinstance(marker, dict):
+            return None
+        said = f"by {marker.get('by', '?')} at {marker.get('dropped_at', '?')}"
+        return neutralise(said)[:300]
 
     def _receiver_last_seen(self) -> datetime | None:
         position = self.store.get_json(f"{self.store.prefix}{WAL_DIR}{POSITION}")

@@ -18,6 +18,9 @@ SEGMENTS_PER_LOG = 0x1_0000_0000 // SEGMENT_SIZE  # 256
 WAL_DIR = "wal/"  # under the bucket's prefix, beside the dumps
 BASE_DIR = "base/"  # base backups: base/<stamp>/base.tar and base/<stamp>/base.json
 PARTIAL_SUFFIX = ".partial"
+# wal/slot-dropped.json: the slot was dropped on purpose (wal-slot drop); no receiver makes it
+# again until wal-slot recreate removes this
+SLOT_DROPPED = "slot-dropped.json"
 
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")

@@ -40,6 +40,7 @@ from core.wal.archive import WalArchive
 from core.wal.names import (
     PARTIAL_SUFFIX,
     SEGMENT_SIZE,
+    SLOT_DROPPED,
     WAL_DIR,
     Segment,
     format_lsn,
@@ -56,6 +57,12 @@ _TICK = 1.0
 _GONE = "has already been removed"  # the server's word for WAL it no longer has
 _FILE_TIME_SLACK = timedelta(milliseconds=10)  # a kernel tick at HZ=100, the coarsest
 _RESTART_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class SlotDropped(PreflightError):
+    """The slot was dropped on purpose; only ``wal-slot recreate`` makes it again."""
+
+    code = "slot_dropped"
 
 
 @dataclass
@@ -130,6 +137,17 @@ class WalReceiver:
             raise PreflightError(
                 f"the replication slot {self.slot} could not be made on "
                 f"{self.source.display}: {said}"
+            )
+
+    def refuse_if_dropped(self) -> None:
+        """Raise SlotDropped when the slot was dropped on purpose (``wal-slot drop``): making
+        it again would have the primary keep WAL for the bot once more, unasked."""
+        store = self.archive.store
+        marker = store.get_json(f"{store.prefix}{WAL_DIR}{SLOT_DROPPED}")
+        if isinstance(marker, dict):
+            raise SlotDropped(
+                f"the slot {self.slot} was dropped on purpose at {marker.get('dropped_at')}: "
+                "WAL streaming stays stopped until `wal-slot recreate`"
             )
 
     def _slot_command(self, *flags: str) -> tuple[int, str]:
@@ -214,6 +232,7 @@ class WalReceiver:
         """Receive and ship until ``stop`` is set; then stop pg_receivewal (it flushes) and
         ship what it wrote. Never returns early: a receiver that stops is started again."""
         self.spool.mkdir(parents=True, exist_ok=True)
+        self.refuse_if_dropped()
         self.ensure_slot()
         self.check_synchronous()
         pauses = 0
@@ -443,38 +462,51 @@ class ReceiverThread:
         if self.running:
             return
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wal-receiver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="wal-receiver", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
+        """Run receivers until ``stop`` — this thread's own event: a thread that outlived its
+        halt never picks up a newer thread's event and runs beside it."""
         pause = 5.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 self.receiver = self._build()
-                self.receiver.run(self._stop)
+                self.receiver.run(stop)
             except EngineError as exc:  # no slot could be made, no pg_receivewal, ...
                 log.error("the WAL receiver cannot run: %s (trying again in %.0f s)", exc, pause)
-                self._stop.wait(pause)
+                stop.wait(pause)
                 pause = min(pause * 2, 300.0)
 
     def stop(self, timeout: float = 30.0) -> None:
         with self._lock:
             self._wanted = False
-            self._halt(timeout)
+            try:
+                self._halt(timeout)
+            except EngineError as exc:  # it ends on its own; never a second beside it
+                log.warning("%s", exc)
 
     def _halt(self, timeout: float = 30.0) -> None:
+        """Stop the thread and wait for it; raise EngineError if it is still busy (a slow
+        last shipment): it is not forgotten, so none is started beside it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise EngineError(
+                    "the WAL receiver is still shipping what it received; try again in a moment"
+                )
             self._thread = None
 
     @contextlib.contextmanager
-    def paused(self, hold: str | None = None) -> Iterator[None]:
+    def paused(self, hold: str | None = None, timeout: float = 30.0) -> Iterator[None]:
         """Stop the receiver (pg_receivewal flushes, the spool is shipped) for the duration;
         then start it again if this process leads — unless ``hold`` says why it must stay
         stopped (the slot was dropped), until a later pause without one."""
         with self._lock:
-            self._halt()
+            self._halt(timeout)
             done = False
             try:
                 yield

@@ -34,7 +34,13 @@ from typing import Any
 from core import pgwheel
 from core.audit import Actor, AuditLog
 from core.database import PgTarget, check_database_name, database_exists
-from core.errors import EngineError, PreflightError, RestoreCheckError, UsageError
+from core.errors import (
+    AlreadyRunningError,
+    EngineError,
+    PreflightError,
+    RestoreCheckError,
+    UsageError,
+)
 from core.localserver import ServerUser, free_port, run_base, server_user
 from core.pgwheel import StartupError
 from core.processes import run, run_tool, tool_version
@@ -121,7 +127,7 @@ class RecoveryResult:
     timeline: int
     stopped: str  # "before commit of transaction 123", or "at the end of the archived WAL"
     last_transaction_at: datetime | None
-    last_xid: int | None
+    stopped_before_xid: int | None  # the first transaction NOT in the recovered state
     lsn: str | None
     seconds: float  # the recovery time (RTO): from start to the result ready
     proof: LedgerProof | None = None
@@ -147,7 +153,7 @@ class RecoveryResult:
             "last_transaction_at": self.last_transaction_at.isoformat()
             if self.last_transaction_at
             else None,
-            "last_xid": self.last_xid,
+            "stopped_before_xid": self.stopped_before_xid,
             "lsn": self.lsn,
             "seconds": round(self.seconds, 3),
             "ledger_proof": self.proof.summary() if self.proof is not None else None,
@@ -182,6 +188,9 @@ class PointInTimeRecovery:
         self.restore_file = restore_file
         self._window: tuple[float, RecoverableWindow] | None = None
         self._window_lock = threading.Lock()
+        # One recovery at a time here: each unpacks a whole base backup on the bot's disk,
+        # where the WAL spool lives too.
+        self._recovering = threading.Lock()
 
     # --- the window -------------------------------------------------------------------------
     def window(self, max_age: float = 0.0) -> RecoverableWindow:
@@ -243,8 +252,31 @@ class PointInTimeRecovery:
             check_database_name(into)
             if database_exists(server, into):
                 raise UsageError(f"database {into!r} already exists on {server.display}")
-        if cluster is not None and cluster.exists() and any(cluster.iterdir()):
-            raise UsageError(f"{cluster} is not empty")
+        if cluster is not None and cluster.exists():
+            if not cluster.is_dir():
+                raise UsageError(f"{cluster} is not a directory")
+            if any(cluster.iterdir()):
+                raise UsageError(f"{cluster} is not empty")
+        if not self._recovering.acquire(blocking=False):
+            raise AlreadyRunningError(
+                "a point-in-time recovery (or its restore test) is already running here: "
+                "one at a time; try again when it has ended"
+            )
+        try:
+            return self._recover(actor, target, into, server, cluster, reason, against_primary)
+        finally:
+            self._recovering.release()
+
+    def _recover(
+        self,
+        actor: Actor,
+        target: datetime | None,
+        into: str | None,
+        server: PgTarget | None,
+        cluster: Path | None,
+        reason: str | None,
+        against_primary: bool,
+    ) -> RecoveryResult:
         began = time.monotonic()
         primary = self._primary_position() if against_primary else None
         at = target.isoformat() if target is not None else LATEST
@@ -414,7 +446,7 @@ class PointInTimeRecovery:
             if stopped
             else "at the end of the archived WAL",
             last_transaction_at=last_at,
-            last_xid=int(stopped[2]) if stopped else None,
+            stopped_before_xid=int(stopped[2]) if stopped and stopped[1] == "before" else None,
             lsn=redo[1] if redo else None,
             seconds=0.0,
         )

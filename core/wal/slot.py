@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from core.actor import Actor
 from core.errors import UsageError
+from core.wal.names import SLOT_DROPPED, WAL_DIR
 
 if TYPE_CHECKING:
     from core.audit import AuditLog
@@ -68,7 +70,8 @@ class SlotOperations:
         """The lines an approver reads for ``what`` (RECREATE or DROP), from the slot as it is
         now. Raise UsageError for anything else."""
         receiver = self.receiver()
-        where = f"slot `{receiver.slot}` on {receiver.source.display}"
+        # No host or user: the lines are posted to a channel.
+        where = f"slot `{receiver.slot}` on the database"
         now = f"now: {describe(self.slot_state())}"
         if what == DROP:
             return [
@@ -97,6 +100,8 @@ class SlotOperations:
                 dropped = receiver.drop_slot()
                 receiver.ensure_slot()
                 receiver.discard_partials()
+                store = receiver.archive.store
+                store.delete_many([f"{store.prefix}{WAL_DIR}{SLOT_DROPPED}"])
             run.note(details={"do": RECREATE, "slot": receiver.slot, "dropped": dropped})
         log.info("replication slot %s made again; taking a base backup", receiver.slot)
         return self.base_backups().run(actor, reason=f"the slot {receiver.slot} was made again")
@@ -110,6 +115,18 @@ class SlotOperations:
         ) as run:
             with self._paused(f"the slot {receiver.slot} was dropped by {actor.name}"):
                 dropped = receiver.drop_slot()
+                # Kept in the bucket, not in this process: no receiver anywhere, after any
+                # restart, makes the slot again until `wal-slot recreate`.
+                store = receiver.archive.store
+                store.put_json(
+                    f"{store.prefix}{WAL_DIR}{SLOT_DROPPED}",
+                    {
+                        "slot": receiver.slot,
+                        "by": f"{actor.trigger}:{actor.name}",
+                        "dropped_at": datetime.now(UTC).isoformat(),
+                        "reason": reason,
+                    },
+                )
             run.note(details={"do": DROP, "slot": receiver.slot, "dropped": dropped})
         return dropped
 

@@ -36,7 +36,7 @@ class WalWatch:
         """The problems the audit log says are open: the newest event of each code."""
         open_now: dict[str, str] = {}
         seen: set[str] = set()
-        for event in self.audit.events(action=ACTION, limit=200):
+        for event in self.audit.events(action=ACTION, limit=5000):
             code = event.error_code or ""
             if code in seen:
                 continue

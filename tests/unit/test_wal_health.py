@@ -372,12 +372,49 @@ def test_a_reading_is_reused_within_max_age_and_a_failed_one_too() -> None:
 
     failing = health(bucket)
     bucket.fail = StorageError("the bucket is down")
-    with pytest.raises(StorageError):
-        failing.check(max_age=60)
+    broken = failing.check(max_age=60)  # a reading still: the slot is the database's
+    assert broken.store_error is not None and "the bucket is down" in broken.store_error
+    assert broken.slot is SLOT
+    assert [p.code for p in broken.problems(NOW)] == ["store_unreadable"]
     bucket.fail = None
-    with pytest.raises(StorageError):  # not asked again within the period
-        failing.check(max_age=60)
-    assert failing.check().slot is SLOT  # asked now: read again
+    assert failing.check(max_age=60) is broken  # not asked again within the period
+    assert failing.check().store_error is None  # asked now: read again
+
+
+def test_with_the_bucket_down_the_slot_filling_up_is_still_a_problem() -> None:
+    bucket = MemoryBucket()
+    full = replace(SLOT, retained_bytes=9 * GiB, max_keep_bytes=10 * GiB)
+
+    class Filling(FixedSlot):
+        def read_slot(self) -> SlotState:
+            return full
+
+    reader = Filling(
+        bucket,  # type: ignore[arg-type]
+        PgTarget({"host": "127.0.0.1", "port": "1"}, None),
+        slot="blnk_backup",
+        window=lambda _max_age: WINDOW,
+        limits=LIMITS,
+    )
+    bucket.fail = StorageError("the bucket is down")
+    codes = [p.code for p in reader.check().problems(NOW)]
+    assert codes == ["store_unreadable", "slot_retention"]
+
+
+def test_a_slot_dropped_on_purpose_is_said_so_not_a_dead_receiver() -> None:
+    bucket = MemoryBucket()
+    bucket.put(
+        "wal/slot-dropped.json",
+        {"slot": "blnk_backup", "by": "slack:U1", "dropped_at": "2026-12-03T05:00:00+00:00"},
+    )
+    status = replace(
+        health(bucket).check(),
+        slot=replace(SLOT, exists=False, active=None, wal_status=None, retained_bytes=None),
+        receiver_last_seen=NOW - timedelta(hours=1),
+    )
+    [problem] = [p for p in status.problems(NOW) if p.code != "wal_lag"]
+    assert problem.code == "slot_dropped" and "slack:U1" in problem.message
+    assert "`/blnk-backups wal-slot recreate`" in problem.next_step
 
 
 def test_callers_meanwhile_get_the_last_reading_instead_of_waiting_on_a_slow_one() -> None:
