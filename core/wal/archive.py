@@ -18,6 +18,7 @@ from core.wal.names import (
     WAL_DIR,
     Segment,
     is_history,
+    parse_lsn,
     wal_key,
 )
 
@@ -40,31 +41,52 @@ class ArchivedWal:
     # an older one is where a chain broke (the slot was lost with it)
     partials: tuple[Segment, ...] = ()
     written: dict[Segment, datetime] = field(default_factory=dict)  # when each was shipped
+    # timeline → (its parent, the LSN it branched off at), from its .history file
+    switches: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def has(self, segment: Segment) -> bool:
         """True if the store holds ``segment``, finished or as a partial segment."""
         return segment in set(self.segments) or segment in self.partials
 
+    def expected(self, start: Segment) -> list[Segment]:
+        """The finished segments a recovery from ``start`` reads, in order: along its
+        timeline up to where the next one branched off, then along that one, and so on up to
+        the newest finished segment of the last (included). A timeline's branch point is its
+        history file's; without one, its oldest segment in the store."""
+        present: dict[int, list[int]] = {}
+        for s in self.segments:
+            present.setdefault(s.timeline, []).append(s.number)
+        path: list[Segment] = []
+        timeline, number = start.timeline, start.number
+        while True:
+            children = []
+            for child, numbers in present.items():
+                parent, at = self.switches.get(child, (child - 1, min(numbers) * SEGMENT_SIZE))
+                if child > timeline and parent == timeline and at // SEGMENT_SIZE >= number:
+                    children.append((child, at // SEGMENT_SIZE))
+            if not children:
+                mine = [n for n in present.get(timeline, []) if n >= number]
+                path += [Segment(timeline, n) for n in range(number, max(mine, default=-1) + 1)]
+                return path
+            child, branch = min(children)
+            path += [Segment(timeline, n) for n in range(number, branch)]
+            timeline, number = child, branch
+
     def chain_from(self, start: Segment) -> tuple[list[Segment], Segment | None]:
-        """The finished segments of ``start``'s timeline from ``start`` on with no gap, and
-        the first one missing after them (None when none is missing up to the newest)."""
-        gaps = self.gaps(start)
-        have = sorted(s for s in self.segments if s.timeline == start.timeline and s >= start)
-        if not gaps:
-            return have, None
-        return [s for s in have if s < gaps[0]], gaps[0]
+        """The finished segments from ``start`` on (following later timelines) with no gap,
+        and the first one missing after them (None when none is missing up to the newest)."""
+        have = set(self.segments)
+        chain: list[Segment] = []
+        for segment in self.expected(start):
+            if segment not in have:
+                return chain, segment
+            chain.append(segment)
+        return chain, None
 
     def gaps(self, start: Segment) -> list[Segment]:
-        """The segments missing from ``start`` to the newest one of its timeline."""
-        mine = sorted(s for s in self.segments if s.timeline == start.timeline and s >= start)
-        if not mine:
-            return []
-        have = {s.number for s in mine}
-        return [
-            Segment(start.timeline, n)
-            for n in range(start.number, mine[-1].number)
-            if n not in have
-        ]
+        """The segments missing from ``start`` on, along its timeline and those after it."""
+        have = set(self.segments)
+        return [s for s in self.expected(start) if s not in have]
 
 
 class WalArchive:
@@ -134,7 +156,29 @@ class WalArchive:
             tuple(names),
             tuple(sorted(live)),
             written,
+            self._switches(histories),
         )
+
+    def _switches(self, histories: list[str]) -> dict[int, tuple[int, int]]:
+        """Each timeline's parent and branch point, from its history file's last line
+        (``parent<TAB>LSN<TAB>reason``); a file that does not read so is left out."""
+        found: dict[int, tuple[int, int]] = {}
+        for name in histories:
+            raw = self.store.read_small(wal_key(self.store.prefix, name)) or b""
+            lines = [
+                line.split()
+                for line in raw.decode("ascii", "replace").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+            try:
+                found[int(name[:8], 16)] = (int(lines[-1][0]), parse_lsn(lines[-1][1]))
+            except (IndexError, ValueError):
+                log.warning(
+                    "%s does not read as a timeline history: its segments are judged "
+                    "by what the store holds",
+                    name,
+                )
+        return found
 
     def fetch(self, name: str, destination: Path) -> bool:
         """Download one WAL file by name into ``destination``; False if the bucket has none."""

@@ -54,7 +54,9 @@ log = logging.getLogger("blnk_backup.wal")
 # before which every commit is in the store (``shipped_at``: the newest recoverable point).
 POSITION = "position.json"
 _TICK = 1.0
-_GONE = "has already been removed"  # the server's word for WAL it no longer has
+# The server's words for WAL it does not have to give: removed (the slot is new), or not on its
+# timeline (the primary was restored to an earlier point and branched off before it).
+_GONE = ("has already been removed", "is not in this server's history")
 _FILE_TIME_SLACK = timedelta(milliseconds=10)  # a kernel tick at HZ=100, the coarsest
 _RESTART_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
@@ -252,7 +254,7 @@ class WalReceiver:
             # It stopped (the database went away, the network dropped): what it wrote is all
             # there is until it runs again, and may be all there ever is. Ship it now.
             self.ship(final=True, stopped=True)
-            if _GONE in tail:  # it resumed from WAL the server removed: the slot is new
+            if any(word in tail for word in _GONE):  # it resumed from WAL the server lacks
                 self.discard_partials()
             self.state.restarts += 1
             if self.clock() - began > 60:

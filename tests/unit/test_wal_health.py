@@ -280,6 +280,9 @@ class MemoryBucket:
         body = self.objects.get(key)
         return json.loads(body) if body is not None else None
 
+    def read_small(self, key: str) -> bytes | None:
+        return self.objects.get(key)
+
 
 def base_json(stamp: str, start: int, end: int) -> dict[str, Any]:
     return {
