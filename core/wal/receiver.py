@@ -54,6 +54,9 @@ log = logging.getLogger("blnk_backup.wal")
 # before which every commit is in the store (``shipped_at``: the newest recoverable point).
 POSITION = "position.json"
 _TICK = 1.0
+# The receiver is caught up when the primary is at most this far ahead of what it flushed (at
+# ~1 MiB/s of WAL, some 60 ms): only then does the store's recovery point move to "now".
+CAUGHT_UP = 64 * 1024
 # The server's words for WAL it does not have to give: removed (the slot is new), or not on its
 # timeline (the primary was restored to an earlier point and branched off before it).
 _GONE = ("has already been removed", "is not in this server's history")
@@ -77,6 +80,7 @@ class ReceiverState:
     partial_shipped_at: datetime | None = None
     position: int | None = None  # LSN the newest shipped WAL holds
     position_at: datetime | None = None  # every commit before it is in the store
+    caught_up: bool = False  # at the last look, the primary was within CAUGHT_UP of it
     restarts: int = 0
     store_failures: int = 0
     errors: list[str] = field(default_factory=list)
@@ -308,7 +312,6 @@ class WalReceiver:
         everything in the spool for the next call."""
         try:
             for path in self._finished():
-                written_at = _written_at(path)
                 size = self.archive.ship(path)
                 path.unlink()
                 self.state.shipped_segments += 1
@@ -316,7 +319,9 @@ class WalReceiver:
                 self.state.last_shipped = path.name
                 segment = Segment.parse(path.name)
                 if segment is not None:
-                    self._record_position(segment.timeline, segment.end_lsn, written_at)
+                    # Its WAL may be minutes old (a backlog after an outage): the time moves
+                    # on only where the receiver is known to be caught up (below).
+                    self._record_position(segment.timeline, segment.end_lsn, None)
                     # its partial copies, shipped while it was written, are no longer needed
                     self.archive.forget_partial(path.name)
             self._ship_partial(final, stopped)
@@ -347,7 +352,7 @@ class WalReceiver:
         segment = Segment.parse(path.name.removesuffix(PARTIAL_SUFFIX))
         asked_at = datetime.now(UTC)
         # Asked before the file is read: the file holds at least what the server saw flushed.
-        position = None if stopped else self._flushed_position()
+        asked = None if stopped else self._flushed_position()
         written_at = _written_at(path)
         body = path.read_bytes()
         written = len(body.rstrip(b"\0"))  # WAL only grows: more WAL, a later last byte
@@ -365,28 +370,48 @@ class WalReceiver:
             # pg_receivewal is not running: what was shipped is all there is of this WAL for
             # now, everything up to its last byte, and every commit made before that byte
             # came in — known without the server, which may be down or out of reach.
-            self._record_position(segment.timeline, segment.start_lsn + written, written_at)
-        elif position is not None:
-            self._record_position(segment.timeline, min(position, segment.end_lsn), asked_at)
+            # Its last write is when that WAL came in only if the stream was live, not a
+            # backlog being caught up.
+            at = written_at if self.state.caught_up else None
+            self._record_position(segment.timeline, segment.start_lsn + written, at)
+        elif asked is not None:
+            flushed, current = asked
+            # Caught up: the primary was at most CAUGHT_UP bytes ahead when asked, so every
+            # commit before that moment is in what was just shipped (within milliseconds).
+            self.state.caught_up = current - flushed <= CAUGHT_UP
+            at = asked_at if self.state.caught_up else None
+            self._record_position(segment.timeline, min(flushed, segment.end_lsn), at)
 
-    def _flushed_position(self) -> int | None:
-        """How far the receiver has flushed, as the server saw it acknowledged: the slot's
+    def _flushed_position(self) -> tuple[int, int] | None:
+        """How far the receiver has flushed, as the server saw it acknowledged — the slot's
         restart_lsn (a physical slot moves on with each flush the receiver reports; readable
-        by any role)."""
+        by any role) — and the server's own position at that moment; None when it cannot be
+        asked."""
         try:
             with self.source.connect(autocommit=True, connect_timeout=10) as conn:
                 row = conn.execute(
-                    "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                    "SELECT restart_lsn::text, (CASE WHEN pg_is_in_recovery() "
+                    "THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text "
+                    "FROM pg_replication_slots WHERE slot_name = %s",
                     (self.slot,),
                 ).fetchone()
         except EngineError:
             return None
-        return parse_lsn(row[0]) if row and row[0] else None
+        if not row or not row[0]:
+            return None
+        flushed = parse_lsn(row[0])
+        return flushed, parse_lsn(row[1]) if row[1] else flushed
 
-    def _record_position(self, timeline: int, lsn: int, at: datetime) -> None:
-        """Record that the store holds WAL up to ``lsn`` and every commit made before ``at``;
-        never a position or a time older than one recorded before (the store only grows)."""
+    def _record_position(self, timeline: int, lsn: int, at: datetime | None) -> None:
+        """Record that the store holds WAL up to ``lsn`` and every commit made before ``at``
+        (None: no later moment is known than the one recorded before — WAL shipped from a
+        backlog is older than its shipment); never a position or a time older than one
+        recorded before (the store only grows)."""
         state = self.state
+        if at is None:
+            if state.position_at is None:
+                return  # no moment known yet: nothing is claimed
+            at = state.position_at
         if state.position is not None and state.position_at is not None:
             if lsn < state.position or (lsn == state.position and at <= state.position_at):
                 return

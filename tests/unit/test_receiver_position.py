@@ -60,7 +60,7 @@ def test_the_position_never_claims_wal_the_store_does_not_hold(tmp_path: Path) -
     with path.open("wb") as f:
         f.write(b"\x01" * 100)
         f.truncate(SEGMENT_SIZE)
-    receiver._flushed_position = lambda: segment.start_lsn + 100  # type: ignore[method-assign]
+    receiver._flushed_position = lambda: (segment.start_lsn + 100,) * 2  # type: ignore[method-assign]
     receiver.ship()  # shipped on its timer
     before = path.stat()
     with path.open("r+b") as f:  # the next commit, within the same tick
@@ -82,7 +82,7 @@ def test_a_restarted_receiver_ships_again_only_what_the_store_lacks(tmp_path: Pa
     path = tmp_path / f"{segment.name}.partial"
     path.write_bytes(b"\x03" * 500 + bytes(SEGMENT_SIZE - 500))
     first = receiver_on(store, tmp_path)
-    first._flushed_position = lambda: segment.start_lsn + 500  # type: ignore[method-assign]
+    first._flushed_position = lambda: (segment.start_lsn + 500,) * 2  # type: ignore[method-assign]
     first.ship(final=True)
     key = f"blnk/wal/{segment.name}.partial"
     puts: list[str] = []
@@ -94,7 +94,7 @@ def test_a_restarted_receiver_ships_again_only_what_the_store_lacks(tmp_path: Pa
 
     store.put_verified = counting  # type: ignore[method-assign]
     again = receiver_on(store, tmp_path)
-    again._flushed_position = lambda: segment.start_lsn + 500  # type: ignore[method-assign]
+    again._flushed_position = lambda: (segment.start_lsn + 500,) * 2  # type: ignore[method-assign]
     again.ship(final=True)
     assert puts == []  # the same bytes: not shipped again
     with path.open("r+b") as f:
@@ -102,3 +102,37 @@ def test_a_restarted_receiver_ships_again_only_what_the_store_lacks(tmp_path: Pa
         f.write(b"\x04")
     again.ship(final=True)
     assert puts == [key]
+
+
+def test_wal_caught_up_from_a_backlog_does_not_move_the_recovery_point_to_now(
+    tmp_path: Path,
+) -> None:
+    """After an outage the receiver ships minutes-old WAL: the store holds more of it, but
+    the moment every commit before which is in the store stays where it was, until the
+    receiver is caught up with the primary again (found by the pipeline benchmark: a restore
+    to a time in that gap returned an older state, the ledger proven)."""
+    store = MemoryStore()
+    receiver = receiver_on(store, tmp_path)
+    first, second = Segment(1, 3), Segment(1, 4)
+    partial = tmp_path / f"{first.name}.partial"
+    partial.write_bytes(b"\x05" * 300 + bytes(SEGMENT_SIZE - 300))
+    receiver._flushed_position = lambda: (first.start_lsn + 300,) * 2  # type: ignore[method-assign]
+    receiver.ship(final=True)  # live: caught up
+    live = store.json["blnk/wal/position.json"]
+    assert parse_lsn(live["lsn"]) == first.start_lsn + 300
+
+    time.sleep(0.05)
+    partial.rename(tmp_path / first.name)  # the backlog: a whole segment, then more
+    (tmp_path / first.name).write_bytes(b"\x05" * SEGMENT_SIZE)
+    (tmp_path / f"{second.name}.partial").write_bytes(b"\x06" * 100 + bytes(SEGMENT_SIZE - 100))
+    behind = second.start_lsn + 100
+    receiver._flushed_position = lambda: (behind, behind + 50 * SEGMENT_SIZE)  # type: ignore[method-assign]
+    receiver.ship(final=True)
+    catching_up = store.json["blnk/wal/position.json"]
+    assert parse_lsn(catching_up["lsn"]) == behind  # more WAL in the store ...
+    assert catching_up["shipped_at"] == live["shipped_at"]  # ... but no later moment
+
+    receiver._flushed_position = lambda: (behind, behind)  # type: ignore[method-assign]
+    time.sleep(0.05)
+    receiver.ship(final=True)  # caught up again: now the moment moves
+    assert store.json["blnk/wal/position.json"]["shipped_at"] > live["shipped_at"]
