@@ -20,7 +20,9 @@ REPLICATION and nothing else, the Blnk 0.15 ledger of ``core.blnkgen``) and one 
           (what is lost if the database host and the bot's host are both lost at that moment)
           next to the lag the product itself reports (now - ``shipped_at``, what
           ``/healthz?check=backups`` compares with WAL_MAX_LAG_SECONDS); at the end the newest
-          ``.partial`` in the store is read back to check it holds what position.json says.
+          ``.partial`` in the store (shipped without its trailing zeros, cut at a WAL page) is
+          read back, given its 16 MiB again, and checked to hold what position.json says;
+          and what wal/ holds per finished segment (a ``.partial`` left beside one).
   2. CPU of the bot's host per GB of WAL: the product's process tree (the Python receiver and
      its pg_receivewal child, psutil) against the bare pg_receivewal streaming the same WAL at the
      same time; the S3 server's CPU apart (co-located here, another host in production); bytes
@@ -32,9 +34,11 @@ REPLICATION and nothing else, the Blnk 0.15 ledger of ``core.blnkgen``) and one 
   4. Restore to a time: a target inside a minute of load after the newest base backup;
      ``PointInTimeRecovery.recover(cluster=DIR)`` (with the ledger proof, and with the proof
      stubbed out in this process) against a bare manual restore of the same base backup and WAL
-     (boto3 downloads, ``tar -x``, ``restore_command`` cp with the ``.partial`` fallback,
-     ``recovery_target_time``, pg_ctl start, wait for promotion). RTO, phases, and the rows each
-     restored cluster holds against what pgbench saw committed by the target.
+     (boto3 downloads, ``truncate -s 16M`` of the ``.partial``, ``tar -x``, ``restore_command``
+     cp with the ``.partial`` fallback, ``recovery_target_time``, pg_ctl start, wait for
+     promotion). RTO, phases, and the rows each restored cluster holds against what pgbench saw
+     committed by the target. Then once each the newest point (``recover(actor, None)``) and
+     the window's newest time given as a time, against every payment committed.
 
     .venv/bin/python bench/wal_pipeline_bench.py --rounds 5            # ~11 min
     .venv/bin/python bench/wal_pipeline_bench.py --quick               # a smoke run, ~3 min
@@ -80,7 +84,7 @@ from core.config import load_settings  # noqa: E402
 from core.database import PgTarget  # noqa: E402
 from core.localserver import free_port, run_base, server_user  # noqa: E402
 from core.services import Services  # noqa: E402
-from core.wal.names import Segment, parse_lsn  # noqa: E402
+from core.wal.names import SEGMENT_SIZE, Segment, parse_lsn  # noqa: E402
 from tests.support.pgcluster import PasswordCluster  # noqa: E402
 from tests.support.s3server import S3ServerProcess  # noqa: E402
 from tests.support.s3server_alt import SeaweedS3ServerProcess  # noqa: E402
@@ -163,12 +167,18 @@ def _timed_ship(self, path):
     return size
 _archive.WalArchive.ship = _timed_ship
 _record = _receiver.WalReceiver._record_position
-def _timed_record(self, timeline, lsn, *, refresh=False):
-    before = self.state.position
-    _record(self, timeline, lsn, refresh=refresh)
-    if refresh or before is None or lsn > before:
-        _emit(e="position", lsn=lsn, refresh=refresh, t=time.time())
+def _timed_record(self, timeline, lsn, at):
+    before = (self.state.position, self.state.position_at)
+    _record(self, timeline, lsn, at)
+    if (self.state.position, self.state.position_at) != before:
+        _emit(e="position", lsn=lsn, at=self.state.position_at.timestamp(), t=time.time())
 _receiver.WalReceiver._record_position = _timed_record
+_forget = _archive.WalArchive.forget_partial
+def _timed_forget(self, name):
+    began = time.time()
+    _forget(self, name)
+    _emit(e="forget", name=name, t0=began, t1=time.time())
+_archive.WalArchive.forget_partial = _timed_forget
 from bot.cli import run
 sys.argv = ["blnk-backup", "wal-stream"]
 sys.exit(run())
@@ -593,9 +603,10 @@ class Ctx:
             **extra,
         }
 
-    def services(self, prefix: str) -> Services:
+    def services(self, prefix: str, **extra: Any) -> Services:
         return Services(
             load_settings(
+                **extra,
                 database_url=self.source.cluster.url(dbname="blnk"),
                 replication_database_url=self.source.cluster.url(
                     REPLICATOR_PASSWORD, user=REPLICATOR
@@ -675,9 +686,23 @@ def stream_phase(ctx: Ctx, ship_seconds: float, tag: str) -> dict[str, Any]:
         bare = ctx.start_bare_receiver(slot_b)
         product = ctx.start_product_receiver(prefix, slot_p, ship_seconds, events)
         sampler.slots = [slot_p, slot_b]
-        wait_for("both receivers streaming", lambda: sampler.active(slot_p, slot_b), 90)
         poller.start()
+        wait_for("both receivers streaming", lambda: sampler.active(slot_p, slot_b), 90)
+        # The product's slot reserves WAL from the last checkpoint's redo point when it is made
+        # (pg_create_physical_replication_slot(name, true)), and pg_receivewal starts from
+        # there: it first catches up a backlog the bare receiver (its slot made by
+        # pg_receivewal, reserving nothing) never streams. Measure only once the store holds
+        # the WAL the primary had when both streamed; what position.json claimed meanwhile is
+        # kept apart (catch_up).
+        began, primary_then = time.time(), source.current_lsn()
+        wait_for(
+            "the product's backlog in the store",
+            lambda: (poller.position() or 0) >= primary_then,
+            timeout=180,
+        )
+        caught_up = time.time()
         time.sleep(args.warmup)
+        load0 = os.getloadavg()
         busy0 = machine_busy()
         t0, cpu_p0, cpu_b0, cpu_s0 = (
             time.time(),
@@ -706,6 +731,7 @@ def stream_phase(ctx: Ctx, ship_seconds: float, tag: str) -> dict[str, Any]:
     for slot in (slot_p, slot_b):
         source.drop_slot(slot)
     # --- figures ----------------------------------------------------------------------------
+    window_all = sampler.between(began - 30, t1)
     window = sampler.between(t0, t1)
     wal = window[-1][1] - window[0][1]
     seconds = window[-1][0] - window[0][0]
@@ -740,6 +766,16 @@ def stream_phase(ctx: Ctx, ship_seconds: float, tag: str) -> dict[str, Any]:
     # In the store, from the outside (polls) and from the product's own log (position events).
     polls = [(t, lsn, shipped) for t, lsn, shipped in poller.polls if lsn is not None]
     logged = [(e["t"], e["lsn"]) for e in read_events(events) if e["e"] == "position"]
+    early = [(t, lsn, s) for t, lsn, s in polls if t <= caught_up and s]
+    result["catch_up"] = {
+        "seconds": caught_up - began,
+        "first_restart_lsn_behind_primary_bytes": first_restart_lsn_behind_primary(
+            window_all, slot_p
+        ),
+        "claim_ahead_of_position_s": pct([s - sampler.reached(lsn) for _, lsn, s in early]),
+        "reported_lag_s": pct([max(0.0, t - s) for t, _, s in early]),
+        "recovery_point_age_s": pct([max(0.0, t - sampler.reached(lsn)) for t, lsn, _ in early]),
+    }
     result["store"] = {
         "commit_to_store_s": commit_to_store(window, [(t, lsn) for t, lsn, _ in polls]),
         "commit_to_store_s_logged": commit_to_store(window, logged),
@@ -747,14 +783,24 @@ def stream_phase(ctx: Ctx, ship_seconds: float, tag: str) -> dict[str, Any]:
             [max(0.0, t - sampler.reached(lsn)) for t, lsn, _ in polls if t0 <= t <= t1]
         ),
         "reported_lag_s": pct([max(0.0, t - s) for t, _, s in polls if t0 <= t <= t1 and s]),
+        # shipped_at minus when the primary passed the position it comes with: > 0 is a claim
+        # that commits up to shipped_at are in the store while those made in between are not
+        # (the receiver's flush lag when the server was asked; 100 ms sampling, interpolated)
+        "claim_ahead_of_position_s": pct(
+            [s - sampler.reached(lsn) for t, lsn, s in polls if t0 <= t <= t1 and s]
+        ),
         "polls": len([p for p in poller.polls if t0 <= p[0] <= t1]),
         "poll_errors": poller.errors,
     }
     ships = [e for e in read_events(events) if e["e"] == "ship" and t0 <= e["t0"] <= t1]
     partial = [e for e in ships if e["name"].endswith(".partial")]
+    forgets = [e for e in read_events(events) if e["e"] == "forget" and t0 <= e["t0"] <= t1]
     result["shipping"] = {
         "files": len(ships),
         "partials": len(partial),
+        "partial_bytes": pct([e["bytes"] for e in partial]),
+        "forget_partial_calls": len(forgets),
+        "forget_partial_s": pct([e["t1"] - e["t0"] for e in forgets]),
         "bytes": sum(e["bytes"] for e in ships),
         "upload_bytes_per_wal_byte": sum(e["bytes"] for e in ships) / wal if wal else None,
         "ship_s": pct([e["t1"] - e["t0"] for e in ships]),
@@ -770,9 +816,22 @@ def stream_phase(ctx: Ctx, ship_seconds: float, tag: str) -> dict[str, Any]:
         "s3_server_s_per_gb": cpu_s / (wal / GB),
         "product_over_bare": cpu_p / cpu_b if cpu_b else None,
         "machine_busy_s": busy1 - busy0,
+        "machine_busy_fraction": (busy1 - busy0) / (t1 - t0) / (os.cpu_count() or 1),
+        "loadavg_at_start": load0,
         "loadavg_1m_at_end": os.getloadavg()[0],
     }
     return result
+
+
+def first_restart_lsn_behind_primary(
+    samples: list[tuple[float, int, dict[str, Any], int]], slot: str
+) -> int | None:
+    """How far behind the primary the slot's restart_lsn was at its first sample (the backlog
+    its receiver begins with)."""
+    for _, current, repl, _ in samples:
+        if slot in repl and repl[slot][3] is not None:
+            return current - int(repl[slot][3])
+    return None
 
 
 def commit_to_store(
@@ -799,9 +858,11 @@ def commit_to_store(
 
 def check_newest_partial(ctx: Ctx, prefix: str, bare_dir: Path) -> dict[str, Any]:
     """Read position.json, then the .partial of its segment: does the store hold WAL up to
-    the position it claims? Its bytes up to there are compared with the bare receiver's copy
-    of the same segment (the same stream, flushed further by then). A finished segment holds
-    its whole range by definition."""
+    the position it claims? The stored object is cut after its last written page (the
+    receiver ships it without the zeros pg_receivewal pads it with): it is given back its
+    16 MiB as the product's fetch does, and its bytes up to the claimed position are compared
+    with the bare receiver's copy of the same segment (the same stream, flushed further by
+    then). A finished segment holds its whole range by definition."""
     body = json.loads(
         ctx.client.get_object(Bucket=BUCKET, Key=f"{prefix}wal/position.json")["Body"].read()
     )
@@ -818,6 +879,8 @@ def check_newest_partial(ctx: Ctx, prefix: str, bare_dir: Path) -> dict[str, Any
         return {"claimed": body["lsn"], "in": segment.name, "holds": True, "finished": True}
     key = f"{prefix}wal/{segment.name}.partial"
     data = ctx.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    stored = len(data)
+    data = data.ljust(SEGMENT_SIZE, b"\0")  # as WalArchive.fetch gives it back
     end = written_end(data, segment.start_lsn)
     upto = claimed - segment.start_lsn
     bare = next(
@@ -835,6 +898,9 @@ def check_newest_partial(ctx: Ctx, prefix: str, bare_dir: Path) -> dict[str, Any
     return {
         "claimed": body["lsn"],
         "in": segment.name + ".partial",
+        "stored_bytes": stored,
+        "stored_at_page_boundary": stored % PAGE == 0,
+        "covers_claim": stored >= upto,
         "written_end_nonzero": end,
         "holds": same,
         "finished": False,
@@ -854,12 +920,23 @@ def store_objects(ctx: Ctx, prefix: str) -> dict[str, Any]:
     finished = {n for n, _ in objects if Segment.parse(n) is not None}
     partials = [(n, size) for n, size in objects if n.endswith(".partial")]
     stale = [(n, size) for n, size in partials if n.removesuffix(".partial") in finished]
+    live = [(n, size) for n, size in partials if n.removesuffix(".partial") not in finished]
+    segment_bytes = sum(size for n, size in objects if n in finished)
+    wal_bytes = sum(size for n, size in objects if n in finished or n.endswith(".partial"))
     return {
         "segments": len(finished),
-        "segment_bytes": sum(size for n, size in objects if n in finished),
+        "segment_bytes": segment_bytes,
         "partials": len(partials),
+        "partial_sizes": [size for _, size in partials],
         "stale_partials": len(stale),
         "stale_partial_bytes": sum(size for _, size in stale),
+        "live_partial_bytes": sum(size for _, size in live),
+        # bytes under wal/ (segments and .partial) per byte of the finished segments
+        "storage_per_segment_byte": wal_bytes / segment_bytes if segment_bytes else None,
+        "storage_per_segment_byte_without_live": (wal_bytes - sum(s for _, s in live))
+        / segment_bytes
+        if segment_bytes
+        else None,
     }
 
 
@@ -1016,7 +1093,7 @@ class PhaseTimer:
 
 
 def restore_product(
-    ctx: Ctx, services: Services, target: datetime, label: str, proof: bool
+    ctx: Ctx, services: Services, target: datetime | None, label: str, proof: bool
 ) -> dict[str, Any]:
     import tarfile
 
@@ -1080,6 +1157,11 @@ def restore_product(
         "rows": rows,
         "stopped": result.stopped,
         "lsn": result.lsn,
+        "reached_target": result.target.isoformat(),
+        "last_transaction_at": result.last_transaction_at.isoformat()
+        if result.last_transaction_at
+        else None,
+        "notes": result.notes,
         "proof_passed": None if result.proof is None else result.proof.passed,
         "phases": phases,
     }
@@ -1156,6 +1238,8 @@ def restore_manual(ctx: Ctx, base: Any, target: datetime, label: str) -> dict[st
                 lambda k: client.download_file(BUCKET, k, str(wal / k.rsplit("/", 1)[1])), keys
             )
         )
+    for partial in wal.glob("*.partial"):  # stored without zeros: `truncate -s 16M`
+        os.truncate(partial, SEGMENT_SIZE)
     lap("download wal/")
     owned_dir(data)
     done = as_server(["tar", "-xf", str(root / "base.tar"), "-C", str(data)])
@@ -1246,7 +1330,7 @@ def restore_manual(ctx: Ctx, base: Any, target: datetime, label: str) -> dict[st
 def wal_to_fetch(client: Any, base: Any) -> list[str]:
     """What the product's recovery fetches, found by a person reading base.json: the history
     files, the segments from the base backup's start on, the .partial of a segment not
-    finished (the store also keeps the .partial of every finished segment)."""
+    finished (any .partial left beside a finished segment is skipped)."""
     names = [
         o["Key"].rsplit("/", 1)[1]
         for page in client.get_paginator("list_objects_v2").paginate(
@@ -1284,6 +1368,7 @@ def restores(ctx: Ctx) -> dict[str, Any]:
         )
         load.proc.wait()
         end_lsn = source.current_lsn()
+        rows_at_end = source.count()  # every payment committed: what the newest point holds
         spans = commit_windows(load.prefix)  # type: ignore[arg-type]
         target_epoch = load.started + args.restore_load * 0.75
         target = datetime.fromtimestamp(target_epoch, UTC)
@@ -1351,22 +1436,55 @@ def restores(ctx: Ctx) -> dict[str, Any]:
                     f"{'ok' if r['rows_ok'] else 'NOT in ' + str(expected)}",
                     flush=True,
                 )
-        # Once: the newest recoverable point (what `restore-test pitr` takes by default, and
-        # what a person recovering after losing both hosts asks for).
+        # Once each: the newest recoverable point — recover(actor, None), what `restore
+        # latest --at latest` and `restore-test pitr` ask for, and what a person recovering
+        # after losing both hosts wants — and the window's newest time given as a time (what
+        # failed before: a target after the newest commit in the store). Both must hold every
+        # payment committed (the store held the end of the load before the receiver stopped).
         latest = window.latest
         assert latest is not None
-        try:
-            out["latest"] = restore_product(ctx, services, latest, "latest", True)
-        except Exception as exc:  # recorded: the figure is whether it works
-            out["latest"] = {"error": f"{type(exc).__name__}: {exc}"}
-        out["latest"]["target"] = latest.isoformat()
-        out["latest"]["rows_committed_by_end_of_load"] = before + len(spans)
-        said = out["latest"].get("error") or f"RTO {out['latest']['rto']:.2f} s"
-        print(f"  restore to the newest recoverable point {latest.isoformat()}: {said}", flush=True)
+        targets: list[tuple[str, datetime | None]] = [("newest", None), ("latest_as_time", latest)]
+        for key, point in targets:
+            try:
+                got = restore_product(ctx, services, point, key, True)
+            except Exception as exc:  # recorded: the figure is whether it works
+                got = {"error": f"{type(exc).__name__}: {exc}"}
+            got["target"] = point.isoformat() if point else "latest (None)"
+            got["rows_committed_by_end_of_load"] = rows_at_end
+            got["rows_acked_by_pgbench"] = before + len(spans)
+            got["rows_ok"] = got.get("rows") == rows_at_end
+            out[key] = got
+            said = got.get("error") or (
+                f"RTO {got['rto']:.2f} s, rows {got['rows']} of {rows_at_end} "
+                f"({'exact' if got['rows_ok'] else 'NOT exact'}), {got['stopped']}"
+            )
+            print(f"  restore to {got['target']}: {said}", flush=True)
     finally:
         services.close()
     out["runs"] = runs
     return out
+
+
+def make_slot_as_product(ctx: Ctx, slot: str) -> dict[str, Any]:
+    """Make ``slot`` with the product's WalReceiver.ensure_slot; what the server then says of
+    it (restart_lsn set: it keeps WAL from now on)."""
+    services = ctx.services("pitr/", wal_slot_name=slot, wal_spool_dir=str(ctx.work / "spool"))
+    try:
+        services.wal_receiver().ensure_slot()
+    finally:
+        services.close()
+    with ctx.source.admin.connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT restart_lsn::text, active FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    assert row is not None, f"no slot {slot}"
+    return {
+        "slot": slot,
+        "restart_lsn": row[0],
+        "active": row[1],
+        "reserves_wal": row[0] is not None,
+    }
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -1412,7 +1530,25 @@ def summary(report: dict[str, Any]) -> str:
             f"  CPU s/GB of WAL: product {m('cpu', 'product_s_per_gb'):.1f}, bare "
             f"{m('cpu', 'bare_s_per_gb'):.1f} (x{m('cpu', 'product_over_bare'):.2f}); S3 server "
             f"{m('cpu', 's3_server_s_per_gb'):.1f}; uploaded "
-            f"{m('shipping', 'upload_bytes_per_wal_byte'):.1f} B per WAL byte"
+            f"{m('shipping', 'upload_bytes_per_wal_byte'):.2f} B per WAL byte"
+        )
+        lines.append(
+            f"  store: wal/ bytes per finished-segment byte "
+            f"{m('store_objects', 'storage_per_segment_byte'):.2f} "
+            f"({m('store_objects', 'storage_per_segment_byte_without_live'):.2f} without the "
+            f"live .partial); .partial shipped p50 "
+            f"{m('shipping', 'partial_bytes', 'p50') or 0:,.0f} B; shipped_at ahead of its "
+            f"position p50 {m('store', 'claim_ahead_of_position_s', 'p50'):.3f} s, max "
+            f"{m('store', 'claim_ahead_of_position_s', 'max'):.3f} s; newest .partial holds "
+            f"its claim: {[p['partial_check'].get('holds') for p in mine]}"
+        )
+        lines.append(
+            f"  catch-up before measuring: {m('catch_up', 'seconds'):.1f} s, backlog "
+            f"{(m('catch_up', 'first_restart_lsn_behind_primary_bytes') or 0) / 2**20:.0f} MiB; "
+            f"meanwhile shipped_at ahead of its position max "
+            f"{m('catch_up', 'claim_ahead_of_position_s', 'max') or 0:.1f} s, reported lag max "
+            f"{m('catch_up', 'reported_lag_s', 'max') or 0:.1f} s against a true age max "
+            f"{m('catch_up', 'recovery_point_age_s', 'max') or 0:.1f} s"
         )
     bb = report.get("base_backup")
     if bb:
@@ -1433,10 +1569,14 @@ def summary(report: dict[str, Any]) -> str:
                 f"restore {name:>16}: RTO {rto:6.2f} s (x{rto / ref:.2f} of manual), "
                 f"to promoted {prom:6.2f} s, rows ok {ok}/{len(runs)}"
             )
-        latest = rs.get("latest", {})
-        if latest:
-            said = latest.get("error") or f"RTO {latest['rto']:.2f} s, rows {latest['rows']}"
-            lines.append(f"restore to the newest recoverable point: {said}")
+        for key in ("newest", "latest_as_time", "latest"):
+            got = rs.get(key, {})
+            if got:
+                said = got.get("error") or (
+                    f"RTO {got['rto']:.2f} s, rows {got['rows']} "
+                    f"(committed {got.get('rows_committed_by_end_of_load')})"
+                )
+                lines.append(f"restore to {got.get('target')} ({key}): {said}")
     return "\n".join(lines)
 
 
@@ -1543,9 +1683,11 @@ def main() -> None:
             load = None
 
         if "base" not in args.skip or "restore" not in args.skip:
-            # Before the base backups, reserving WAL at once (pg_receivewal --create-slot does
-            # not: its slot holds nothing until a receiver first streams from it).
-            source.one("SELECT pg_create_physical_replication_slot('pitr', true)::text")
+            # Before the base backups, by the product (WalReceiver.ensure_slot, as wal-stream
+            # and `wal-slot recreate` make it): it must reserve WAL at once, before any
+            # receiver streams from it, or the base backups' first WAL may be gone.
+            report["pitr_slot"] = make_slot_as_product(ctx, "pitr")
+            print(f"pitr slot made by the product: {report['pitr_slot']}", flush=True)
             time.sleep(2)
         if "base" not in args.skip:
             print("base backups (idle database)", flush=True)
