@@ -102,21 +102,21 @@ class WalArchive:
         self.store.put_verified(wal_key(self.store.prefix, path.name), body)
         return len(body)
 
-    def ship_partial(self, name: str, body: bytes) -> int:
+    def ship_partial(self, name: str, body: bytes, written: int | None = None) -> int:
         """Put the segment being written (``NAME.partial``, its bytes ``body``) into the
         bucket, verified, without the zeros after its written part (pg_receivewal fills a
         segment file with zeros before it writes into it), cut at a WAL page boundary: it is
         shipped every few seconds while WAL flows, and a full 16 MiB each time would make the
         upload follow the timer instead of the WAL. ``fetch`` (and the stock-tools recipe,
         ``truncate -s 16M``) gives it back its full size. Return the bytes sent."""
-        trimmed = _trimmed(body)
+        trimmed = _trimmed(body, written)
         self.store.put_verified(wal_key(self.store.prefix, name), trimmed)
         return len(trimmed)
 
-    def holds_partial(self, name: str, body: bytes) -> bool:
+    def holds_partial(self, name: str, body: bytes, written: int | None = None) -> bool:
         """True when the bucket's ``NAME.partial`` is exactly ``body`` as shipped (the same
         size and checksum): shipping it again would add nothing."""
-        return self.store.holds(wal_key(self.store.prefix, name), _trimmed(body))
+        return self.store.holds(wal_key(self.store.prefix, name), _trimmed(body, written))
 
     def forget_partial(self, name: str) -> None:
         """Delete ``NAME.partial`` once ``NAME`` itself is in the store (best effort: a
@@ -192,7 +192,9 @@ class WalArchive:
         return True
 
 
-def _trimmed(body: bytes) -> bytes:
-    """A partial segment without the zeros after its last written WAL page."""
-    written = len(body.rstrip(b"\0"))
+def _trimmed(body: bytes, written: int | None = None) -> bytes:
+    """A partial segment without the zeros after its last written WAL page (``written``: its
+    written length, when the caller knows it already)."""
+    if written is None:
+        written = len(body.rstrip(b"\0"))
     return body[: min(len(body), -(-written // WAL_PAGE) * WAL_PAGE)]

@@ -357,10 +357,10 @@ class WalReceiver:
         body = path.read_bytes()
         written = len(body.rstrip(b"\0"))  # WAL only grows: more WAL, a later last byte
         shipped = self._partial_shipped
-        if shipped is None and self.archive.holds_partial(path.name, body):
+        if shipped is None and self.archive.holds_partial(path.name, body, written):
             shipped = (path.name, written)  # shipped as it is before this receiver started
         if shipped != (path.name, written):
-            self.archive.ship_partial(path.name, body)
+            self.archive.ship_partial(path.name, body, written)
             self.state.partial_shipped_at = datetime.now(UTC)
         self._partial_shipped = (path.name, written)
         self._partial_due = now + self.ship_partial_every
