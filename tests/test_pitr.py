@@ -775,3 +775,56 @@ def test_the_bot_killed_outright_resumes_from_its_slot_with_no_gap(
                 process.wait(30)
         out.close()
         services.close()
+
+
+def test_a_recovery_killed_outright_leaves_a_cluster_the_next_one_sweeps(
+    make_settings: SettingsFactory, source: PasswordCluster, tmp_path: Path
+) -> None:
+    """`blnk-backup restore-test pitr` SIGKILLed while its scratch cluster runs: the cluster
+    (a running postmaster, a base backup's worth of disk) is left behind — then the next
+    recovery shuts it down and removes it before it starts its own."""
+    from tests.support.settings import settings_env
+
+    settings = settings_for(make_settings, source, tmp_path)
+    services = Services(settings)
+    admin = PgTarget.from_url(source.url())
+    cli = str(Path(sys.executable).parent / "blnk-backup")
+    out = (tmp_path / "restore-test.log").open("wb")
+    killed: subprocess.Popen[bytes] | None = None
+
+    def scratch_server() -> psutil.Process | None:
+        for process in psutil.process_iter(["cmdline"]):
+            line = process.info["cmdline"] or []
+            if any("blnk-pitr-" in part for part in line) and "-D" in line:
+                return process
+        return None
+
+    try:
+        with Streaming(services.wal_receiver()) as streaming:
+            services.base_backups.run(ACTOR)
+            streaming.caught_up(admin)
+        assert scratch_server() is None
+        killed = subprocess.Popen(
+            [cli, "restore-test", "pitr"], env=settings_env(settings), stdout=out, stderr=out
+        )
+        wait_until(lambda: scratch_server() is not None, 120, "the scratch cluster runs")
+        server = scratch_server()
+        assert server is not None
+        command = server.cmdline()
+        root = Path(command[command.index("-D") + 1]).parent
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        time.sleep(0.5)
+        assert server.is_running() and root.exists()  # left behind
+
+        result = services.pitr.recover(ACTOR, None)
+        assert result.proof is not None and result.proof.passed
+        assert not root.exists()
+        psutil.wait_procs([server], timeout=10)
+        assert not server.is_running()
+        assert scratch_server() is None  # its own was removed at the end too
+    finally:
+        if killed is not None and killed.poll() is None:
+            killed.kill()
+        out.close()
+        services.close()

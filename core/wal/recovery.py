@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tarfile
 import tempfile
 import threading
@@ -277,6 +278,7 @@ class PointInTimeRecovery:
         reason: str | None,
         against_primary: bool,
     ) -> RecoveryResult:
+        sweep_abandoned_scratch()  # what a recovery killed before it ended left running
         began = time.monotonic()
         primary = self._primary_position() if against_primary else None
         at = target.isoformat() if target is not None else LATEST
@@ -524,6 +526,66 @@ class PointInTimeRecovery:
         return self.restore_file(dump, server, into, comment)
 
 
+SCRATCH_PREFIX = "blnk-pitr-"
+OWNER_FILE = "owner.pid"
+
+
+def sweep_abandoned_scratch() -> list[Path]:
+    """Remove the scratch clusters of recoveries that were killed outright (their process is
+    gone): the server still running in one is shut down at once (SIGQUIT to its postmaster,
+    found by its pid file and checked to be that directory's), then the directory goes.
+    Return what was removed. A directory without an owner file is not ours: left alone."""
+    removed = []
+    for root in sorted(run_base(server_user()).glob(SCRATCH_PREFIX + "*")):
+        try:
+            owner = (root / OWNER_FILE).read_text().strip()
+            pid = int(owner.split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # not ours, or being made
+        if _process_identity(pid) == owner:
+            continue  # its recovery still runs
+        _quit_postmaster(root / "data")
+        shutil.rmtree(root, ignore_errors=True)
+        log.warning("removed %s, left by a recovery killed before it ended", root)
+        removed.append(root)
+    return removed
+
+
+def _process_identity(pid: int) -> str | None:
+    """``PID STARTTIME`` of a running process (its start time tells a reused number apart),
+    or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return f"{pid} {fields[19]}"  # field 22 of stat: starttime
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _quit_postmaster(data: Path) -> None:
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return  # no server ran, or it is gone
+    if str(data).encode() not in command:
+        return  # the number now belongs to another process
+    os.kill(pid, signal.SIGQUIT)  # immediate shutdown: it takes its children with it
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 class _NotReached(RestoreCheckError):
     """The archived WAL ended before a commit after the target: no commit in the store is
     later than the target."""
@@ -536,7 +598,9 @@ class _Scratch:
     def __init__(self, bin_dir: Path) -> None:
         self.bin = bin_dir
         self.user: ServerUser | None = server_user()
-        self.root = Path(tempfile.mkdtemp(prefix="blnk-pitr-", dir=run_base(self.user)))
+        self.root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=run_base(self.user)))
+        # who made it: a recovery killed outright leaves it, and the next one sweeps it
+        (self.root / OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
         self.data = self.root / "data"
         self.wal = self.root / "wal"
         self.data.mkdir(mode=0o700)
