@@ -823,6 +823,8 @@ def test_a_recovery_killed_outright_leaves_a_cluster_the_next_one_sweeps(
         psutil.wait_procs([server], timeout=10)
         assert not server.is_running()
         assert scratch_server() is None  # its own was removed at the end too
+        outcomes = [e.outcome for e in services.audit.events(action="pitr_restore")]
+        assert outcomes.count("abandoned") == 1 and outcomes.count("succeeded") == 1
     finally:
         if killed is not None and killed.poll() is None:
             killed.kill()

@@ -37,6 +37,7 @@ _ALERTS: dict[tuple[str, str], tuple[str, str]] = {
     ("late_end", "recorded"): ("A run declared dead had in fact gone on, and has ended", "medium"),
     ("base_backup", "failed"): ("A base backup failed (point-in-time recovery)", "high"),
     ("pitr_restore", "failed"): ("A point-in-time recovery failed", "high"),
+    ("pitr_restore", "abandoned"): ("A point-in-time recovery was killed midway", "medium"),
     ("wal_problem", "failed"): ("Point-in-time recovery needs attention", "high"),
     ("wal_problem", "succeeded"): ("Point-in-time recovery: resolved", "low"),
     ("wal_slot", "failed"): ("Dropping or recreating the WAL slot failed", "high"),

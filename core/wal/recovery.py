@@ -279,6 +279,7 @@ class PointInTimeRecovery:
         against_primary: bool,
     ) -> RecoveryResult:
         sweep_abandoned_scratch()  # what a recovery killed before it ended left running
+        self.audit.close_abandoned("pitr_restore", actor, scope={})  # and its open audit run
         began = time.monotonic()
         primary = self._primary_position() if against_primary else None
         at = target.isoformat() if target is not None else LATEST
