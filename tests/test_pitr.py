@@ -47,6 +47,8 @@ from tests.support.pgcluster import (
 )
 from tests.support.slack_requests import AppServer
 
+pytestmark = pytest.mark.wal  # source clusters of their own: scripts/test's lane 2
+
 ACTOR = Actor("grace", "cli")
 
 

@@ -45,6 +45,8 @@ from tests.support.pgcluster import (
 from tests.support.settings import settings_env
 from tests.test_pitr import Streaming, transfer
 
+pytestmark = pytest.mark.wal  # source clusters of their own: scripts/test's lane 2
+
 ACTOR = Actor("grace", "cli")
 CLI = str(Path(sys.executable).parent / "blnk-backup")
 SHIP_EVERY = 2.0  # the lost bot's WAL_SHIP_PARTIAL_SECONDS

@@ -41,6 +41,8 @@ from tests.test_pitr import (
     transfer,
 )
 
+pytestmark = pytest.mark.wal  # source clusters of their own: scripts/test's lane 2
+
 SOURCE_CONF = {"max_replication_slots": "20", "max_slot_wal_keep_size": "1GB"}
 
 

@@ -36,6 +36,8 @@ from tests.test_pitr import (
     settings_for,
 )
 
+pytestmark = pytest.mark.wal  # source clusters of their own: scripts/test's lane 2
+
 CAP = 32 << 20
 
 
